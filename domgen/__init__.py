@@ -1,0 +1,7 @@
+"""domgen: domain generalization for medical image classification (dermoscopy first).
+
+Reproduces and extends Yoon, Hamarneh & Garbi, "Generalizable feature learning in the presence of
+data bias and domain class imbalance", MICCAI 2019.
+"""
+
+__version__ = "0.1.0"

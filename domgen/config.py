@@ -1,0 +1,211 @@
+"""Typed configuration: one frozen dataclass tree, presets as data, ``--set key=value`` overrides.
+
+The resolved config is written into every run folder and its hash names the folder, so a sweep can
+be re-run and skips what is finished (DomainBed's habit, with types instead of string-keyed dicts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # "" -> $DOMGEN_DATA, else the synthetic benchmark
+    synthetic_scale: float = 1.0
+    synthetic_seed: int = 0
+    split_seed: int = 0
+    nsec: str = "0"  # "0".."5" or "a": training images per class from each non-primary source
+    holdout: tuple[str, ...] = ()  # domains removed from training and model selection (still evaluated)
+    skip_missing: bool = False
+    cache_dir: str = ""  # "" -> $DOMGEN_CACHE, else ~/.cache/domgen
+    workers: int = 2  # DataLoader workers gathering uint8 batches
+    cached: bool = True  # decode once into uint8 arrays (False: reference per-image PIL pipeline)
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Paper: resize 650, centre crop 300, random resized crop 224, flips, rot90, Cutout 64."""
+
+    resize: int = 650
+    crop: int = 300
+    size: int = 224
+    cutout: int = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet18"  # torchvision resnet18/50/152, or "timm:<name>"
+    weights: str = "imagenet"  # "imagenet" | "none" | a local file path
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 135
+    lr_step: int = 45  # lr divided by 10 every lr_step epochs
+    lr_gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"  # "ce" | "ccsa"
+    margin: float = 50.0
+    p_same: float = 0.25
+    weighted_cls: bool = True
+    weighted_align: bool = True
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "dcp"  # "dcp" or a torch-pruning importance: magnitude | taylor | bn
+    threshold: float = 1e-4  # DCP stopping rule on the relative decrease of the objective
+    disc_weight: float = 1.0  # weight of the discrimination-aware cross-entropy term
+    ratio: float = 0.3  # channel ratio for the importance baselines
+    batches: int = 8  # batches of training data used to select channels
+    finetune_epochs: int = 20
+    finetune_lr_step: int = 10
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    exp: str = "A"
+    preset: str = "paper"
+    seed: int = 0
+    out: str = "runs"
+    device: str = "auto"  # auto | cpu | cuda
+    warm_start: str = ""  # experiment whose best checkpoint initialises this one ("" = none)
+    data: DataConfig = field(default_factory=DataConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+# Fields that say where or how a run executes, not what it computes: left out of the hash.
+_NOT_HASHED = {"out", "device", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+
+
+def to_dict(cfg: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(d: dict, cls: type = RunConfig) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        sub = _dataclass_type(f)
+        if sub is not None:
+            value = from_dict(value, sub)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return type(default) if is_dataclass(default) else None
+
+
+def config_hash(cfg: RunConfig, data_identity: str = "") -> str:
+    """Hash of everything that decides the result. ``data_identity`` names the data actually used
+    (e.g. "synthetic" or the resolved data root), since ``data.root`` itself may be empty."""
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _NOT_HASHED}
+    flat["data.identity"] = data_identity
+    blob = json.dumps(flat, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any]) -> Any:
+    """``["optim.lr=1e-3", "data.nsec=a"]`` -> a new config. Values are parsed by the field's type;
+    an unknown key fails and lists the valid ones."""
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    for key, value in items:
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"--set expects key=value, got {item!r}")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
+    names = {f.name: f for f in fields(cfg)}
+    if path[0] not in names:
+        valid = ", ".join(sorted(flatten(to_dict(cfg))))
+        raise KeyError(f"unknown config key {full!r}; valid keys: {valid}")
+    current = getattr(cfg, path[0])
+    if len(path) > 1:
+        if not is_dataclass(current):
+            raise KeyError(f"config key {full!r}: {path[0]!r} has no sub-keys")
+        return replace(cfg, **{path[0]: _set(current, path[1:], value, full)})
+    return replace(cfg, **{path[0]: _parse(value, current, full)})
+
+
+def _parse(value: Any, current: Any, key: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, tuple):
+            return tuple(v for v in value.split(",") if v)
+    except ValueError:
+        raise ValueError(f"config key {key!r} expects {type(current).__name__}, got {value!r}") from None
+    return value
+
+
+def save_yaml(cfg: RunConfig, path: Path, extra: dict | None = None) -> None:
+    d = to_dict(cfg) | (extra or {})
+    write_atomic(path, yaml.safe_dump(d, sort_keys=False))
+
+
+def load_yaml(path: Path) -> RunConfig:
+    d = yaml.safe_load(Path(path).read_text())
+    return from_dict({k: v for k, v in d.items() if k in {f.name for f in fields(RunConfig)}})
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("DOMGEN_CACHE") or Path.home() / ".cache" / "domgen")

@@ -1,0 +1,130 @@
+"""Experiments A-V of the paper as registry entries, and presets that scale every size together.
+
+Table 2 of Yoon et al.: A-C ResNet-18/50/152 on HAM only; D, E plain cross-entropy with nsec = 5 / a;
+F-K weighted CCSA with nsec = 1..5, a (warm start from A); L-N unweighted classification / alignment /
+both; O-T leave one domain out (nsec = a); U, V DCP pruning of K at thresholds 1e-4 and 1e-3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domgen.config import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    PruneConfig,
+    RunConfig,
+    TransformConfig,
+    apply_overrides,
+)
+from domgen.registry import Registry
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one scale of the recipe. ``paper`` is the paper's exact numbers."""
+
+    transform: TransformConfig
+    weights: str
+    lr: float
+    batch_size: int
+    epochs_base: int  # baseline (A-E): 135 epochs, lr / 10 every 45
+    step_base: int
+    epochs_ccsa: int  # CCSA stage (F-T, and pruning fine-tune): 20 epochs, lr / 10 after 10
+    step_ccsa: int
+    synthetic_scale: float
+    prune_batches: int
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(TransformConfig(650, 300, 224, 64), "imagenet", 1e-4, 32, 135, 45, 20, 10, 1.0, 32),
+    # CPU-friendly: learns on the synthetic default in about a minute per run on 2 cores. Random init
+    # needs a larger learning rate than the paper's fine-tuning of ImageNet weights.
+    "quick": Preset(TransformConfig(96, 64, 56, 16), "none", 1e-3, 32, 12, 8, 6, 4, 1.0, 4),
+    # Tiny: seconds, for tests and checks.
+    "smoke": Preset(TransformConfig(40, 32, 28, 8), "none", 1e-3, 16, 2, 1, 2, 1, 0.25, 1),
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    arch: str = "resnet18"
+    nsec: str = "0"
+    loss: str = "ce"
+    weighted_cls: bool = True
+    weighted_align: bool = True
+    holdout: tuple[str, ...] = ()
+    warm_start: str = ""  # parent experiment whose best checkpoint initialises this one
+    prune_threshold: float | None = None  # set for the pruning experiments
+
+    @property
+    def stage(self) -> str:
+        if self.prune_threshold is not None:
+            return "prune"
+        return "ccsa" if self.loss == "ccsa" else "base"
+
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+
+def _add(exp: Experiment) -> None:
+    EXPERIMENTS.add(exp.name, exp)
+
+
+for _name, _arch in (("A", "resnet18"), ("B", "resnet50"), ("C", "resnet152")):
+    _add(Experiment(_name, f"{_arch} on HAM10000 only (nsec=0), cross-entropy", arch=_arch))
+_add(Experiment("D", "resnet18, nsec=5 from every other source, cross-entropy", nsec="5"))
+_add(Experiment("E", "resnet18, nsec=a (all training data), cross-entropy", nsec="a"))
+for _name, _nsec in zip("FGHIJK", ("1", "2", "3", "4", "5", "a")):
+    _add(Experiment(_name, f"weighted CCSA, nsec={_nsec}", nsec=_nsec, loss="ccsa", warm_start="A"))
+_add(Experiment("L", "CCSA, unweighted classification", nsec="a", loss="ccsa", weighted_cls=False, warm_start="A"))
+_add(Experiment("M", "CCSA, unweighted alignment", nsec="a", loss="ccsa", weighted_align=False, warm_start="A"))
+_add(
+    Experiment(
+        "N", "CCSA, both unweighted", nsec="a", loss="ccsa", weighted_cls=False, weighted_align=False, warm_start="A"
+    )
+)
+for _name, _dom in zip("OPQRST", ("DMF", "D7P", "MSK", "PH2", "SON", "UDA")):
+    _add(
+        Experiment(_name, f"weighted CCSA, nsec=a, {_dom} held out", nsec="a", loss="ccsa", holdout=(_dom,), warm_start="A")
+    )
+_add(Experiment("U", "DCP pruning of K, threshold 1e-4", nsec="a", loss="ccsa", warm_start="K", prune_threshold=1e-4))
+_add(Experiment("V", "DCP pruning of K, threshold 1e-3", nsec="a", loss="ccsa", warm_start="K", prune_threshold=1e-3))
+
+LOO_EXPERIMENT = {exp.holdout[0]: name for name in EXPERIMENTS.names() if (exp := EXPERIMENTS.get(name)).holdout}
+
+
+def resolve_config(exp_name: str, preset: str = "paper", seed: int = 0, overrides: list[str] = ()) -> RunConfig:
+    """Experiment + preset + seed + ``--set`` overrides -> the one RunConfig that a run is keyed by."""
+    exp = EXPERIMENTS.get(exp_name)
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    ccsa = exp.stage != "base"
+    cfg = RunConfig(
+        exp=exp.name,
+        preset=preset,
+        seed=seed,
+        warm_start=exp.warm_start,
+        data=DataConfig(synthetic_scale=p.synthetic_scale, nsec=exp.nsec, holdout=exp.holdout),
+        transform=p.transform,
+        model=ModelConfig(arch=exp.arch, weights=p.weights),
+        optim=OptimConfig(
+            lr=p.lr,
+            batch_size=p.batch_size,
+            epochs=p.epochs_ccsa if ccsa else p.epochs_base,
+            lr_step=p.step_ccsa if ccsa else p.step_base,
+        ),
+        loss=LossConfig(name=exp.loss, weighted_cls=exp.weighted_cls, weighted_align=exp.weighted_align),
+        prune=PruneConfig(
+            threshold=exp.prune_threshold or PruneConfig.threshold,
+            batches=p.prune_batches,
+            finetune_epochs=p.epochs_ccsa,
+            finetune_lr_step=p.step_ccsa,
+        ),
+    )
+    return apply_overrides(cfg, list(overrides))

@@ -1,0 +1,114 @@
+"""Backbones from torchvision (ResNet-18/50/152) and timm (any model by name), split as f = h o g.
+
+``g`` maps an image batch [B, 3, H, W] to penultimate features [B, D] (D = 512 for ResNet-18) and
+``h`` is one linear layer to the logits [B, K]. CCSA (Yoon et al., eq. 3-4) aligns ``g``'s output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from domgen.registry import Registry
+
+BACKBONES: Registry[Callable[[str], tuple[nn.Module, int]]] = Registry("backbone")
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable; the message says which file and how to
+    pass a local path instead."""
+
+
+class Classifier(nn.Module):
+    def __init__(self, g: nn.Module, feat_dim: int, num_classes: int):
+        super().__init__()
+        self.g = g
+        self.h = nn.Linear(feat_dim, num_classes)
+        self.feat_dim = feat_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(x)  # [B, D]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(self.g(x))  # [B, K]
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.g(x)
+        return self.h(z), z
+
+
+def _torchvision_resnet(name: str) -> Callable[[str], tuple[nn.Module, int]]:
+    def build(weights: str) -> tuple[nn.Module, int]:
+        net = getattr(torchvision.models, name)(weights=None)
+        if weights == "imagenet":
+            enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+            net.load_state_dict(_download_state_dict(enum.url, name))
+        feat_dim = net.fc.in_features
+        net.fc = nn.Identity()  # g ends at the global average pool: [B, feat_dim]
+        return net, feat_dim
+
+    return build
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    BACKBONES.add(_name, _torchvision_resnet(_name))
+
+
+def _download_state_dict(url: str, name: str) -> dict:
+    """torchvision's own download-and-cache; offline with no cached file -> a clear error."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        raise WeightsUnavailable(
+            f"ImageNet weights for {name} are not cached at {cached} and could not be downloaded ({err}). "
+            f"Fetch {url} on a connected machine and either place it at {cached} or pass "
+            "--weights PATH (or --weights none to start from random init)."
+        ) from err
+
+
+def _timm_backbone(model_name: str, weights: str) -> tuple[nn.Module, int]:
+    import timm  # imported here: only timm models need it
+
+    try:
+        net = timm.create_model(model_name, pretrained=weights == "imagenet", num_classes=0)
+    except (OSError, RuntimeError) as err:
+        raise WeightsUnavailable(
+            f"ImageNet weights for timm model {model_name!r} are not in the Hugging Face cache and could not "
+            f"be downloaded ({err}). Pass --weights PATH with a local state dict, or --weights none."
+        ) from err
+    return net, net.num_features
+
+
+def build_model(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:
+    """``arch``: a registered torchvision name or ``timm:<name>``; ``weights``: imagenet | none | PATH."""
+    init = "imagenet" if weights == "imagenet" else "none"
+    if arch.startswith("timm:"):
+        g, dim = _timm_backbone(arch.split(":", 1)[1], init)
+    else:
+        g, dim = BACKBONES.get(arch)(init)
+    model = Classifier(g, dim, num_classes)
+    if weights not in ("imagenet", "none"):
+        load_backbone_file(model, Path(weights))
+    return model
+
+
+def load_backbone_file(model: Classifier, path: Path) -> None:
+    """Load a local file: a backbone state dict (e.g. torchvision's .pth, its ``fc`` ignored), a
+    Classifier state dict, or a domgen checkpoint (its ``model`` entry). Every backbone key must load."""
+    if not path.is_file():
+        raise WeightsUnavailable(f"--weights {path}: no such file (use imagenet, none, or a path to a .pth)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    if any(k.startswith("g.") for k in state):
+        state = {k[2:]: v for k, v in state.items() if k.startswith("g.")}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.fc.", "classifier."))}
+    missing, unexpected = model.g.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsUnavailable(
+            f"--weights {path} does not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
