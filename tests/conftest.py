@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny images for native-layout fixtures, and the real HAM10000 data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def make_image():
+    """``make_image(h=8, w=8, seed=0)`` -> a random H x W x 3 uint8 image (reproducible per seed)."""
+
+    def make(h: int = 8, w: int = 8, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+    return make
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """/work/shared/data (real HAM10000 sample and full metadata); skips the test when absent."""
+    if not (SHARED_DATA / "ham10000_sample").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """A cache folder holding the smoke-scale synthetic benchmark (generated once per test session)."""
+    from domgen.config import DataConfig
+    from domgen.data.catalog import load_catalog
+
+    cache = tmp_path_factory.mktemp("domgen-cache")
+    load_catalog(DataConfig(cache_dir=str(cache), synthetic_scale=0.25))
+    return cache
