@@ -1,0 +1,126 @@
+"""Paired comparison of two experiments across seeds, so that a one-point gap is shown for what it is.
+
+For each Table 2 column (HAM..UDA and avg, see :mod:`domgen.sweep.tables`) the runs of experiments
+``a`` and ``b`` are matched by seed (the same seed fixes the same data split and initial draw, so the
+difference a - b removes that shared noise); only seeds present in both count. Reported: the mean
+difference, its 95% confidence interval from the t distribution (mean +/- t_{0.975, n-1} sd / sqrt(n)),
+the paired t-test p-value and, from ``wilcoxon_min`` matched seeds on, the Wilcoxon signed-rank
+p-value. With one matched seed there is a difference and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from domgen.sweep.tables import COLUMNS, per_seed
+
+STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "seeds")
+
+
+def paired_stats(x: np.ndarray, y: np.ndarray, wilcoxon_min: int = 5) -> dict:
+    """Statistics of the paired differences ``x - y`` (same length, matched by position)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    d, n = x - y, len(x)
+    out = dict(n=n, mean_a=math.nan, mean_b=math.nan, diff=math.nan, sd=math.nan,
+               ci_low=math.nan, ci_high=math.nan, t_p=math.nan, wilcoxon_p=math.nan)
+    if n == 0:
+        return out
+    out.update(mean_a=float(x.mean()), mean_b=float(y.mean()), diff=float(d.mean()))
+    if n < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    out.update(sd=sd, ci_low=out["diff"] - half, ci_high=out["diff"] + half)
+    with warnings.catch_warnings():
+        # Identical differences (sd = 0) make t undefined; scipy warns and returns NaN, which we keep.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["t_p"] = float(stats.ttest_rel(x, y).pvalue)
+        if n >= wilcoxon_min:
+            try:
+                out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+            except ValueError:  # all differences zero: no ranks to test
+                pass
+    return out
+
+
+def compare(
+    df: pd.DataFrame,
+    a: str,
+    b: str,
+    metric: str = "macro_recall",
+    include_unfinished: bool = False,
+    wilcoxon_min: int = 5,
+) -> pd.DataFrame:
+    """Per column (HAM..UDA, avg): matched-seed statistics of a - b (:data:`STAT_COLUMNS`).
+
+    ``attrs`` holds a, b, metric, the seeds of each experiment and the domains ``avg`` is over.
+    """
+    wide, avg_domains = per_seed(df, metric, include_unfinished)
+    present = set(wide.index.get_level_values("exp"))
+    for exp in (a, b):
+        if exp not in present:
+            raise KeyError(f"no finished runs of experiment {exp!r} (have: {', '.join(sorted(present)) or 'none'})")
+    wa, wb = wide.loc[a], wide.loc[b]  # index: seed
+    rows = []
+    for col in COLUMNS:
+        # Outer join on seed, then drop seeds missing on either side: only matched pairs remain.
+        pair = pd.concat({"a": wa[col], "b": wb[col]}, axis=1).dropna()
+        rec = paired_stats(pair["a"].to_numpy(), pair["b"].to_numpy(), wilcoxon_min)
+        rows.append({"column": col, **rec, "seeds": " ".join(str(s) for s in pair.index)})
+    out = pd.DataFrame(rows, columns=["column", *STAT_COLUMNS]).set_index("column")
+    out.attrs.update(a=a, b=b, metric=metric, seeds_a=sorted(wa.index.tolist()), seeds_b=sorted(wb.index.tolist()),
+                     avg_domains=avg_domains, wilcoxon_min=wilcoxon_min)
+    return out
+
+
+def _num(x: float, fmt: str = "{:+.2f}") -> str:
+    return "-" if not math.isfinite(x) else fmt.format(x)
+
+
+def _p(x: float) -> str:
+    return "-" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")
+
+
+def format_compare(
+    df: pd.DataFrame,
+    a: str,
+    b: str,
+    metric: str = "macro_recall",
+    include_unfinished: bool = False,
+    wilcoxon_min: int = 5,
+) -> str:
+    """:func:`compare` as a Markdown table with the matched seeds and what the numbers can support."""
+    res = compare(df, a, b, metric, include_unfinished, wilcoxon_min)
+    at = res.attrs
+    matched = sorted(set(at["seeds_a"]) & set(at["seeds_b"]))
+    only_a = sorted(set(at["seeds_a"]) - set(matched))
+    only_b = sorted(set(at["seeds_b"]) - set(matched))
+    lines = [
+        f"{a} - {b}: test {metric} (x100), paired by seed.",
+        f"Seeds matched: {len(matched)} ({' '.join(map(str, matched)) or 'none'}); dropped, only in {a}: "
+        f"{' '.join(map(str, only_a)) or 'none'}; only in {b}: {' '.join(map(str, only_b)) or 'none'}.",
+        "",
+        f"| column | n | mean {a} | mean {b} | diff | 95% CI | t-test p | Wilcoxon p |",
+        "|:--|--:|--:|--:|--:|:-:|--:|--:|",
+    ]
+    for col, r in res.iterrows():
+        ci = "-" if not math.isfinite(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        lines.append(
+            f"| {col} | {r['n']} | {_num(r['mean_a'], '{:.2f}')} | {_num(r['mean_b'], '{:.2f}')} | "
+            f"{_num(r['diff'])} | {ci} | {_p(r['t_p'])} | {_p(r['wilcoxon_p'])} |"
+        )
+    lines += ["", f"avg = each seed's mean over {' '.join(at['avg_domains'])} (held-out included), then paired."]
+    n = int(res["n"].max()) if len(res) else 0
+    if n <= 1:
+        lines.append("Only one matched seed: a single difference with no spread, no interval and no test; "
+                     "a claim cannot rest on one seed. Run more seeds.")
+    else:
+        lines.append("A difference whose 95% CI contains 0 is not distinguishable from seed noise.")
+        if n < wilcoxon_min:
+            lines.append(f"Wilcoxon signed-rank not computed: it needs at least {wilcoxon_min} matched seeds.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,280 @@
+"""The paper's Table 2 from collected results: test macro recall per domain, mean and std over seeds.
+
+Yoon, Hamarneh & Garbi (MICCAI 2019), Table 2: one row per experiment A-V (backbone, nsec, weighted or
+unweighted classification / alignment, pruning), columns HAM DMF D7P MSK PH2 SON UDA and their average;
+held-out domains (leave-one-domain-out, O-T) are starred. The paper reports one run per cell; here a
+cell is the mean over seeds with the sample standard deviation (ddof=1) when there are several.
+
+``avg`` follows the paper, all columns held-out included: each seed's mean over the domains first,
+then mean and std of those per-seed averages across seeds. The domains averaged are those with any
+value in the table (all seven on a full benchmark); a seed missing one of them has no ``avg``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from domgen.data.labels import TABLE2_DOMAINS
+from domgen.experiments.registry import EXPERIMENTS
+from domgen.sweep.collect import check_one_run_per_seed, collect, select, unfinished_runs
+
+AVG = "avg"
+COLUMNS: tuple[str, ...] = (*TABLE2_DOMAINS, AVG)
+META = ("Exp", "nsec", "arch", "Cl", "Al", "Pr")
+# Metrics stored as fractions; shown x100 like macro recall so every cell reads as a percentage.
+_FRACTIONS = {"mel_auc", "mel_sens", "mel_spec"}
+
+
+def table_rows(df: pd.DataFrame, include_unfinished: bool = False) -> pd.DataFrame:
+    """Final test rows of finished runs (Table 2's source), checked to hold one run per (exp, seed)."""
+    rows = df[(df["stage"] == "final") & (df["split"] == "test")]
+    rows = select(rows, include_unfinished=include_unfinished)
+    check_one_run_per_seed(rows)
+    return rows
+
+
+def per_seed(
+    df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """(exp, seed) x (HAM..UDA, avg) values of ``metric``, and the domains ``avg`` is taken over."""
+    rows = table_rows(df, include_unfinished)
+    if metric not in rows.columns:
+        if len(rows):
+            known = [c for c in rows.columns if pd.api.types.is_numeric_dtype(rows[c])]
+            raise KeyError(f"unknown metric {metric!r}; numeric columns: {', '.join(known)}")
+        rows = rows.assign(**{metric: pd.Series(dtype=float)})
+    scale = 100.0 if metric in _FRACTIONS else 1.0
+    values = rows.assign(value=pd.to_numeric(rows[metric], errors="coerce") * scale)
+    values = values.drop_duplicates(["exp", "seed", "domain"], keep="last")
+    wide = values.set_index(["exp", "seed", "domain"])["value"].unstack("domain")
+    wide = wide.reindex(columns=list(TABLE2_DOMAINS)).astype(float)
+    avg_domains = tuple(d for d in TABLE2_DOMAINS if wide[d].notna().any())
+    # skipna=False: a seed missing one averaged domain gets no avg rather than an avg over fewer.
+    wide[AVG] = wide[list(avg_domains)].mean(axis=1, skipna=False) if avg_domains else np.nan
+    return wide, avg_domains
+
+
+def _order(exps) -> list[str]:
+    """Registry order (A..V), then any experiment the registry does not know, sorted."""
+    known = [e for e in EXPERIMENTS.names() if e in set(exps)]
+    return known + sorted(set(exps) - set(known))
+
+
+def _arch_name(arch: str) -> str:
+    m = re.fullmatch(r"resnet(\d+)", str(arch))
+    return f"ResNet-{m[1]}" if m else str(arch)
+
+
+def _flag(loss, weighted) -> str:
+    """Paper's Cl / Al columns: w = weighted, u = unweighted, - = plain cross-entropy (no CCSA)."""
+    if loss != "ccsa" or not isinstance(weighted, (bool, np.bool_)):
+        return "-"
+    return "w" if weighted else "u"
+
+
+def _describe(rows: pd.DataFrame) -> dict:
+    first = rows.iloc[0]
+    params = pd.to_numeric(rows["params"], errors="coerce").mean() if "params" in rows else math.nan
+    holdout = sorted({d for h in rows["holdout"] if isinstance(h, tuple) for d in h}) if "holdout" in rows else []
+    return {
+        "nsec": str(first.get("nsec", "")),
+        "arch": _arch_name(first.get("arch", "")),
+        "Cl": _flag(first.get("loss"), first.get("weighted_cls")),
+        "Al": _flag(first.get("loss"), first.get("weighted_align")),
+        "Pr": f"{params / 1e6:.1f}M" if math.isfinite(params) else "-",
+        "params": params,
+        "holdout": " ".join(holdout),
+        "synthetic": bool(rows["synthetic"].fillna(False).astype(bool).any()),
+        "data": " ".join(sorted(rows["data"].dropna().astype(str).unique())),
+        "preset": " ".join(sorted(rows["preset"].dropna().astype(str).unique())),
+    }
+
+
+def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False) -> pd.DataFrame:
+    """Numeric Table 2: index exp (registry order); descriptor columns; ``seeds``; and for each of
+    HAM..UDA, avg: ``<col>_mean``, ``<col>_std`` (ddof=1; NaN with one seed), ``<col>_n``.
+    ``attrs["avg_domains"]`` names the domains each seed's average is over."""
+    wide, avg_domains = per_seed(df, metric, include_unfinished)
+    rows = table_rows(df, include_unfinished)
+    out = []
+    for exp in _order(rows["exp"].unique()):
+        rec = {"exp": exp} | _describe(rows[rows["exp"] == exp])
+        vals = wide.loc[exp]
+        rec["seeds"] = int(len(vals))
+        for col in COLUMNS:
+            v = vals[col].dropna()
+            rec[f"{col}_mean"] = float(v.mean()) if len(v) else math.nan
+            rec[f"{col}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+            rec[f"{col}_n"] = int(len(v))
+        out.append(rec)
+    frame = pd.DataFrame(out).set_index("exp") if out else pd.DataFrame()
+    frame.attrs["avg_domains"] = avg_domains
+    frame.attrs["metric"] = metric
+    return frame
+
+
+def _cell(rec: pd.Series, col: str, pm: str) -> str:
+    mean, std, n = rec[f"{col}_mean"], rec[f"{col}_std"], rec[f"{col}_n"]
+    if n == 0 or not math.isfinite(mean):
+        return "-"
+    text = f"{mean:.1f}" if n == 1 or not math.isfinite(std) else f"{mean:.1f}{pm}{std:.1f}"
+    return text + ("*" if col in rec["holdout"].split() else "")
+
+
+def _cells(frame: pd.DataFrame, pm: str) -> list[list[str]]:
+    return [
+        [exp, rec["nsec"], rec["arch"], rec["Cl"], rec["Al"], rec["Pr"]]
+        + [_cell(rec, c, pm) for c in COLUMNS]
+        + [str(rec["seeds"])]
+        for exp, rec in frame.iterrows()
+    ]
+
+
+def _data_line(frame: pd.DataFrame) -> str:
+    synth = frame.index[frame["synthetic"]].tolist()
+    if not synth:
+        return f"Data: real ({'; '.join(sorted(set(frame['data'])))})."
+    if len(synth) == len(frame):
+        return "Data: synthetic benchmark (generated images, not the paper's datasets)."
+    real = frame.index[~frame["synthetic"]].tolist()
+    return f"Data: MIXED - synthetic benchmark for {', '.join(synth)}; real data for {', '.join(real)}."
+
+
+def caption_lines(df: pd.DataFrame, frame: pd.DataFrame, include_unfinished: bool = False) -> list[str]:
+    """What the table shows, on which data, and which runs were left out."""
+    metric, avg_domains = frame.attrs["metric"], frame.attrs["avg_domains"]
+    lines = [
+        f"Table 2: test {metric} (x100) per domain; mean and sample std (ddof=1) over seeds where a row has "
+        f"several, the plain value with one; * = held-out domain; avg = per-seed mean over "
+        f"{len(avg_domains)} domains ({' '.join(avg_domains)}; held-out included, as in the paper), "
+        f"then mean and std across seeds.",
+        _data_line(frame),
+        f"Preset: {', '.join(sorted(set(' '.join(frame['preset']).split())))}.",
+    ]
+    left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
+    if left_out and not include_unfinished:
+        lines.append(f"Left out: {len(left_out)} unfinished run(s): {', '.join(left_out)}.")
+    return lines
+
+
+def _markdown(caption: list[str], cells: list[list[str]]) -> str:
+    header = [*META, *COLUMNS, "seeds"]
+    lines = ["  \n".join(caption), ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join([":--"] * len(META) + ["--:"] * (len(COLUMNS) + 1)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\~{}", "^": r"\^{}"}
+
+
+def _tex(s: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX[m[0]], s)
+
+
+def _latex(caption: list[str], cells: list[list[str]]) -> str:
+    header = [*META, *COLUMNS, "seeds"]
+    spec = "l" * len(META) + "r" * (len(COLUMNS) + 1)
+    # "\x01" stands for the plus-minus sign so that escaping leaves it alone.
+    body = [" & ".join(_tex(c).replace("\x01", r" $\pm$ ") for c in row) + r" \\" for row in cells]
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", r"\caption{" + _tex(" ".join(caption)) + "}",
+        r"\begin{tabular}{" + spec + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule",
+        *body, r"\bottomrule", r"\end{tabular}", r"\end{table}",
+    ]) + "\n"
+
+
+def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False) -> str:
+    """Table 2 as Markdown (``md``), LaTeX (``latex``, booktabs) or CSV (``csv``: the numeric
+    :func:`table2_frame`, one column per mean / std / n, round-trips to numbers)."""
+    frame = table2_frame(df, metric, include_unfinished)
+    if frame.empty:
+        left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
+        return f"No finished runs with final test results ({len(left_out)} unfinished run(s) left out).\n"
+    if fmt == "csv":
+        return frame.to_csv()
+    caption = caption_lines(df, frame, include_unfinished)
+    if fmt == "md":
+        return _markdown(caption, _cells(frame, " ± "))
+    if fmt == "latex":
+        return _latex(caption, _cells(frame, "\x01"))
+    raise ValueError(f"fmt must be 'md', 'latex' or 'csv', got {fmt!r}")
+
+
+def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", include_unfinished: bool = False) -> Path:
+    """Grouped bars: per domain (and avg), one bar per experiment, error bars = std over seeds;
+    held-out cells hatched and starred. Saved as PNG without touching pyplot's global state."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # lazy: matplotlib only when plotting
+
+    frame = table2_frame(df, metric, include_unfinished)
+    x, width = np.arange(len(COLUMNS)), 0.8 / max(len(frame), 1)
+    fig = Figure(figsize=(max(8.0, 0.12 * len(frame) * len(COLUMNS)), 4.5))
+    ax = fig.add_subplot()
+    cmap = colormaps["tab10" if len(frame) <= 10 else "tab20"]
+    for i, (exp, rec) in enumerate(frame.iterrows()):
+        # Missing cells are NaN: no bar. Error bars only where there is a spread (two seeds or more).
+        means = np.array([rec[f"{c}_mean"] for c in COLUMNS], dtype=float)
+        stds = np.array([rec[f"{c}_std"] for c in COLUMNS], dtype=float)
+        pos = x - 0.4 + (i + 0.5) * width
+        bars = ax.bar(pos, means, width, color=cmap(i % cmap.N), label=exp)
+        ax.errorbar(pos, means, yerr=stds, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        for bar, col, p, m, s in zip(bars, COLUMNS, pos, means, np.nan_to_num(stds)):
+            if col in rec["holdout"].split() and math.isfinite(m):
+                bar.set_hatch("//")
+                ax.annotate("*", (p, m + s), ha="center", va="bottom")
+    ax.set_xticks(x, list(COLUMNS))
+    ax.set_ylabel(f"test {metric} (x100)")
+    data = " (synthetic data)" if len(frame) and frame["synthetic"].any() else ""
+    ax.set_title(f"Per-domain test {metric} by experiment{data}\nerror bars: std over seeds; hatched, * = held out")
+    ax.legend(ncols=min(len(frame), 11) or 1, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return Path(path)
+
+
+def _human(x: float) -> str:
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "?"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _ratio(after, before) -> str:
+    try:
+        return f" ({100.0 * float(after) / float(before):.1f}% kept)"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return ""
+
+
+def pruning_report(df_or_runs: pd.DataFrame | Path | str, include_unfinished: bool = False) -> str:
+    """Pruned runs (U, V: DCP at two thresholds, Table 2's pruning column): parameters and MACs
+    before -> after, and the channels each block keeps, from the rows' pruning keys."""
+    df = collect(Path(df_or_runs)) if isinstance(df_or_runs, (str, Path)) else df_or_runs
+    rows = select(df, include_unfinished=include_unfinished)
+    if "params" not in rows or rows["params"].isna().all():
+        return "No pruned runs found.\n"
+    rows = rows[rows["params"].notna()]
+    lines = ["Pruning (DCP; Table 2 rows U, V): params and MACs before -> after, channels kept per block"]
+    order = {e: i for i, e in enumerate(_order(rows["exp"].unique()))}
+    firsts = rows.drop_duplicates("run")
+    firsts = firsts.assign(_o=firsts["exp"].map(order)).sort_values(["_o", "seed", "run"])
+    for _, r in firsts.iterrows():
+        run = r["run"]
+        lines.append(
+            f"{r['exp']} seed {r['seed']} ({run}): params {_human(r.get('params_before'))} -> {_human(r['params'])}"
+            f"{_ratio(r['params'], r.get('params_before'))}; MACs {_human(r.get('macs_before'))} -> "
+            f"{_human(r.get('macs'))}{_ratio(r.get('macs'), r.get('macs_before'))}"
+        )
+        kept = r.get("channels_kept")
+        if isinstance(kept, dict) and kept:
+            items = [f"{k}: {v}" for k, v in kept.items()]
+            lines += ["  channels kept: " + ", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]
+    return "\n".join(lines) + "\n"
