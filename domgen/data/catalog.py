@@ -17,6 +17,7 @@ from domgen.config import DataConfig, cache_dir
 from domgen.data.labels import CLASSES, DOMAIN_CODES, DOMAINS
 from domgen.data.sources import SOURCES
 from domgen.data.sources.base import LoadResult
+from domgen.progress import lazy_bar
 
 SYNTHETIC = "synthetic"
 
@@ -52,7 +53,7 @@ class Catalog:
         return self.counts() > 0
 
 
-def resolve_root(cfg: DataConfig, progress=None) -> tuple[Path, bool]:
+def resolve_root(cfg: DataConfig, bar=None) -> tuple[Path, bool]:
     """(root, is_synthetic). ``data.root`` wins, then ``$DOMGEN_DATA``, then the synthetic benchmark."""
     root = cfg.root or os.environ.get("DOMGEN_DATA", "")
     if root and root != SYNTHETIC:
@@ -62,11 +63,13 @@ def resolve_root(cfg: DataConfig, progress=None) -> tuple[Path, bool]:
         return path, False
     from domgen.data.synthetic import ensure_synthetic
 
+    progress = lazy_bar(bar, desc="generating synthetic benchmark", unit="img")
     return ensure_synthetic(cache_dir(cfg), scale=cfg.synthetic_scale, seed=cfg.synthetic_seed, progress=progress), True
 
 
-def load_catalog(cfg: DataConfig, progress=None) -> Catalog:
-    root, synthetic = resolve_root(cfg, progress)
+def load_catalog(cfg: DataConfig, bar=None) -> Catalog:
+    """``bar``: an optional progress-bar factory (tqdm), used only if data must be generated."""
+    root, synthetic = resolve_root(cfg, bar)
     catalog = Catalog(root=root, synthetic=synthetic)
     for folder, code in DOMAIN_CODES.items():
         path = root / folder
