@@ -1,0 +1,197 @@
+"""Decode each image once: a uint8 ``[N, crop, crop, 3]`` memmap of ``centre_crop(resize(img))``.
+
+The cache holds the deterministic front of the paper's pipeline (resize to ``resize x resize``, centre
+crop ``crop``), computed with the same PIL calls as :func:`domgen.data.transforms.resize_centre_crop`,
+so its pixels equal the reference exactly. Random augmentation then runs per batch on the device
+(:mod:`domgen.data.batch_augment`).
+
+Layout: ``<cache_dir>/images/<key>.u8`` (raw C-order uint8) plus ``<key>.json`` (shape, dtype, key
+inputs). The key hashes the paths, their sizes and mtimes, ``resize``, ``crop`` and ``FORMAT_VERSION``,
+so editing a file or changing a size builds a new cache while an unchanged one is reused.
+
+Building is safe across processes: an ``fcntl.flock`` on ``<key>.lock`` serializes builders; the loser
+waits and then finds the finished cache. Data go to a temp file in the same folder, written in chunks
+through ``r+`` memmap windows that are unmapped after each flush (resident memory stays at one chunk,
+where one ``w+`` map of the whole file would keep every written page resident), then ``os.replace``
+publishes it; the sidecar is published last, so its presence marks a complete cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from domgen.data.transforms import load_rgb, resize_centre_crop
+
+FORMAT_VERSION = 1
+CHUNK = 64  # images written between memmap flushes
+
+
+def cache_key(paths: Sequence[str], resize: int, crop: int) -> tuple[str, dict]:
+    """Hash of (absolute paths, sizes, mtimes, resize, crop, format version) and the inputs hashed."""
+    files = []
+    for p in paths:
+        st = os.stat(p)
+        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    inputs = {"version": FORMAT_VERSION, "resize": int(resize), "crop": int(crop), "files": files}
+    blob = json.dumps(inputs, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32], inputs
+
+
+def decode(path: str, resize: int, crop: int) -> np.ndarray:
+    """One image -> uint8 ``[crop, crop, 3]``, bit-identical to the reference's resize + centre crop."""
+    return np.asarray(resize_centre_crop(load_rgb(path), resize, crop), dtype=np.uint8)
+
+
+def _decode_star(args: tuple[str, int, int]) -> np.ndarray:
+    return decode(*args)
+
+
+def _sidecar(data_path: Path) -> Path:
+    return data_path.with_suffix(".json")
+
+
+def _is_complete(data_path: Path) -> bool:
+    side = _sidecar(data_path)
+    if not (side.exists() and data_path.exists()):
+        return False
+    meta = json.loads(side.read_text())
+    return data_path.stat().st_size == int(np.prod(meta["shape"]))
+
+
+def _tick(progress, n: int) -> None:
+    if progress is None:
+        return
+    (progress.update if hasattr(progress, "update") else progress)(n)
+
+
+def _write_images(tmp: Path, paths: Sequence[str], resize: int, crop: int, num_workers: int, progress) -> None:
+    """Decode ``paths`` into the raw file ``tmp`` in order, ``CHUNK`` images per ``r+`` memmap window.
+
+    Each window is unmapped after its flush, so resident memory stays at one chunk (plus the pool's few
+    in-flight images) however many images there are.
+    """
+    row = crop * crop * 3
+    with open(tmp, "r+b") as f:
+        f.truncate(len(paths) * row)  # sparse full-size file; windows below fill it
+    jobs = [(p, resize, crop) for p in paths]
+    pool = multiprocessing.get_context().Pool(num_workers) if num_workers > 0 else None
+    try:
+        # imap keeps order and hands results over one by one, so only a few images are in flight.
+        it = iter(pool.imap(_decode_star, jobs, chunksize=4) if pool else map(_decode_star, jobs))
+        for start in range(0, len(jobs), CHUNK):
+            n = min(CHUNK, len(jobs) - start)
+            window = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=start * row, shape=(n, crop, crop, 3))
+            for i in range(n):
+                window[i] = next(it)
+            window.flush()
+            del window
+            _tick(progress, n)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+def build_cache(
+    paths: Sequence[str],
+    resize: int,
+    crop: int,
+    cache_dir: Path,
+    progress: Callable[[int], object] | None = None,
+    num_workers: int = 0,
+) -> Path:
+    """Build (or reuse) the cache of ``centre_crop(resize(img, resize), crop)`` for ``paths``; return its path.
+
+    ``progress`` is called with the number of images just written (or its ``.update`` if tqdm-like).
+    ``num_workers > 0`` decodes in a process pool. Returns ``<cache_dir>/images/<key>.u8``.
+    """
+    if len(paths) == 0:
+        raise ValueError("build_cache needs at least one path")
+    key, inputs = cache_key(paths, resize, crop)
+    folder = Path(cache_dir) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path = folder / f"{key}.u8"
+    if _is_complete(data_path):
+        return data_path
+    with open(folder / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder waits here, then reuses our result
+        try:
+            if _is_complete(data_path):
+                return data_path
+            _build_locked(data_path, inputs, paths, resize, crop, num_workers, progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return data_path
+
+
+def _build_locked(data_path: Path, inputs: dict, paths, resize, crop, num_workers, progress) -> None:
+    folder = data_path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=data_path.name + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _write_images(tmp, paths, resize, crop, num_workers, progress)
+        os.replace(tmp, data_path)
+        meta = {"shape": [len(paths), crop, crop, 3], "dtype": "uint8", "order": "C", "key_inputs": inputs}
+        side_tmp = tmp.with_suffix(".json.tmp")
+        side_tmp.write_text(json.dumps(meta))
+        os.replace(side_tmp, _sidecar(data_path))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_cache(data_path: Path) -> np.memmap:
+    """Open a built cache read-only: uint8 memmap ``[N, crop, crop, 3]`` (shape from the sidecar)."""
+    data_path = Path(data_path)
+    if not _is_complete(data_path):
+        raise FileNotFoundError(f"no complete image cache at {data_path} (run build_cache first)")
+    meta = json.loads(_sidecar(data_path).read_text())
+    return np.memmap(data_path, dtype=np.dtype(meta["dtype"]), mode="r", shape=tuple(meta["shape"]))
+
+
+class CachedImages(Dataset):
+    """``(uint8 [crop, crop, 3] tensor, label)`` items from a built cache.
+
+    The tensor is a zero-copy view of the read-only memmap: do not modify it in place (the default
+    collate copies it into the batch). The memmap opens lazily in each process, so the dataset pickles
+    cheaply into DataLoader workers instead of copying the array.
+    """
+
+    def __init__(self, data_path: Path, labels: Sequence[int]):
+        self.data_path = Path(data_path)
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self._mm: np.memmap | None = None
+        n = len(self.images)
+        if n != len(self.labels):
+            raise ValueError(f"cache holds {n} images but {len(self.labels)} labels were given")
+
+    @property
+    def images(self) -> np.memmap:
+        if self._mm is None:
+            self._mm = open_cache(self.data_path)
+        return self._mm
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mm": None}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with warnings.catch_warnings():
+            # torch warns that the buffer is not writable; the view is read-only by design.
+            warnings.simplefilter("ignore", UserWarning)
+            img = torch.from_numpy(self.images[i])
+        return img, self.labels[i]
