@@ -72,9 +72,7 @@ class PruneConfig:
     threshold: float = 1e-4  # DCP stopping rule on the relative decrease of the objective
     disc_weight: float = 1.0  # weight of the discrimination-aware cross-entropy term
     ratio: float = 0.3  # channel ratio for the importance baselines
-    batches: int = 8  # batches of training data used to select channels
-    finetune_epochs: int = 20
-    finetune_lr_step: int = 10
+    batches: int = 8  # batches of training data used to select channels (fine-tuning follows optim.*)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ class RunData:
         return np.flatnonzero(mask.to_numpy())
 
 
-def prepare_data(cfg: DataConfig, progress=None) -> RunData:
-    catalog = load_catalog(cfg, progress=progress)
+def prepare_data(cfg: DataConfig, bar=None) -> RunData:
+    catalog = load_catalog(cfg, bar=bar)
     manifest = load_or_build_manifest(catalog.records(), cache_dir(cfg), seed=cfg.split_seed).reset_index(drop=True)
     holdout = [domain_code(d) for d in cfg.holdout]
     if PRIMARY_DOMAIN in holdout:

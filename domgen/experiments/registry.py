@@ -123,8 +123,6 @@ def resolve_config(exp_name: str, preset: str = "paper", seed: int = 0, override
         prune=PruneConfig(
             threshold=exp.prune_threshold or PruneConfig.threshold,
             batches=p.prune_batches,
-            finetune_epochs=p.epochs_ccsa,
-            finetune_lr_step=p.step_ccsa,
         ),
     )
     return apply_overrides(cfg, list(overrides))

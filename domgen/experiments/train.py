@@ -69,7 +69,7 @@ def warm_start_state(cfg: RunConfig, hooks: Hooks) -> dict | None:
 
 
 def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
-    data = prepare_data(cfg.data, progress=hooks.progress)
+    data = prepare_data(cfg.data, bar=hooks.bar)
     run_dir = run_dir_for(cfg, data.identity)
     if is_done(run_dir) and not force:
         hooks.log(f"[{cfg.exp} s{cfg.seed}] already done: {run_dir} (use --force to redo)")

@@ -1,0 +1,102 @@
+"""Batches for training and evaluation, on the device.
+
+Default (``data.cached``): every image is decoded, resized and centre-cropped once into a uint8
+memory-mapped array (``domgen.data.cache``); DataLoader workers only gather uint8 batches, and the
+random part of the recipe (random resized crop, flips, rot90, Cutout) runs per batch on the device
+(``domgen.data.batch_augment``). All randomness comes from generators seeded by (seed, epoch), so an
+epoch replays exactly after a resume, whatever the number of workers.
+Fallback (``data.cached=False``): the reference per-image PIL pipeline in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from domgen.config import DataConfig, TransformConfig, cache_dir
+from domgen.data.batch_augment import BatchAugment, eval_batch
+from domgen.data.cache import build_cache, open_cache
+from domgen.data.transforms import ImageFolderDataset, reference_eval_transform, reference_train_transform
+
+
+class _Gather(Dataset):
+    """Index = an array of positions; item = (uint8 images [B, S, S, 3], labels [B]) from the memmap."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        order = np.argsort(idx)  # sorted reads are sequential on disk
+        block = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
+        block[order] = self.images[idx[order]]
+        return torch.from_numpy(block), torch.from_numpy(self.labels[idx])
+
+
+class Inputs:
+    """uint8 cache of every manifest image plus device-side augmentation."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, tcfg: TransformConfig, dcfg: DataConfig, device, progress=None):
+        self.t, self.device, self.workers = tcfg, torch.device(device), dcfg.workers
+        self.augment = BatchAugment(out=tcfg.size, cutout=tcfg.cutout).to(self.device)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.cached = dcfg.cached
+        if self.cached:
+            path = build_cache(paths, tcfg.resize, tcfg.crop, cache_dir(dcfg), progress=progress, num_workers=dcfg.workers)
+            self.images = open_cache(path)
+        else:
+            self.paths = list(paths)
+
+    def _loader(self, batches: list[np.ndarray], train: bool, seed: int) -> DataLoader:
+        if self.cached:
+            ds = _Gather(self.images, self.labels)
+            return DataLoader(ds, batch_size=None, sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        t = self.t
+        tf = reference_train_transform(t.resize, t.crop, t.size, t.cutout) if train else reference_eval_transform(t.resize, t.size)
+        ds = ImageFolderDataset(self.paths, self.labels, tf)
+        g = torch.Generator().manual_seed(seed)  # seeds each worker's transforms, so epochs replay exactly
+        return DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers, generator=g)
+
+    def _to_device(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if not self.cached:
+            return x
+        return self.augment(x, generator=gen) if gen is not None else eval_batch(x, self.t.size, resize=self.t.resize)
+
+    @staticmethod
+    def _generator(seed: int) -> torch.Generator:
+        # CPU generator: BatchAugment draws its choices on the CPU, so results do not depend on the device.
+        return torch.Generator().manual_seed(seed)
+
+    def train_batches(self, order: np.ndarray, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``order``: manifest positions in epoch order. Yields augmented (x [B, 3, s, s], y [B])."""
+        gen = self._generator(seed)
+        for x, y in self._loader(_chunks(order, batch_size), True, seed):
+            yield self._to_device(x, gen), y.to(self.device)
+
+    def pair_batches(self, idx1: np.ndarray, idx2: np.ndarray, batch_size: int, seed: int):
+        """Pairs of positions in epoch order -> (x1, y1, x2, y2), both streams augmented independently."""
+        gen = self._generator(seed)
+        chunks = [np.concatenate([a, b]) for a, b in zip(_chunks(idx1, batch_size), _chunks(idx2, batch_size))]
+        for x, y in self._loader(chunks, True, seed):
+            b = len(y) // 2
+            x = self._to_device(x, gen)
+            y = y.to(self.device)
+            yield x[:b], y[:b], x[b:], y[b:]
+
+    def eval_batches(self, positions: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self._loader(_chunks(positions, batch_size, drop_single=False), False, 0):
+            yield self._to_device(x, None), y.to(self.device)
+
+
+def _chunks(order: np.ndarray, batch_size: int, drop_single: bool = True) -> list[np.ndarray]:
+    """Consecutive batches; in training a trailing batch of one is dropped (BatchNorm cannot train on it)."""
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks.pop()
+    return chunks

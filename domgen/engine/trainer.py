@@ -1,0 +1,217 @@
+"""The loop every experiment runs through: train an epoch, validate every domain, checkpoint, select.
+
+Model selection (Yoon et al. 2019, Sec. 3): the epoch with the best validation score, i.e. HAM's
+validation macro recall when only HAM trains (nsec = 0), else the mean validation macro recall over the
+domains used for training (held-out domains excluded). The test split is evaluated once, at the end,
+with the best epoch's weights and the melanoma threshold chosen on validation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from domgen.config import RunConfig, to_dict
+from domgen.data.labels import CLASSES, DOMAINS
+from domgen.data.pair_sampler import PairSampler
+from domgen.engine.algorithms import ALGORITHMS
+from domgen.engine.checkpoint import derive_seed, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from domgen.engine.inputs import Inputs
+from domgen.engine.logging import TensorBoard, append_results, truncate_results
+from domgen.engine.loop import predict, train_epoch
+from domgen.engine.metrics import confusion_figure, evaluate_domains
+from domgen.experiments.data import RunData
+from domgen.models import build_model
+from domgen.progress import lazy_bar
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+def _noop(*args, **kwargs) -> None:
+    return None
+
+
+def _identity(iterable: Iterable, **kwargs) -> Iterable:
+    return iterable
+
+
+@dataclass
+class Hooks:
+    """How a driver talks to the outside without printing: ``log`` gets summary lines, ``progress``
+    wraps an iterable and ``bar`` makes a counter with ``update(n)`` (the CLI passes tqdm for both)."""
+
+    log: Callable[[str], None] = _noop
+    progress: Callable[..., Iterable] = _identity
+    bar: Callable[..., Any] | None = None
+    after_epoch: Callable[[int], None] = field(default=_noop)
+
+
+def _domain_order(row: dict) -> int:
+    return DOMAINS.index(row["domain"]) if row["domain"] in DOMAINS else len(DOMAINS)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, data: RunData, run_dir: Path, context: dict, hooks: Hooks, init_state=None, model=None):
+        """``init_state``: a warm start (state dict of the same architecture); ``model``: a ready model
+        (e.g. a pruned one) used as is."""
+        self.cfg, self.data, self.run_dir, self.context, self.hooks = cfg, data, Path(run_dir), context, hooks
+        self.device = pick_device(cfg.device)
+        seed_everything(cfg.seed)
+        if model is None:
+            weights = "none" if init_state is not None else cfg.model.weights
+            model = build_model(cfg.model.arch, weights, len(CLASSES))
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        m = data.manifest
+        bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
+        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
+        self.sampler, self.algorithm = self._make_algorithm()
+        self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
+        self.tb: TensorBoard | None = None
+
+    def _make_algorithm(self):
+        cfg, data = self.cfg, self.data
+        if cfg.loss.name == "ce":
+            return None, ALGORITHMS.get("ce")()
+        domains = data.manifest["domain"].to_numpy()[data.pool]
+        sampler = PairSampler(data.labels[data.pool], domains, p_same=cfg.loss.p_same, seed=cfg.seed)
+        w = sampler.loss_weights()
+        weights = {
+            "class_w1": w["class_w1"] if cfg.loss.weighted_cls else None,
+            "class_w2": w["class_w2"] if cfg.loss.weighted_cls else None,
+            "pair_w": w["pair_w"] if cfg.loss.weighted_align else None,
+        }
+        weights = {k: (v.to(self.device) if v is not None else None) for k, v in weights.items()}
+        return sampler, ALGORITHMS.get(cfg.loss.name)(margin=cfg.loss.margin, weights=weights)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,  # epochs completed
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+            "sampler": self.sampler.state_dict(position=0) if self.sampler is not None else {},
+            "config": to_dict(self.cfg),
+        }
+
+    def resume(self) -> bool:
+        """Continue from ``last.pt`` when present; results written after it are dropped and redone."""
+        path = self.run_dir / LAST
+        if not path.exists():
+            return False
+        state = load_checkpoint(path, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        set_rng_state(state["rng"])
+        if self.sampler is not None and state["sampler"]:
+            self.sampler.load_state_dict(state["sampler"])
+        truncate_results(self.run_dir, after_epoch=self.epoch)
+        return True
+
+    # ---- training --------------------------------------------------------------------------------
+    def fit(self) -> None:
+        self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch)
+        total = self.cfg.optim.epochs
+        while self.epoch < total:
+            losses = self._train_one(self.epoch)
+            self.epoch += 1
+            score, rows = self.validate(self.epoch)
+            self._log_epoch(losses, score, rows)
+            if score > self.best_score:
+                self.best_score, self.best_epoch = score, self.epoch
+                save_checkpoint(self.run_dir / BEST, self.state())
+            save_checkpoint(self.run_dir / LAST, self.state())
+            self.hooks.after_epoch(self.epoch)
+
+    def _train_one(self, epoch: int) -> dict[str, float]:
+        cfg, data = self.cfg, self.data
+        seed = derive_seed(cfg.seed, epoch, "augment")
+        bs = cfg.optim.batch_size
+        if self.sampler is None:
+            order = data.pool[np.random.default_rng(derive_seed(cfg.seed, epoch, "order")).permutation(len(data.pool))]
+            batches, n = self.inputs.train_batches(order, bs, seed), len(order)
+        else:
+            self.sampler.set_epoch(epoch)
+            i1, i2 = self.sampler.epoch_pairs(epoch)
+            batches, n = self.inputs.pair_batches(data.pool[i1], data.pool[i2], bs, seed), len(i1)
+        desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
+        batches = self.hooks.progress(batches, desc=desc, total=math.ceil(n / bs), leave=False)
+        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device)
+        losses["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return losses
+
+    def _log_epoch(self, losses: dict[str, float], score: float, rows: list[dict]) -> None:
+        self.tb.scalars(losses, self.epoch, prefix="train/")
+        self.tb.scalars({f"{r['domain']}": r["macro_recall"] for r in rows}, self.epoch, prefix="val_macro_recall/")
+        self.tb.scalars({"selection_score": score}, self.epoch, prefix="val/")
+        per_domain = " ".join(f"{r['domain']} {r['macro_recall']:.1f}" for r in sorted(rows, key=_domain_order))
+        loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "lr")
+        self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def _evaluate(self, splits: tuple[str, ...], features: bool = False):
+        m = self.data.manifest
+        pos = np.flatnonzero(m["split"].isin(splits).to_numpy())
+        probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features)
+        doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
+        rows, cms = evaluate_domains(y, probs, doms, spl)
+        return rows, cms, (feats, y, doms, spl)
+
+    def validate(self, epoch: int) -> tuple[float, list[dict]]:
+        rows, _, _ = self._evaluate(("val",))
+        rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
+        append_results(self.run_dir, rows)
+        used = [r["macro_recall"] for r in rows if r["domain"] in self.data.train_domains]
+        score = float(np.nanmean(used)) if used else -math.inf
+        return score, rows
+
+    def final(self) -> dict[str, Any]:
+        """Best epoch's weights on every domain's validation and test split; rows tagged ``final``."""
+        state = load_checkpoint(self.run_dir / BEST, self.device)
+        self.model.load_state_dict(state["model"])
+        rows, cms, embed = self._evaluate(("val", "test"), features=self.cfg.loss.name == "ccsa")
+        rows = [self.context | {"epoch": self.best_epoch, "stage": "final"} | r for r in rows]
+        append_results(self.run_dir, rows)
+        self._log_final(rows, cms, embed)
+        test = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test"}
+        return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test}
+
+    def _log_final(self, rows, cms, embed) -> None:
+        tb = self.tb or TensorBoard(self.run_dir / "tb")
+        for (split, domain), cm in cms.items():
+            if split == "test":
+                tb.figure(f"confusion/{domain}", confusion_figure(cm, CLASSES, f"{self.cfg.exp} {domain} test"), self.best_epoch)
+        test = {f"test/{r['domain']}": r["macro_recall"] for r in rows if r["split"] == "test"}
+        hp = {k: v for k, v in self.context.items() if k not in ("data",)}
+        tb.hparams(hp, test)
+        feats, y, doms, spl = embed
+        if feats is not None and len(feats):
+            test = np.flatnonzero(spl == "test")  # the projector shows test features only
+            keep = test[np.random.default_rng(0).permutation(len(test))[:2000]]
+            meta = [[str(doms[i]), CLASSES[y[i]], f"{doms[i]}/{CLASSES[y[i]]}"] for i in keep]
+            tb.embedding(torch.from_numpy(feats[keep]), meta, ["domain", "class", "domain_class"], self.best_epoch)
+        tb.close()

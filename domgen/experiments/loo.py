@@ -1,0 +1,42 @@
+"""Leave-one-domain-out (experiments O-T): the held-out domain is removed from training and from model
+selection, and still evaluated. ``run_loo(["PH2"], ...)`` runs experiment R end to end (A, then CCSA)."""
+
+from __future__ import annotations
+
+from domgen.data.labels import TABLE2_DOMAINS, domain_code
+from domgen.engine.trainer import Hooks
+from domgen.experiments.registry import LOO_EXPERIMENT, resolve_config
+from domgen.experiments.train import RunResult, run_train
+
+
+def loo_experiments(holdout: str) -> list[str]:
+    """"PH2" -> ["R"]; "all" -> ["O", ..., "T"]."""
+    if holdout.lower() == "all":
+        return [LOO_EXPERIMENT[d] for d in sorted(LOO_EXPERIMENT, key=TABLE2_DOMAINS.index)]
+    code = domain_code(holdout)
+    if code not in LOO_EXPERIMENT:
+        raise ValueError(f"--holdout {holdout}: no leave-one-out experiment holds out {code} (choose from {', '.join(LOO_EXPERIMENT)} or all)")
+    return [LOO_EXPERIMENT[code]]
+
+
+def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: Hooks = Hooks(), force: bool = False, resume: bool = False) -> list[RunResult]:
+    results = []
+    for exp in loo_experiments(holdout):
+        cfg = resolve_config(exp, preset, seed, overrides)
+        results.append(run_train(cfg, hooks, resume=resume, force=force))
+    return results
+
+
+def format_loo(results: list[RunResult]) -> str:
+    """Macro recall per domain (Table 2 order), the held-out domain starred, one line per experiment."""
+    header = "exp  held-out " + " ".join(f"{d:>6}" for d in TABLE2_DOMAINS) + "    avg"
+    lines = [header]
+    for r in results:
+        s, held = r.summary, set(r.summary["holdout"])
+        test = s["test_macro_recall"]
+        cells = [f"{test[d]:5.1f}{'*' if d in held else ' '}" if d in test and test[d] is not None else "     -" for d in TABLE2_DOMAINS]
+        vals = [v for v in test.values() if v is not None]
+        avg = sum(vals) / len(vals) if vals else float("nan")
+        lines.append(f"{s['exp']:<4} {','.join(s['holdout']):<8} " + " ".join(cells) + f" {avg:6.1f}")
+    lines.append("macro-average recall x100 on each domain's test split; * = held out of training and model selection")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Driver for experiments U and V: DCP pruning of experiment K's best model, then CCSA fine-tuning.
+
+Yoon et al. 2019 prune their best model (K: ResNet-18, weighted CCSA, nsec = a) with discrimination-
+aware channel pruning (Zhuang et al. 2018): threshold 1e-4 keeps recall at 8.5M parameters (U), 1e-3
+goes to 7.5M (V). The pruned architecture is saved as ``pruned.pt`` (torch-pruning's state-dict helpers)
+so a resumed or re-evaluated run rebuilds it; parameters, MACs and channels kept per block go into every
+result line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import torch
+
+from domgen.config import RunConfig, save_yaml
+from domgen.engine.checkpoint import load_checkpoint
+from domgen.engine.logging import is_done, write_done
+from domgen.engine.trainer import BEST, Hooks, Trainer, pick_device
+from domgen.experiments.data import RunData, prepare_data
+from domgen.experiments.train import RunResult, parent_config, run_context, run_dir_for, run_train
+from domgen.models import build_model
+from domgen.prune import count_params_macs, load_pruned, prune_model, save_pruned
+
+PRUNED = "pruned.pt"
+
+
+def calibration_batches(trainer: Trainer, data: RunData, n_batches: int):
+    """The first ``n_batches`` of the training pool, eval-transformed (deterministic), on the device."""
+    bs = trainer.cfg.optim.batch_size
+    order = data.pool[: n_batches * bs]
+    return list(itertools.islice(trainer.inputs.eval_batches(order, bs), n_batches))
+
+
+def _pruned_model(cfg: RunConfig, data: RunData, run_dir, hooks: Hooks, parent_state) -> tuple[torch.nn.Module, dict]:
+    """Load ``pruned.pt`` when a previous attempt got that far, else prune K's best model now."""
+    path = run_dir / PRUNED
+    if path.exists():
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return load_pruned(cfg.model.arch, path), payload["meta"]
+    model = build_model(cfg.model.arch, "none")
+    model.load_state_dict(parent_state)
+    probe = Trainer(cfg, data, run_dir, {}, hooks, model=model)  # only for its inputs and device
+    size = (3, cfg.transform.size, cfg.transform.size)
+    params0, macs0 = count_params_macs(model, size)
+    example = torch.zeros((1, *size), device=probe.device)
+    batches = calibration_batches(probe, data, cfg.prune.batches)
+    kept = prune_model(model, cfg.prune, batches, example)
+    params, macs = count_params_macs(model, size)
+    meta = {"params_before": params0, "macs_before": macs0, "params": params, "macs": macs, "channels_kept": kept,
+            "prune_method": cfg.prune.method, "prune_threshold": cfg.prune.threshold}
+    save_pruned(model.cpu(), path, meta=meta)
+    hooks.log(f"[{cfg.exp} s{cfg.seed}] pruned: {params0 / 1e6:.2f}M -> {params / 1e6:.2f}M params, {macs0 / 1e9:.3f} -> {macs / 1e9:.3f} GMACs")
+    return model, meta
+
+
+def run_prune(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
+    data = prepare_data(cfg.data, bar=hooks.bar)
+    run_dir = run_dir_for(cfg, data.identity)
+    if is_done(run_dir) and not force:
+        hooks.log(f"[{cfg.exp} s{cfg.seed}] already done: {run_dir} (use --force to redo)")
+        return RunResult(run_dir, json.loads((run_dir / "done").read_text()), skipped=True)
+    if run_dir.exists() and (force or not resume):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parent = run_train(parent_config(cfg), hooks)
+    parent_state = load_checkpoint(parent.run_dir / BEST)["model"]
+    model, meta = _pruned_model(cfg, data, run_dir, hooks, parent_state)
+    context = run_context(cfg, data, run_dir) | meta
+    save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
+    trainer = Trainer(cfg, data, run_dir, context, hooks, model=model)  # fresh optimizer over the pruned parameters
+    if resume and trainer.resume():
+        hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {run_dir}")
+    trainer.fit()
+    summary = trainer.final()
+    write_done(run_dir, summary)
+    return RunResult(run_dir, summary)

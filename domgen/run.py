@@ -1,0 +1,184 @@
+"""The command line: ``python -m domgen.run <command>``. Subcommands -> typed config -> one driver call.
+
+This is the only module (with ``cli_common``) that parses arguments or prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from domgen import cli_common as cc
+from domgen.config import DataConfig, apply_overrides
+from domgen.engine.metrics import jsonable
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from domgen.data.catalog import dropped_report, load_catalog, summary_table
+    from domgen.data.labels import CLASSES
+
+    cfg = apply_overrides(DataConfig(), [o.split("data.", 1)[1] for o in cc.data_overrides(args)])
+    catalog = load_catalog(cfg, bar=cc.cli_hooks().bar)
+    what = f"synthetic benchmark at {catalog.root}" if catalog.synthetic else f"data root {catalog.root}"
+    if args.json:  # stdout stays pure JSON; the data line goes to stderr
+        print(f"data: {what}", file=sys.stderr)
+        counts = catalog.counts()
+        print(json.dumps({d: {c: int(counts.loc[d, c]) for c in CLASSES} for d in counts.index}))
+        return 0
+    table = summary_table(catalog)
+    cc.say(f"data: {what}")
+    cc.say(table.to_string())
+    for line in dropped_report(catalog):
+        cc.say(line)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv")
+    header = f"Data: {'synthetic' if catalog.synthetic else catalog.root}\n\n"
+    (out / "summary.md").write_text(header + table.to_markdown() + "\n\n" + "\n".join(f"- {l}" for l in dropped_report(catalog)) + "\n")
+    cc.say(f"wrote {out / 'summary.csv'} and {out / 'summary.md'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from domgen.experiments.train import run_train
+
+    cfg = cc.build_config(args)
+    result = run_train(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    s = result.summary
+    cc.say(f"data: {s['data']}")
+    cc.say(f"run: {result.run_dir} (best epoch {s['best_epoch']}, validation score {s['best_val_score']:.2f})")
+    cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from domgen.experiments.prune import run_prune
+
+    if args.threshold is not None:
+        args.set.append(f"prune.threshold={args.threshold}")
+    cfg = cc.build_config(args)
+    if cfg.exp not in ("U", "V"):
+        raise ValueError(f"prune runs the pruning experiments U and V, not {cfg.exp}")
+    result = run_prune(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    s = result.summary
+    cc.say(f"data: {s['data']}")
+    cc.say(f"run: {result.run_dir}: {s['params_before'] / 1e6:.2f}M -> {s['params'] / 1e6:.2f}M parameters, "
+           f"{s['macs_before'] / 1e9:.3f} -> {s['macs'] / 1e9:.3f} GMACs at {cfg.transform.size}px")
+    cc.say("channels kept: " + ", ".join(f"{k.replace('g.', '').replace('.conv1', '')} {v}" for k, v in s["channels_kept"].items()))
+    cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
+    return 0
+
+
+def cmd_loo(args: argparse.Namespace) -> int:
+    from domgen.experiments.loo import format_loo, run_loo
+
+    overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
+    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), force=args.force, resume=args.resume)
+    cc.say(f"data: {results[0].summary['data']}")
+    cc.say(format_loo(results))
+    return 0
+
+
+def cmd_sampler(args: argparse.Namespace) -> int:
+    from domgen.experiments.sampler_report import format_sampler_report, sampler_report
+
+    report = sampler_report(cc.build_config(args), n_pairs=args.pairs, bar=cc.cli_hooks().bar)
+    print(json.dumps(jsonable(report)) if args.json else format_sampler_report(report))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from domgen.sweep.collect import collect, select
+    from domgen.sweep.tables import plot_table, pruning_report, table2
+
+    df = collect(Path(args.runs))
+    if args.preset:
+        df = select(df, preset=args.preset)
+    if df.empty:
+        raise ValueError(f"no finished run with final test results under {args.runs}")
+    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all))
+    if args.format == "md" and "params" in df.columns and df["params"].notna().any():
+        print("\n" + pruning_report(df))
+    if args.plot:
+        cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from domgen.sweep.collect import collect, select
+    from domgen.sweep.compare import format_compare
+
+    df = collect(Path(args.runs))
+    if args.preset:
+        df = select(df, preset=args.preset)
+    print(format_compare(df, args.a, args.b, metric=args.metric))
+    return 0
+
+
+def add_results_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
+    p.add_argument("--preset", default=None, help="only runs of this preset")
+    p.add_argument("--metric", default="macro_recall", help="macro_recall (default), balanced_acc, mel_auc, mel_sens, ...")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from domgen.experiments.registry import EXPERIMENTS
+
+    for name in EXPERIMENTS.names():
+        e = EXPERIMENTS.get(name)
+        print(f"{name}  {e.arch:<9} nsec={e.nsec:<2} {e.description}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m domgen.run", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summary", help="Table 1: images per class per domain, and what was dropped")
+    cc.add_data_options(s)
+    s.add_argument("--json", action="store_true", help='print {"DOMAIN": {"nv": N, ...}, ...}')
+    s.add_argument("--out", default="runs/summary", help="folder for summary.csv and summary.md")
+    s.set_defaults(func=cmd_summary)
+    t = sub.add_parser("train", help="train one experiment (A-E baselines, F-T CCSA)")
+    cc.add_run_options(t)
+    t.set_defaults(func=cmd_train)
+    pr = sub.add_parser("prune", help="DCP-prune experiment K's model and fine-tune it (experiments U, V)")
+    cc.add_run_options(pr)
+    pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (U: 1e-4, V: 1e-3)")
+    pr.set_defaults(func=cmd_prune, exp="U")
+    lo = sub.add_parser("loo", help="leave one domain out (experiments O-T): trains or reuses A, then CCSA")
+    cc.add_run_options(lo, exp=False)
+    lo.add_argument("--holdout", required=True, help="DMF, D7P, MSK, PH2, SON, UDA (or folder names), or all")
+    lo.set_defaults(func=cmd_loo)
+    sa = sub.add_parser("sampler", help="exact and empirical class probabilities and weights of the pair sampler")
+    cc.add_run_options(sa)
+    sa.add_argument("--pairs", type=int, default=100_000, help="pairs to draw for the empirical frequencies")
+    sa.add_argument("--json", action="store_true")
+    sa.set_defaults(func=cmd_sampler)
+    tb = sub.add_parser("table", help="the paper's Table 2 from results files (mean +/- std over seeds)")
+    add_results_options(tb)
+    tb.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    tb.add_argument("--plot", default=None, metavar="FILE.png", help="also plot per-domain recall by experiment")
+    tb.add_argument("--all", action="store_true", help="include unfinished runs")
+    tb.set_defaults(func=cmd_table)
+    co = sub.add_parser("compare", help="paired, seed-matched difference between two experiments")
+    co.add_argument("a")
+    co.add_argument("b")
+    add_results_options(co)
+    co.set_defaults(func=cmd_compare)
+    sub.add_parser("list", help="the registered experiments").set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

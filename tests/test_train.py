@@ -1,0 +1,119 @@
+"""The training engine end to end at the smoke preset on a small synthetic benchmark (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domgen.engine.logging import read_results
+from domgen.experiments.registry import resolve_config
+from domgen.experiments.train import run_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_cfg(cache: Path, out: Path, exp: str = "A", seed: int = 0, extra=()):
+    return resolve_config(exp, "smoke", seed, [f"data.cache_dir={cache}", "data.workers=0", f"out={out}", *extra])
+
+
+def final_test(run_dir: Path) -> dict[str, float]:
+    return {r["domain"]: r["macro_recall"] for r in read_results(run_dir) if r["stage"] == "final" and r["split"] == "test"}
+
+
+@pytest.fixture(scope="module")
+def finished(smoke_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return run_train(smoke_cfg(smoke_cache, out)), out
+
+
+def test_run_folder_explains_itself_and_selects_best_epoch(finished):
+    result, _ = finished
+    rows = read_results(result.run_dir)
+    val = [r for r in rows if r["stage"] == "val"]
+    epochs = sorted({r["epoch"] for r in val})
+    assert epochs == [1, 2]
+    # Model selection with nsec=0: HAM's validation macro recall alone decides the best epoch.
+    ham = {r["epoch"]: r["macro_recall"] for r in val if r["domain"] == "HAM"}
+    assert result.summary["best_epoch"] == max(epochs, key=lambda e: (ham[e], -e))
+    assert result.summary["best_val_score"] == pytest.approx(ham[result.summary["best_epoch"]])
+    # Every domain is evaluated on validation and test with the best epoch's weights.
+    final = [r for r in rows if r["stage"] == "final"]
+    assert {(r["split"], r["domain"]) for r in final} == {(s, d) for s in ("val", "test") for d in ("HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON")}
+    assert result.summary["test_macro_recall"] == final_test(result.run_dir)
+    assert all(r["synthetic"] and r["data"].startswith("synthetic") for r in rows)
+    done = json.loads((result.run_dir / "done").read_text())
+    assert done["test_macro_recall"] == result.summary["test_macro_recall"]
+    for name in ("config.yaml", "last.pt", "best.pt"):
+        assert (result.run_dir / name).is_file()
+    assert list((result.run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_rerun_of_finished_config_does_nothing_unless_forced(finished, smoke_cache):
+    result, out = finished
+    before = (result.run_dir / "results.jsonl").read_bytes()
+    again = run_train(smoke_cfg(smoke_cache, out))
+    assert again.skipped and again.run_dir == result.run_dir
+    assert (result.run_dir / "results.jsonl").read_bytes() == before
+
+
+def test_same_seed_same_results_and_seed_matters(finished, smoke_cache, tmp_path):
+    result, _ = finished
+    twin = run_train(smoke_cfg(smoke_cache, tmp_path / "twin"))
+    assert twin.run_dir.name == result.run_dir.name  # same config, same hash
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]
+    assert strip(read_results(twin.run_dir)) == strip(read_results(result.run_dir))
+    other = run_train(smoke_cfg(smoke_cache, tmp_path / "other", seed=1))
+    assert other.run_dir.name != result.run_dir.name
+    a = [r["macro_recall"] for r in read_results(result.run_dir)]
+    b = [r["macro_recall"] for r in read_results(other.run_dir)]
+    assert a != b
+
+
+def _cli(cache: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "domgen.run", "train", "--exp", "A", "--preset", "smoke", "--out", str(out),
+            "--cache-dir", str(cache), "--workers", "0", "--set", "optim.epochs=6", "--set", "optim.lr_step=2", *extra]
+
+
+def _val_epochs(out: Path) -> int:
+    files = list(out.glob("A-s0-*/results.jsonl"))
+    return len({r["epoch"] for r in read_results(files[0].parent)}) if files else 0
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_metrics(smoke_cache, tmp_path):
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    full = subprocess.run(_cli(smoke_cache, tmp_path / "full"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen(_cli(smoke_cache, tmp_path / "killed"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _val_epochs(tmp_path / "killed") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = next((tmp_path / "killed").glob("A-s0-*"))
+    assert proc.returncode == -signal.SIGKILL and not (run_dir / "done").exists(), "the run finished before it was killed"
+    resumed = subprocess.run(_cli(smoke_cache, tmp_path / "killed", "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed after epoch" in resumed.stdout
+    full_dir = next((tmp_path / "full").glob("A-s0-*"))
+    assert final_test(run_dir) == final_test(full_dir)
+    rows = lambda d: [(r["epoch"], r["split"], r["domain"], r["macro_recall"]) for r in read_results(d)]
+    assert rows(run_dir) == rows(full_dir)  # and no duplicated or lost lines
+
+
+def test_ccsa_warm_starts_from_reused_parent(finished, smoke_cache):
+    result, out = finished
+    parent_mtime = (result.run_dir / "best.pt").stat().st_mtime
+    child = run_train(smoke_cfg(smoke_cache, out, exp="F"))
+    assert (result.run_dir / "best.pt").stat().st_mtime == parent_mtime  # A was reused, not retrained
+    rows = [r for r in read_results(child.run_dir) if r["stage"] == "final"]
+    assert rows and all(r["loss"] == "ccsa" and r["nsec"] == "1" for r in rows)
+    # Model selection averages the validation recall over every domain in the training pool.
+    assert sorted(child.summary["train_domains"]) == sorted(["HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON"])
