@@ -30,6 +30,7 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True) -> None:
         p.add_argument("--exp", default="A", help="experiment letter A-V (see `python -m domgen.run list`)")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="sizes: paper (exact), quick (CPU, minutes), smoke (seconds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's)")
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
@@ -54,7 +55,10 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def build_config(args: argparse.Namespace, exp: str | None = None) -> RunConfig:
-    overrides = data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
+    overrides = data_overrides(args) + [f"out={args.out}", f"device={args.device}"]
+    if getattr(args, "weights", None):
+        overrides.append(f"model.weights={args.weights}")
+    overrides += list(args.set)
     return resolve_config(exp or args.exp, args.preset, args.seed, overrides)
 
 

@@ -82,6 +82,7 @@ class RunConfig:
     seed: int = 0
     out: str = "runs"
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads for torch; 0 = cores minus DataLoader workers (at least 1)
     warm_start: str = ""  # experiment whose best checkpoint initialises this one ("" = none)
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
@@ -92,7 +93,7 @@ class RunConfig:
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash.
-_NOT_HASHED = {"out", "device", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+_NOT_HASHED = {"out", "device", "threads", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:

@@ -123,6 +123,34 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="macro_recall", help="macro_recall (default), balanced_acc, mel_auc, mel_sens, ...")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from domgen.config import DataConfig, cache_dir
+
+    root = Path(args.root) if args.root else cache_dir(DataConfig()) / "bench"
+    if args.what == "pipeline":
+        from domgen.bench.pipeline import bench_pipeline
+
+        r = bench_pipeline(root, workers=args.workers, quick=args.quick, device=args.device if args.device != "auto" else "cpu")
+        lines = [f"reference (PIL per image): {r['reference_batches_per_s']:.2f} batches/s",
+                 f"domgen (cached + batched): {r['cached_batches_per_s']:.2f} batches/s",
+                 f"ratio: {r['ratio']:.1f}x   cache build (one-off): {r['cache_build_s']:.1f} s"]
+    else:
+        from domgen.bench.train import bench_train
+
+        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device)
+        lines = [f"CCSA steps/s with the full pipeline: {r['pipeline_steps_per_s']:.2f}",
+                 f"CCSA steps/s on device tensors:      {r['model_only_steps_per_s']:.2f}",
+                 f"ratio: {r['ratio']:.2f} ({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)"]
+    if args.json:
+        print(json.dumps(jsonable(r)))
+    else:
+        print("\n".join(lines + [f"machine: {r['device']} ({r['device_name']}), {r['cpu_count']} CPUs, torch {r['torch']}"]))
+        extra = {k: v for k, v in r.items() if "rss" in k or "peak" in k}
+        if extra:
+            print("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in extra.items()))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from domgen.experiments.registry import EXPERIMENTS
 
@@ -167,6 +195,14 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("b")
     add_results_options(co)
     co.set_defaults(func=cmd_compare)
+    be = sub.add_parser("bench", help="benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
+    be.add_argument("what", choices=["pipeline", "train"])
+    be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
+    be.add_argument("--json", action="store_true")
+    be.add_argument("--workers", type=int, default=2)
+    be.add_argument("--device", default="auto")
+    be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
+    be.set_defaults(func=cmd_bench)
     sub.add_parser("list", help="the registered experiments").set_defaults(func=cmd_list)
     return p
 

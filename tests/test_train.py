@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def smoke_cfg(cache: Path, out: Path, exp: str = "A", seed: int = 0, extra=()):
-    return resolve_config(exp, "smoke", seed, [f"data.cache_dir={cache}", "data.workers=0", f"out={out}", *extra])
+    return resolve_config(exp, "smoke", seed, [f"data.cache_dir={cache}", "data.workers=0", "threads=1", f"out={out}", *extra])
 
 
 def final_test(run_dir: Path) -> dict[str, float]:
@@ -79,7 +79,7 @@ def test_same_seed_same_results_and_seed_matters(finished, smoke_cache, tmp_path
 
 def _cli(cache: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "domgen.run", "train", "--exp", "A", "--preset", "smoke", "--out", str(out),
-            "--cache-dir", str(cache), "--workers", "0", "--set", "optim.epochs=6", "--set", "optim.lr_step=2", *extra]
+            "--cache-dir", str(cache), "--workers", "0", "--set", "threads=1", "--set", "optim.epochs=4", "--set", "optim.lr_step=2", *extra]
 
 
 def _val_epochs(out: Path) -> int:

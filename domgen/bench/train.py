@@ -1,0 +1,94 @@
+"""CCSA training steps per second with the full input pipeline vs on tensors already on the device.
+
+The ceiling of a training run is the model alone: the step on batches that already sit on the device.
+``bench_train`` measures both on the same model, optimizer and loss, so the ratio says how much the
+input pipeline (memmap gather, transfer, batched augmentation) costs. On a GPU it runs in bf16 autocast
+with channels_last, as training does; the target there is a ratio >= 0.9.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domgen.bench.pipeline import IMAGE_SIZE, _machine, make_synthetic_tree
+from domgen.config import DataConfig, TransformConfig
+from domgen.data.pair_sampler import PairSampler
+from domgen.engine.algorithms import CCSA
+from domgen.engine.inputs import Inputs
+from domgen.engine.loop import train_epoch
+from domgen.engine.trainer import pick_device
+from domgen.models import build_model
+
+QUICK = {"n_images": 48, "sizes": (130, 60, 45, 13), "batch_size": 8, "n_steps": 3}
+DOMAINS = np.array(["HAM", "DMF", "MSK", "PH2"])
+
+
+def _pool(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random labels over the 7 classes and a primary plus three secondary domains (the primary has
+    every class, so the sampler's fallback is always defined)."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.arange(7), rng.integers(0, 7, n - 7)])
+    domains = np.where(np.arange(n) < n // 2, "HAM", DOMAINS[1:][rng.integers(0, 3, n)])
+    return labels, domains
+
+
+def _steps_per_s(model, batches, algorithm, optimizer, device, n_steps: int) -> float:
+    it = iter(batches)
+    train_epoch(model, itertools.islice(it, 2), algorithm, optimizer, device)  # warm-up: allocator, cudnn, workers
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    train_epoch(model, itertools.islice(it, n_steps), algorithm, optimizer, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n_steps / (time.perf_counter() - t0)
+
+
+def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(650, 300, 224, 64), n_steps: int = 30,
+                arch: str = "resnet18", workers: int = 2, device: str = "auto", quick: bool = False) -> dict:
+    """Steps/s of weighted CCSA (pairs of ``batch_size``) with the cached pipeline and on device tensors."""
+    if quick:
+        n_images, sizes, batch_size, n_steps = QUICK["n_images"], QUICK["sizes"], QUICK["batch_size"], QUICK["n_steps"]
+    dev = pick_device(device)
+    if dev.type == "cpu":  # cores left by the workers; more threads than free cores spin-wait
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    root = Path(root)
+    paths = make_synthetic_tree(root, n_images, IMAGE_SIZE)
+    labels, domains = _pool(n_images)
+    model = build_model(arch, "none").to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
+    sampler = PairSampler(labels, domains, seed=0)
+    algorithm = CCSA(margin=50.0, weights={k: v.to(dev) for k, v in sampler.loss_weights().items()})
+    with tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache:
+        t0 = time.perf_counter()
+        inputs = Inputs(paths, labels, TransformConfig(*sizes), DataConfig(cache_dir=cache, workers=workers), dev)
+        build_s = time.perf_counter() - t0
+        need = (n_steps + 2) * batch_size
+        i1, i2 = (np.resize(a, need) for a in sampler.epoch_pairs(0))
+        piped = _steps_per_s(model, inputs.pair_batches(i1, i2, batch_size, seed=0), algorithm, optimizer, dev, n_steps)
+    x = torch.randn(batch_size, 3, sizes[2], sizes[2], device=dev)
+    y = torch.as_tensor(labels[:batch_size], device=dev)
+    resident = itertools.repeat((x, y, x.flip(0), y.flip(0)))
+    model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps)
+    return {
+        "pipeline_steps_per_s": piped,
+        "model_only_steps_per_s": model_only,
+        "ratio": piped / model_only,
+        "cache_build_s": build_s,
+        "arch": arch,
+        "batch_pairs": batch_size,
+        "sizes": list(sizes),
+        "n_steps": n_steps,
+        "workers": workers,
+        "precision": "bf16 autocast, channels_last" if dev.type == "cuda" else "fp32",
+        **_machine(dev),
+    }

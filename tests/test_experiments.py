@@ -1,0 +1,106 @@
+"""Drivers of issues 4 and 5 at the smoke preset: leave-one-domain-out, the sampler report, pruning, table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from domgen.data.labels import CLASSES
+from domgen.engine.logging import read_results
+from domgen.experiments.data import prepare_data
+from domgen.experiments.loo import format_loo, loo_experiments, run_loo
+from domgen.experiments.registry import resolve_config
+from domgen.experiments.sampler_report import sampler_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def overrides(cache: Path, out: Path) -> list[str]:
+    return [f"data.cache_dir={cache}", "data.workers=0", "threads=1", f"out={out}"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def loo_ph2(smoke_cache, runs):
+    return run_loo("PH2", "smoke", 0, overrides(smoke_cache, runs))[0]
+
+
+def test_loo_names_experiments():
+    assert loo_experiments("PH2") == ["R"] and loo_experiments("ph2") == ["R"]
+    assert loo_experiments("all") == ["O", "P", "Q", "R", "S", "T"]
+    with pytest.raises(ValueError, match="HAM"):
+        loo_experiments("HAM")
+
+
+def test_loo_holds_ph2_out_of_training_and_selection_but_evaluates_it(loo_ph2, smoke_cache, runs):
+    s = loo_ph2.summary
+    assert s["exp"] == "R" and s["holdout"] == ["PH2"]
+    assert "PH2" not in s["train_domains"] and len(s["train_domains"]) == 6
+    data = prepare_data(resolve_config("R", "smoke", 0, overrides(smoke_cache, runs)).data)
+    assert "PH2" not in set(data.manifest["domain"].to_numpy()[data.pool])
+    rows = read_results(loo_ph2.run_dir)
+    # Selection score of the best epoch = mean validation recall over the six training domains only.
+    best = [r for r in rows if r["stage"] == "val" and r["epoch"] == s["best_epoch"]]
+    expected = np.mean([r["macro_recall"] for r in best if r["domain"] != "PH2"])
+    assert s["best_val_score"] == pytest.approx(expected)
+    assert any(r["stage"] == "final" and r["split"] == "test" and r["domain"] == "PH2" for r in rows)
+    line = format_loo([loo_ph2]).splitlines()[1]
+    assert f"{s['test_macro_recall']['PH2']:5.1f}*" in line
+    assert line.count("*") == 1
+
+
+def test_sampler_report_exact_p1_is_the_pool_class_frequency(smoke_cache, runs):
+    cfg = resolve_config("K", "smoke", 0, overrides(smoke_cache, runs))
+    report = sampler_report(cfg, n_pairs=20_000)
+    data = prepare_data(cfg.data)
+    counts = Counter(data.manifest["label"].to_numpy()[data.pool])
+    n = len(data.pool)
+    assert report["exact"]["p1"] == pytest.approx([counts[c] / n for c in CLASSES])
+    # Each x1 appears once per epoch, so the empirical y1 frequency is exact, not approximate.
+    assert report["empirical"]["p1"] == pytest.approx(report["exact"]["p1"])
+    assert report["empirical"]["p_equal"] == pytest.approx(report["exact"]["p_equal"], abs=0.02)
+    w1 = np.array(report["weights"]["class_w1"])
+    assert float(np.dot(report["exact"]["p1"], w1)) == pytest.approx(1.0)
+
+
+def test_table_cli_reads_the_loo_run(loo_ph2, runs):
+    out = subprocess.run([sys.executable, "-m", "domgen.run", "table", "--runs", str(runs), "--format", "csv"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    md = subprocess.run([sys.executable, "-m", "domgen.run", "table", "--runs", str(runs)], cwd=REPO, capture_output=True, text=True).stdout
+    r_line = next(l for l in md.splitlines() if l.startswith("| R "))
+    assert f"{loo_ph2.summary['test_macro_recall']['PH2']:.1f}*" in r_line
+    assert "synthetic" in md.lower()
+
+
+@pytest.mark.slow
+def test_prune_u_smoke_shrinks_reloads_and_records(smoke_cache, runs):
+    from domgen.experiments.prune import PRUNED, run_prune
+    from domgen.prune import count_params_macs, load_pruned
+
+    cfg = resolve_config("U", "smoke", 0, overrides(smoke_cache, runs))
+    result = run_prune(cfg)
+    s = result.summary
+    assert s["params"] < s["params_before"] == 11_180_103 and s["macs"] < s["macs_before"]
+    model = load_pruned("resnet18", result.run_dir / PRUNED)
+    size = (3, cfg.transform.size, cfg.transform.size)
+    assert count_params_macs(model, size)[0] == s["params"]
+    kept = {name: module.out_channels for name, module in model.named_modules() if name.endswith(".conv1") and "layer" in name}
+    assert kept == s["channels_kept"]
+    rows = [r for r in read_results(result.run_dir) if r["stage"] == "final"]
+    assert rows and all(r["params"] == s["params"] for r in rows)
+    # The fine-tuned best checkpoint loads into the pruned architecture and runs.
+    state = torch.load(result.run_dir / "best.pt", weights_only=True)["model"]
+    model.load_state_dict(state)
+    assert model.eval()(torch.zeros(2, *size)).shape == (2, 7)
