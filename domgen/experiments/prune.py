@@ -10,17 +10,14 @@ result line.
 from __future__ import annotations
 
 import itertools
-import json
-import shutil
 
 import torch
 
 from domgen.config import RunConfig, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
-from domgen.engine.logging import is_done, write_done
-from domgen.engine.trainer import BEST, Hooks, Trainer, pick_device
-from domgen.experiments.data import RunData, prepare_data
-from domgen.experiments.train import RunResult, parent_config, run_context, run_dir_for, run_train
+from domgen.engine.trainer import BEST, Hooks, Trainer
+from domgen.experiments.data import RunData
+from domgen.experiments.train import RunResult, finish_run, open_run, parent_config, run_context, run_train
 from domgen.models import build_model
 from domgen.prune import count_params_macs, load_pruned, prune_model, save_pruned
 
@@ -57,23 +54,13 @@ def _pruned_model(cfg: RunConfig, data: RunData, run_dir, hooks: Hooks, parent_s
 
 
 def run_prune(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
-    data = prepare_data(cfg.data, bar=hooks.bar)
-    run_dir = run_dir_for(cfg, data.identity)
-    if is_done(run_dir) and not force:
-        hooks.log(f"[{cfg.exp} s{cfg.seed}] already done: {run_dir} (use --force to redo)")
-        return RunResult(run_dir, json.loads((run_dir / "done").read_text()), skipped=True)
-    if run_dir.exists() and (force or not resume):
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    data, run_dir, finished = open_run(cfg, hooks, resume, force)
+    if finished is not None:
+        return finished
     parent = run_train(parent_config(cfg), hooks)
     parent_state = load_checkpoint(parent.run_dir / BEST)["model"]
     model, meta = _pruned_model(cfg, data, run_dir, hooks, parent_state)
     context = run_context(cfg, data, run_dir) | meta
     save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
-    trainer = Trainer(cfg, data, run_dir, context, hooks, model=model)  # fresh optimizer over the pruned parameters
-    if resume and trainer.resume():
-        hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {run_dir}")
-    trainer.fit()
-    summary = trainer.final()
-    write_done(run_dir, summary)
-    return RunResult(run_dir, summary)
+    # A fresh optimizer over the pruned model's parameters (torch-pruning replaced the old ones).
+    return finish_run(Trainer(cfg, data, run_dir, context, hooks, model=model), resume)

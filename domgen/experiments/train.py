@@ -68,22 +68,36 @@ def warm_start_state(cfg: RunConfig, hooks: Hooks) -> dict | None:
     return load_checkpoint(parent.run_dir / BEST)["model"]
 
 
-def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
+def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool) -> tuple[RunData, Path, RunResult | None]:
+    """Data, run folder, and the finished result when there is nothing to do. A run that is not resumed
+    (or is forced) starts from an empty folder."""
     data = prepare_data(cfg.data, bar=hooks.bar)
     run_dir = run_dir_for(cfg, data.identity)
     if is_done(run_dir) and not force:
         hooks.log(f"[{cfg.exp} s{cfg.seed}] already done: {run_dir} (use --force to redo)")
-        return RunResult(run_dir, json.loads((run_dir / "done").read_text()), skipped=True)
+        return data, run_dir, RunResult(run_dir, json.loads((run_dir / "done").read_text()), skipped=True)
     if run_dir.exists() and (force or not resume):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return data, run_dir, None
+
+
+def finish_run(trainer: Trainer, resume: bool) -> RunResult:
+    """Resume if asked and possible, train, evaluate the best epoch, write the done marker."""
+    cfg = trainer.cfg
+    if resume and trainer.resume():
+        trainer.hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {trainer.run_dir}")
+    trainer.fit()
+    summary = trainer.final()
+    write_done(trainer.run_dir, summary)
+    return RunResult(trainer.run_dir, summary)
+
+
+def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
+    data, run_dir, finished = open_run(cfg, hooks, resume, force)
+    if finished is not None:
+        return finished
     init = warm_start_state(cfg, hooks)
     context = run_context(cfg, data, run_dir)
     save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
-    trainer = Trainer(cfg, data, run_dir, context, hooks, init_state=init)
-    if resume and trainer.resume():
-        hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {run_dir}")
-    trainer.fit()
-    summary = trainer.final()
-    write_done(run_dir, summary)
-    return RunResult(run_dir, summary)
+    return finish_run(Trainer(cfg, data, run_dir, context, hooks, init_state=init), resume)
