@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,18 @@ def test_ccsa_warm_starts_from_reused_parent(finished, smoke_cache):
     assert rows and all(r["loss"] == "ccsa" and r["nsec"] == "1" for r in rows)
     # Model selection averages the validation recall over every domain in the training pool.
     assert sorted(child.summary["train_domains"]) == sorted(["HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON"])
+
+
+def test_cached_and_reference_inputs_give_the_same_eval_batches(smoke_cache, tmp_path):
+    from domgen.engine.inputs import Inputs
+    from domgen.experiments.data import prepare_data
+
+    cfg = smoke_cfg(smoke_cache, tmp_path)
+    data = prepare_data(cfg.data)
+    paths, pos = data.manifest["path"].tolist(), np.arange(0, len(data.manifest), 97)[:8]
+    cached = Inputs(paths, data.labels, cfg.transform, cfg.data, "cpu")
+    reference = Inputs(paths, data.labels, cfg.transform, replace(cfg.data, cached=False), "cpu")
+    (xa, ya), (xb, yb) = next(cached.eval_batches(pos, 8)), next(reference.eval_batches(pos, 8))
+    assert xa.shape == xb.shape == (8, 3, cfg.transform.size, cfg.transform.size)
+    assert (ya == yb).all() and (ya.numpy() == data.labels[pos]).all()
+    assert float((xa - xb).abs().max()) < 1e-4

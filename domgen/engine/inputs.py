@@ -10,6 +10,7 @@ Fallback (``data.cached=False``): the reference per-image PIL pipeline in DataLo
 
 from __future__ import annotations
 
+import random
 from typing import Iterator
 
 import numpy as np
@@ -60,7 +61,8 @@ class Inputs:
         tf = reference_train_transform(t.resize, t.crop, t.size, t.cutout) if train else reference_eval_transform(t.resize, t.size)
         ds = ImageFolderDataset(self.paths, self.labels, tf)
         g = torch.Generator().manual_seed(seed)  # seeds each worker's transforms, so epochs replay exactly
-        return DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers, generator=g)
+        return DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers, generator=g,
+                          worker_init_fn=_seed_worker)
 
     def _to_device(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -92,6 +94,13 @@ class Inputs:
     def eval_batches(self, positions: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self._loader(_chunks(positions, batch_size, drop_single=False), False, 0):
             yield self._to_device(x, None), y.to(self.device)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """numpy and random in each worker follow torch's per-worker seed (itself from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def _chunks(order: np.ndarray, batch_size: int, drop_single: bool = True) -> list[np.ndarray]:
