@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Tests run on the synthetic default and on data they write; a researcher's real data root must not leak
+# in (subprocesses inherit this environment).
+os.environ.pop("DOMGEN_DATA", None)
 
 
 @pytest.fixture
