@@ -123,6 +123,51 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="macro_recall", help="macro_recall (default), balanced_acc, mel_auc, mel_sens, ...")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from domgen.sweep.launch import SlurmOptions, format_plan, format_report, format_status, launch, sweep_status
+    from domgen.sweep.plan import plan_sweep
+
+    seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
+    overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
+    plan = plan_sweep(args.exps, seeds, args.preset, overrides, out=args.out)
+    if args.action == "status":
+        print(format_status(sweep_status(plan)))
+        return 0
+    slurm = SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
+                         array_parallelism=args.array_parallelism, extra=dict(kv.split("=", 1) for kv in args.slurm_extra))
+    if args.dry_run:
+        print(format_plan(plan))
+    report = launch(plan, args.launcher, retry_failed=args.retry_failed, dry_run=args.dry_run, max_parallel=args.max_parallel, slurm=slurm)
+    print(format_report(report))
+    if not args.dry_run:
+        print(format_status(sweep_status(plan)))
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    sw = sub.add_parser("sweep", help="experiments x seeds, locally or on Slurm (submitit); `sweep status` for progress")
+    sw.add_argument("action", nargs="?", default="run", choices=["run", "status"])
+    cc.add_data_options(sw)
+    sw.add_argument("--exps", default="A-V", help="ranges and lists: A-V, F-K,U, A,K,R")
+    sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4) or a list (0,3,7)")
+    sw.add_argument("--preset", default="paper")
+    sw.add_argument("--out", default="runs")
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    sw.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, GPU-hours); submit nothing")
+    sw.add_argument("--retry-failed", action="store_true")
+    sw.add_argument("--max-parallel", type=int, default=None, help="local: CPU processes when there is no GPU")
+    sw.add_argument("--partition", default=None)
+    sw.add_argument("--gpus", type=int, default=1)
+    sw.add_argument("--cpus", type=int, default=8)
+    sw.add_argument("--mem-gb", type=int, default=32)
+    sw.add_argument("--time-min", type=int, default=720)
+    sw.add_argument("--array-parallelism", type=int, default=64)
+    sw.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
+    sw.set_defaults(func=cmd_sweep)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, cache_dir
 
@@ -195,6 +240,7 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("b")
     add_results_options(co)
     co.set_defaults(func=cmd_compare)
+    add_sweep_parser(sub)
     be = sub.add_parser("bench", help="benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
     be.add_argument("what", choices=["pipeline", "train"])
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")

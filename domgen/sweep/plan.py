@@ -1,0 +1,205 @@
+"""Plan a sweep: experiments x seeds -> one job per run folder, with the parents it warm-starts from.
+
+Each job carries the resolved :class:`RunConfig` its run is keyed by, its run folder (the same
+``<out>/<EXP>-s<SEED>-<HASH>`` that :func:`run_train` computes), the jobs it must wait for, its state
+on disk (see :mod:`domgen.sweep.status`) and an estimate of its GPU-hours.
+
+Dependencies follow the paper's recipe (Yoon et al., MICCAI 2019, Sec. 3): the CCSA experiments F-T
+fine-tune the best checkpoint of baseline A, K is itself one of them, and the pruning experiments U, V
+start from K. A parent is planned through :func:`parent_config`, exactly the config ``run_train``
+would train or reuse, so its folder hash matches; it is added even when not requested (and run only
+when a requested run still needs it), and runs that share a folder are planned once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from domgen.config import DataConfig, RunConfig
+from domgen.experiments.registry import EXPERIMENTS, resolve_config
+from domgen.experiments.train import parent_config, run_dir_for
+from domgen.sweep.status import read_state, read_states
+
+# ---- GPU-hour model ------------------------------------------------------------------------------
+# Training images per second of one H100 (bf16 autocast, channels_last, batch 32, images from the
+# decode-once uint8 cache with augmentation on the GPU) at 224 x 224. Assumed, not measured here:
+# set from published ResNet training throughputs, derated for the paper's small batch. Images of side
+# s cost (s / 224)^2 as much; below ~112 px per-step overhead dominates and the estimate is optimistic.
+THROUGHPUT_224 = {"resnet18": 2000.0, "resnet50": 800.0, "resnet152": 330.0}
+THROUGHPUT_OTHER = 800.0  # timm backbones: assume ResNet-50-like cost
+EVAL_COST = 1 / 3  # a forward pass costs about a third of forward + backward
+GPU_HOURS_ASSUMPTION = (
+    "GPU-hours = [epochs x (training images x 2 for CCSA pairs + val images / 3) + (val + test) / 3]"
+    " / (images/s on one H100: resnet18 2000, resnet50 800, resnet152 330 at 224 px, scaled by pixel count)"
+    "; pruning adds one epoch for channel selection. An assumption, not a measurement."
+)
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """Images a run touches: its training pool, and the validation / test images of every domain."""
+
+    pool: int
+    val: int
+    test: int
+
+
+def data_size(cfg: DataConfig) -> DataSize:
+    """The real numbers for this data config (loads the catalog and the cached split manifest)."""
+    from domgen.experiments.data import prepare_data
+
+    data = prepare_data(cfg)
+    return DataSize(int(data.pool.size), int(data.positions("val").size), int(data.positions("test").size))
+
+
+def estimate_gpu_hours(cfg: RunConfig, size: DataSize) -> float:
+    """H100 hours for one run under the model in ``GPU_HOURS_ASSUMPTION``."""
+    # pruning: channel selection (about one epoch's worth) + fine-tuning for optim.epochs
+    epochs = cfg.optim.epochs + (1 if EXPERIMENTS.get(cfg.exp).prune_threshold is not None else 0)
+    train = size.pool * (2 if cfg.loss.name == "ccsa" else 1)  # CCSA: one pair of images per pool image
+    images = epochs * (train + EVAL_COST * size.val) + EVAL_COST * (size.val + size.test)
+    rate = THROUGHPUT_224.get(cfg.model.arch, THROUGHPUT_OTHER) * (224 / cfg.transform.size) ** 2
+    return images / rate / 3600
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+@dataclass
+class SweepJob:
+    name: str  # the run folder's name, e.g. "K-s0-1a2b3c4d5e": unique within a plan
+    cfg: RunConfig
+    run_dir: Path
+    parents: tuple[str, ...]  # jobs whose best checkpoint this run starts from (A for F-T, K for U/V)
+    depth: int  # 0 = starts from scratch, 1 = F-T, 2 = U/V: the wave it belongs to
+    requested: bool  # False for a parent added only because a requested run needs it
+    estimator: Callable[[RunConfig], float] = field(repr=False, default=lambda cfg: float("nan"))
+    state: str = "pending"  # done | running | failed | interrupted | pending
+    record: dict[str, Any] = field(default_factory=dict)  # the claim or failure record behind the state
+    _gpu_hours: float | None = field(default=None, repr=False)
+
+    @property
+    def gpu_hours(self) -> float:
+        """Estimated H100 hours; computed on first use (it counts the data), so status checks stay cheap."""
+        if self._gpu_hours is None:
+            self._gpu_hours = self.estimator(self.cfg)
+        return self._gpu_hours
+
+    def refresh(self) -> None:
+        self.state, self.record = read_state(self.run_dir)
+
+
+@dataclass
+class Plan:
+    jobs: list[SweepJob]  # parents before children (by depth), then registry order, then seed
+    identity: str  # the data identity hashed into every run folder name
+    preset: str
+    out: Path
+
+    def job(self, name: str) -> SweepJob:
+        for j in self.jobs:
+            if j.name == name:
+                return j
+        raise KeyError(f"no run {name!r} in this sweep")
+
+    def children(self, name: str) -> list[SweepJob]:
+        return [j for j in self.jobs if name in j.parents]
+
+    def refresh(self) -> "Plan":
+        """Re-read every run's state from disk (and Slurm's, in one sacct call)."""
+        for j, (state, record) in zip(self.jobs, read_states([j.run_dir for j in self.jobs])):
+            j.state, j.record = state, record
+        return self
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(j.gpu_hours for j in self.jobs)
+
+
+def parse_exps(spec: str) -> list[str]:
+    """``"A-V"``, ``"A,K,R"``, ``"F-K,U"`` -> experiment names in registry order, each checked to exist."""
+    names = EXPERIMENTS.names()
+    chosen: set[str] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = (s.strip() for s in part.split("-", 1))
+            EXPERIMENTS.get(lo), EXPERIMENTS.get(hi)  # unknown names fail here, with suggestions
+            i, j = names.index(lo), names.index(hi)
+            if i > j:
+                raise ValueError(f"experiment range {part!r} runs backwards; did you mean {hi}-{lo}?")
+            chosen.update(names[i : j + 1])
+        else:
+            EXPERIMENTS.get(part)
+            chosen.add(part)
+    if not chosen:
+        raise ValueError(f"no experiment in {spec!r}; use e.g. A-V, A,K,R or F-K,U")
+    return [n for n in names if n in chosen]
+
+
+def plan_sweep(
+    exps: str | Iterable[str],
+    seeds: int | Iterable[int],
+    preset: str = "paper",
+    overrides: Iterable[str] = (),
+    out: str | Path = "runs",
+    identity: str | None = None,
+    sizes: Callable[[DataConfig], DataSize] | None = None,
+) -> Plan:
+    """Every (experiment, seed) run plus the parents it needs, states read from disk.
+
+    ``seeds``: a count (``5`` -> 0..4) or the seeds themselves. ``overrides`` are ``--set key=value``
+    items applied to every requested run (parents get the child's data and transform settings, as in
+    :func:`parent_config`). ``identity`` is the data identity; by default it is computed once from the
+    first run's data section. ``sizes`` gives the image counts for the GPU-hour estimate (default: the
+    real counts of the data, via :func:`data_size`, counted only when an estimate is asked for).
+    """
+    names = parse_exps(exps) if isinstance(exps, str) else parse_exps(",".join(exps))
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("a sweep needs at least one seed")
+    items = [f"out={out}", *overrides]
+    cfgs = [resolve_config(e, preset, s, items) for e in names for s in seed_list]
+    if identity is None:
+        from domgen.data.catalog import load_catalog
+
+        identity = load_catalog(cfgs[0].data).identity
+    estimate = _size_cache(sizes or data_size)
+    jobs: dict[str, SweepJob] = {}
+    for cfg in cfgs:
+        _add(cfg, True, jobs, identity, estimate)
+    order = {n: i for i, n in enumerate(EXPERIMENTS.names())}
+    ordered = sorted(jobs.values(), key=lambda j: (j.depth, order[j.cfg.exp], j.cfg.seed, j.name))
+    plan = Plan(ordered, identity, preset, Path(out))
+    return plan.refresh()
+
+
+def _add(cfg: RunConfig, requested: bool, jobs: dict[str, SweepJob], identity: str, estimate) -> str:
+    """Add ``cfg``'s run (and, recursively, its parent) to ``jobs`` once; return its name."""
+    run_dir = run_dir_for(cfg, identity)
+    name = run_dir.name
+    if name in jobs:
+        jobs[name].requested |= requested
+        return name
+    parents: tuple[str, ...] = ()
+    depth = 0
+    if cfg.warm_start:
+        parent = _add(parent_config(cfg), False, jobs, identity, estimate)
+        parents, depth = (parent,), jobs[parent].depth + 1
+    jobs[name] = SweepJob(name, cfg, run_dir, parents, depth, requested, estimate)
+    return name
+
+
+def _size_cache(sizes: Callable[[DataConfig], DataSize]) -> Callable[[RunConfig], float]:
+    """GPU-hours per config, with the data counted once per (nsec, holdout): the only data fields that
+    differ between the runs of one sweep."""
+    cache: dict[tuple, DataSize] = {}
+
+    def estimate(cfg: RunConfig) -> float:
+        key = (cfg.data.nsec, cfg.data.holdout)
+        if key not in cache:
+            cache[key] = sizes(cfg.data)
+        return estimate_gpu_hours(cfg, cache[key])
+
+    return estimate
