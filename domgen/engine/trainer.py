@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -49,7 +49,6 @@ class Hooks:
     log: Callable[[str], None] = _noop
     progress: Callable[..., Iterable] = _identity
     bar: Callable[..., Any] | None = None
-    after_epoch: Callable[[int], None] = field(default=_noop)
 
 
 def _domain_order(row: dict) -> int:
@@ -153,7 +152,6 @@ class Trainer:
                 self.best_score, self.best_epoch = score, self.epoch
                 save_checkpoint(self.run_dir / BEST, self.state())
             save_checkpoint(self.run_dir / LAST, self.state())
-            self.hooks.after_epoch(self.epoch)
 
     def _train_one(self, epoch: int) -> dict[str, float]:
         cfg, data = self.cfg, self.data
