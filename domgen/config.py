@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from domgen.atomic import write_text_atomic
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -199,11 +201,7 @@ def load_yaml(path: Path) -> RunConfig:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def cache_dir(cfg: DataConfig) -> Path:

@@ -183,8 +183,8 @@ def test_manifest_written_then_reused(tmp_path, monkeypatch):
 def test_manifest_write_is_atomic(tmp_path, monkeypatch):
     rec = small_records()
 
-    def partial_then_fail(self, buf, *args, **kwargs):
-        buf.write("path,domain\n/d/img000.jpg,DM")  # killed halfway through
+    def partial_then_fail(self, target, *args, **kwargs):
+        Path(target).write_text("path,domain\n/d/img000.jpg,DM")  # killed halfway through
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", partial_then_fail)

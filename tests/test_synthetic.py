@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from domgen.data import synthetic as syn
-from domgen.data.labels import CLASSES, map_label
+from domgen.data.labels import map_label
 from domgen.data.sources import SOURCES
 
 SCALE = 0.2  # ~600 images: fast, yet every present class has >= 6 images

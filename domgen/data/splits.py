@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import numbers
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from domgen.atomic import atomic_path
 from domgen.data.labels import CLASS_INDEX, CLASSES, DOMAINS, PRIMARY_DOMAIN
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # order of ``fractions``
@@ -159,18 +158,8 @@ def build_manifest(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` as CSV to a temporary file beside ``path``, then rename it over ``path``: a reader
     sees either no manifest or a whole one, even if two runs race or one is killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

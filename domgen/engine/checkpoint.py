@@ -6,7 +6,6 @@ numpy, torch CPU and CUDA) and the pair sampler's state, so ``--resume`` continu
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from domgen.atomic import atomic_path
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temp file beside ``path`` and rename: a run killed mid-write never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

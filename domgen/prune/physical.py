@@ -17,7 +17,6 @@ model that ``torch.load(weights_only=True)`` refuses. With that filter the file 
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -30,6 +29,7 @@ from domgen.config import PruneConfig
 from domgen.models import build_model
 from domgen.prune.dcp import Progress, prunable_units, select_channels_dcp
 from domgen.registry import Registry
+from domgen.atomic import atomic_path
 
 IMPORTANCES: Registry[Callable[[], tp.importance.Importance]] = Registry("importance")
 IMPORTANCES.add("magnitude", lambda: tp.importance.MagnitudeImportance(p=2))  # L2 of the whole group
@@ -167,11 +167,8 @@ def save_pruned(model: nn.Module, path: str | Path, meta: dict | None = None) ->
         "attributions": state["attributions"],
         "meta": dict(meta or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_pruned(arch: str, path: str | Path) -> nn.Module:
