@@ -72,7 +72,7 @@ class LossConfig:
 class PruneConfig:
     method: str = "dcp"  # "dcp" or a torch-pruning importance: magnitude | taylor | bn
     threshold: float = 1e-4  # DCP stopping rule on the relative decrease of the objective
-    disc_weight: float = 1.0  # weight of the discrimination-aware cross-entropy term
+    disc_weight: float = 0.5  # cross-entropy weight; 0.5 = the DCP authors' MSE + CE (our reconstruction term is MSE / 2)
     ratio: float = 0.3  # channel ratio for the importance baselines
     batches: int = 8  # batches of training data used to select channels (fine-tuning follows optim.*)
 
