@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jsonable(r)))
     else:
-        print("\n".join(lines + [f"machine: {r['device']} ({r['device_name']}), {r['cpu_count']} CPUs, torch {r['torch']}"]))
+        m = r.get("machine", r)
+        print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs, torch {m['torch']}"]))
         extra = {k: v for k, v in r.items() if "rss" in k or "peak" in k}
         if extra:
             print("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in extra.items()))
@@ -257,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+        if os.environ.get("DOMGEN_DEBUG"):
+            raise
+        print(f"error: {err.args[0] if err.args else err}\n(set DOMGEN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -175,7 +175,7 @@ def test_flip_and_rotation_frequencies():
     assert not q.hflip.any() and not q.vflip.any() and (q.k == 0).all()
 
 
-def test_fixed_box_resample_equals_torchvision_resized_crop():
+def test_fixed_box_resample_equals_torchvision_antialiased_resized_crop():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (8, 60, 50, 3), dtype=torch.uint8)
     identity = BatchAugment(45, 13, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)  # no normalization
@@ -186,8 +186,8 @@ def test_fixed_box_resample_equals_torchvision_resized_crop():
                       k=t(0, 1, 2, 3, 1, 3, 1, 2), cy=torch.full((8,), -100), cx=torch.full((8,), -100))
     y = identity.augment(x, p)
     for b in range(8):
-        r = TF.resized_crop(x[b].permute(2, 0, 1).float(), int(p.top[b]), int(p.left[b]), int(p.height[b]),
-                            int(p.width[b]), [45, 45], antialias=False)
+        r = TF.resized_crop(x[b].permute(2, 0, 1), int(p.top[b]), int(p.left[b]), int(p.height[b]),
+                            int(p.width[b]), [45, 45], antialias=True).float()
         r = r.flip(-1) if p.hflip[b] else r
         r = r.flip(-2) if p.vflip[b] else r
         r = torch.rot90(r, int(p.k[b]), (-2, -1))

@@ -30,9 +30,9 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from domgen.data.batch_augment import BatchAugment
-from domgen.data.cache import CachedImages, build_cache
+from domgen.config import DataConfig, TransformConfig
 from domgen.data.transforms import ImageFolderDataset, reference_train_transform
+from domgen.engine.inputs import Inputs
 
 IMAGE_SIZE = (600, 450)  # (width, height) of a HAM10000 image
 QUICK = {"n_images": 64, "sizes": (130, 60, 45, 13), "batch_size": 16, "n_batches": 3}
@@ -112,23 +112,22 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _measure_cached(root: Path, paths, labels, sizes, loader_args: dict, n_batches: int, device) -> dict:
-    """Build the cache in a temp folder under ``root`` (timed, heap traced), then measure the rate of
-    CachedImages + BatchAugment on ``device``; the cache is deleted afterwards."""
-    resize, crop, out, cutout = sizes
+def _measure_cached(root: Path, paths, labels, sizes, batch_size: int, workers: int, seed: int, n_batches: int,
+                    device) -> dict:
+    """Build the cache in a temp folder under ``root`` (timed, heap traced; ``workers`` decode), then
+    measure domgen's training input path as training runs it: ``Inputs.train_batches`` (a prefetched,
+    sorted memmap gather per batch + BatchAugment on ``device``). The cache is deleted afterwards."""
     with tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache_dir:
         tracemalloc.start()
         t0 = time.perf_counter()
-        data_path = build_cache(paths, resize, crop, Path(cache_dir), num_workers=loader_args["workers"])
+        data = DataConfig(cache_dir=cache_dir, workers=workers)
+        inputs = Inputs(paths, np.asarray(labels, dtype=np.int64), TransformConfig(*sizes), data, device)
         build_s = time.perf_counter() - t0
         heap_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-
-        aug = BatchAugment(out, cutout)
-        gen = torch.Generator().manual_seed(loader_args["seed"])
-        step = lambda batch: aug(batch[0].to(device, non_blocking=True), gen)  # noqa: E731
+        order = np.random.default_rng(seed).permutation(len(paths))
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-        rate = _rate(_loader(CachedImages(data_path, labels), **loader_args), n_batches, step, sync)
+        rate = _rate(inputs.train_batches(order, batch_size, seed), n_batches, None, sync)
     return {"cached_batches_per_s": rate, "cache_build_s": build_s, "cache_build_heap_peak_mb": heap_peak / 2**20}
 
 
@@ -140,10 +139,10 @@ def bench_pipeline(root: Path, n_images: int = 2000, batch_size: int = 32, worke
 
     ``sizes`` is ``(resize, crop, out, cutout)``. ``n_batches`` defaults to one epoch less the first
     batch, at most 60. ``quick=True`` overrides images, sizes, batch size and batches with ``QUICK``.
-    ``threads`` sets torch's intra-op threads in this process for the run (DataLoader workers always use
-    1). ``None`` leaves one core per worker: ``max(1, cpu_count - workers)``. Oversubscribing stalls
-    OpenMP: on 2 cores with 2 workers, torch's default of 2 threads made (b) 2.6x slower on a shared machine.
-    It only matters for (b); in (a) this process just receives batches.
+    Both use the machine's cores: (a) through ``workers`` DataLoader processes (this process only receives
+    batches), (b) through torch's threads in this process (``threads``, default all cores), since its
+    per-batch work is one memmap read by a prefetch thread plus the batched augmentation; ``workers``
+    processes decode the one-off cache build.
     """
     if quick:
         n_images, sizes = QUICK["n_images"], QUICK["sizes"]
@@ -156,12 +155,10 @@ def bench_pipeline(root: Path, n_images: int = 2000, batch_size: int = 32, worke
     rss_at_start = _maxrss_mb()["peak_rss_self_mb"]  # torch's import alone is several hundred MB
     paths = make_synthetic_tree(Path(root), n_images)
     labels = [i % 7 for i in range(n_images)]
-    loader_args = {"batch_size": batch_size, "workers": workers, "seed": seed}
-    threads = max(1, (os.cpu_count() or 1) - workers) if threads is None else threads
-    with _torch_threads(threads):
-        ref = ImageFolderDataset(paths, labels, reference_train_transform(*sizes))
-        rate_a = _rate(_loader(ref, **loader_args), n_batches)
-        cached = _measure_cached(Path(root), paths, labels, sizes, loader_args, n_batches, device)
+    ref = ImageFolderDataset(paths, labels, reference_train_transform(*sizes))
+    rate_a = _rate(_loader(ref, batch_size, workers, seed), n_batches)
+    with _torch_threads(threads or os.cpu_count() or 1):
+        cached = _measure_cached(Path(root), paths, labels, sizes, batch_size, workers, seed, n_batches, device)
         machine = _machine(device)
     return {
         "n_images": n_images, "batch_size": batch_size, "workers": workers, "n_batches": n_batches,

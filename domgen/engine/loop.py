@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import nullcontext
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,11 +23,14 @@ def train_epoch(
     algorithm,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """Train over ``batches``; return the mean of every loss component (weighted by batch size)."""
+    """Train over ``batches``; return the mean of every loss component (weighted by batch size).
+
+    Components are summed on the device and read once at the end: a per-step ``.item()`` would make
+    the host wait for the GPU every step and leave it idle while the next batch is prepared.
+    """
     model.train()
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, torch.Tensor] = {}
     seen = 0
     for batch in batches:
         with autocast(device):
@@ -37,13 +39,10 @@ def train_epoch(
         out["loss"].backward()
         optimizer.step()
         n = batch[0].shape[0]
-        values = {k: float(v.detach()) for k, v in out.items()}
-        for k, v in values.items():
-            sums[k] += v * n
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0) + v.detach().float() * n
         seen += n
-        if on_step is not None:
-            on_step(values)
-    return {k: v / max(seen, 1) for k, v in sums.items()}
+    return {k: float(v) / max(seen, 1) for k, v in sums.items()}
 
 
 @torch.no_grad()

@@ -62,9 +62,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def cpu_threads(cfg: RunConfig) -> int:
-    """Torch threads for a CPU run: cores left over by the DataLoader workers. On a small machine, more
-    threads than free cores make OpenMP spin-wait (7x slower steps measured on 2 cores)."""
-    return cfg.threads or max(1, (os.cpu_count() or 1) - cfg.data.workers)
+    """Torch threads for a CPU run: the cores left by the input pipeline (one for the cached path's
+    prefetch thread, else one per DataLoader worker). On a small machine, more threads than free cores
+    make OpenMP spin-wait (7x slower steps measured on 2 cores)."""
+    taken = 1 if cfg.data.cached else cfg.data.workers
+    return cfg.threads or max(1, (os.cpu_count() or 1) - taken)
 
 
 class Trainer:
