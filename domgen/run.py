@@ -183,7 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from domgen.bench.train import bench_train
 
-        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device)
+        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))
         lines = [f"CCSA steps/s with the full pipeline: {r['pipeline_steps_per_s']:.2f}",
                  f"CCSA steps/s on device tensors:      {r['model_only_steps_per_s']:.2f}",
                  f"ratio: {r['ratio']:.2f} ({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)"]
@@ -248,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
     be.add_argument("--json", action="store_true")
     be.add_argument("--workers", type=int, default=2)
+    be.add_argument("--steps", type=int, default=None, help="bench train: timed steps per measurement (default 30)")
     be.add_argument("--device", default="auto")
     be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
     be.set_defaults(func=cmd_bench)

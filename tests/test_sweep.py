@@ -304,6 +304,22 @@ def test_local_sweep_trains_for_real(tmp_path, monkeypatch):
         assert len(final) == 7 and rows[0]["config_hash"] == job.name.rsplit("-", 1)[1]
         assert not (job.run_dir / RUNNING).exists() and not (job.run_dir / FAILED).exists()
     assert launch(plan, max_parallel=2).submitted == {}
+    # table and compare read these results: per-domain means over both seeds and seed-matched differences.
+    from domgen.sweep.collect import collect
+    from domgen.sweep.compare import compare
+    from domgen.sweep.tables import table2_frame
+
+    df = collect(tmp_path / "runs")
+    ham = {(j.cfg.exp, j.cfg.seed): next(r["macro_recall"] for r in read_results(j.run_dir)
+                                         if r["stage"] == "final" and r["split"] == "test" and r["domain"] == "HAM")
+           for j in plan.jobs}
+    frame = table2_frame(df)
+    for exp in ("A", "D"):
+        assert frame.loc[exp, "seeds"] == 2
+        assert frame.loc[exp, "HAM_mean"] == pytest.approx((ham[exp, 0] + ham[exp, 1]) / 2)
+    diff = compare(df, "D", "A")
+    assert diff.loc["HAM", "n"] == 2
+    assert diff.loc["HAM", "diff"] == pytest.approx(((ham["D", 0] - ham["A", 0]) + (ham["D", 1] - ham["A", 1])) / 2)
 
 
 def preempted_train(cfg, run_dir: Path) -> dict:

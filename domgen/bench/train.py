@@ -57,8 +57,8 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
     if quick:
         n_images, sizes, batch_size, n_steps = QUICK["n_images"], QUICK["sizes"], QUICK["batch_size"], QUICK["n_steps"]
     dev = pick_device(device)
-    if dev.type == "cpu":  # cores left by the workers; more threads than free cores spin-wait
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    if dev.type == "cpu":  # one core for the prefetch thread; more threads than free cores spin-wait
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     root = Path(root)
     paths = make_synthetic_tree(root, n_images, IMAGE_SIZE)
     labels, domains = _pool(n_images)
