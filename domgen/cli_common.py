@@ -21,7 +21,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=float, default=None, help="size of the synthetic benchmark (1.0 = about 2-3k images)")
     g.add_argument("--skip-missing", action="store_true", help="drop and count listed-but-missing images instead of failing")
     g.add_argument("--cache-dir", default=None, help="where synthetic data, manifests and image caches go (default: $DOMGEN_CACHE or ~/.cache/domgen)")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    g.add_argument("--workers", type=int, default=None, help="processes decoding the image cache (and DataLoader workers when data.cached=false)")
 
 
 def add_run_options(p: argparse.ArgumentParser, exp: bool = True) -> None:
