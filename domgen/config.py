@@ -29,7 +29,7 @@ class DataConfig:
     holdout: tuple[str, ...] = ()  # domains removed from training and model selection (still evaluated)
     skip_missing: bool = False
     cache_dir: str = ""  # "" -> $DOMGEN_CACHE, else ~/.cache/domgen
-    workers: int = 2  # DataLoader workers gathering uint8 batches
+    workers: int = 2  # processes decoding the image cache; DataLoader workers of the uncached path
     cached: bool = True  # decode once into uint8 arrays (False: reference per-image PIL pipeline)
 
 
