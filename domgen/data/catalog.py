@@ -7,7 +7,6 @@ is generated once into the cache and used, and every output says so.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 
 from domgen.config import DataConfig, cache_dir
 from domgen.data.labels import CLASSES, DOMAIN_CODES, DOMAINS
+from domgen.data.splits import class_availability
 from domgen.data.sources import SOURCES
 from domgen.data.sources.base import LoadResult
 from domgen.progress import lazy_bar
@@ -43,10 +43,10 @@ class Catalog:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def counts(self) -> pd.DataFrame:
-        """Domain x class image counts in CLASSES order (Table 1 of the paper)."""
-        rows = {d: Counter(self.results[d].records["label"]) for d in self.domains}
-        table = pd.DataFrame([[rows[d][c] for c in CLASSES] for d in rows], index=list(rows), columns=list(CLASSES))
-        return table.astype(int)
+        """Domain x class image counts in CLASSES order (Table 1 of the paper); a loaded source whose
+        images were all dropped keeps its row of zeros."""
+        table = class_availability(self.records()).reindex(self.domains, fill_value=0)
+        return table.rename_axis(index=None, columns=None)
 
     def availability(self) -> pd.DataFrame:
         """Domain x class booleans: which classes each source has at all (SONIC is all nv)."""
