@@ -23,7 +23,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from domgen.atomic import atomic_path, write_text_atomic
 from domgen.data.transforms import load_rgb, resize_centre_crop
 
 FORMAT_VERSION = 1
@@ -137,19 +137,11 @@ def build_cache(
 
 
 def _build_locked(data_path: Path, inputs: dict, paths, resize, crop, num_workers, progress) -> None:
-    folder = data_path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=data_path.name + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # The sidecar goes last: _is_complete needs it, so a kill before it leaves no half-valid cache.
+    with atomic_path(data_path) as tmp:
         _write_images(tmp, paths, resize, crop, num_workers, progress)
-        os.replace(tmp, data_path)
-        meta = {"shape": [len(paths), crop, crop, 3], "dtype": "uint8", "order": "C", "key_inputs": inputs}
-        side_tmp = tmp.with_suffix(".json.tmp")
-        side_tmp.write_text(json.dumps(meta))
-        os.replace(side_tmp, _sidecar(data_path))
-    finally:
-        tmp.unlink(missing_ok=True)
+    meta = {"shape": [len(paths), crop, crop, 3], "dtype": "uint8", "order": "C", "key_inputs": inputs}
+    write_text_atomic(_sidecar(data_path), json.dumps(meta))
 
 
 def open_cache(data_path: Path) -> np.memmap:
