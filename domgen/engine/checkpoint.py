@@ -6,6 +6,7 @@ numpy, torch CPU and CUDA) and the pair sampler's state, so ``--resume`` continu
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,5 @@ def seed_everything(seed: int) -> None:
 
 def derive_seed(*parts: int | str) -> int:
     """A stable 63-bit seed from parts (seed, epoch, purpose): the same on every machine and run."""
-    import hashlib
-
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from domgen.config import DataConfig, TransformConfig, cache_dir
 from domgen.data.batch_augment import BatchAugment, eval_batch
@@ -27,20 +27,12 @@ from domgen.data.cache import build_cache, open_cache
 from domgen.data.transforms import ImageFolderDataset, reference_eval_transform, reference_train_transform
 
 
-class _Gather(Dataset):
-    """Index = an array of positions; item = (uint8 images [B, S, S, 3], labels [B]) from the memmap."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        order = np.argsort(idx)  # sorted reads are sequential on disk
-        block = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
-        block[order] = self.images[idx[order]]
-        return torch.from_numpy(block), torch.from_numpy(self.labels[idx])
+def _gather(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images [B, S, S, 3], labels [B]) at positions ``idx``, read from the memmap in sorted order."""
+    order = np.argsort(idx)  # sorted reads are sequential on disk
+    block = np.empty((len(idx),) + images.shape[1:], dtype=np.uint8)
+    block[order] = images[idx[order]]
+    return torch.from_numpy(block), torch.from_numpy(labels[idx])
 
 
 class Inputs:
@@ -59,9 +51,9 @@ class Inputs:
 
     def _loader(self, batches: list[np.ndarray], train: bool, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.cached:
-            gather = _Gather(self.images, self.labels)
             pin = self.device.type == "cuda"  # pinned host memory makes the non_blocking copy asynchronous
-            return prefetch(((x.pin_memory(), y.pin_memory()) if pin else (x, y) for x, y in map(gather.__getitem__, batches)))
+            batches_u8 = (_gather(self.images, self.labels, idx) for idx in batches)
+            return prefetch(((x.pin_memory(), y.pin_memory()) if pin else (x, y) for x, y in batches_u8))
         t = self.t
         tf = reference_train_transform(t.resize, t.crop, t.size, t.cutout) if train else reference_eval_transform(t.resize, t.size)
         ds = ImageFolderDataset(self.paths, self.labels, tf)
