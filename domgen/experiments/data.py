@@ -33,8 +33,10 @@ class RunData:
         return np.flatnonzero(mask.to_numpy())
 
 
-def prepare_data(cfg: DataConfig, bar=None) -> RunData:
-    catalog = load_catalog(cfg, bar=bar)
+def prepare_data(cfg: DataConfig, bar=None, catalog: Catalog | None = None) -> RunData:
+    """``catalog``: the sources already loaded for this data section (a warm-started run hands its own
+    to its parent, whose config differs only in ``nsec``/``holdout``), so images are not re-validated."""
+    catalog = catalog or load_catalog(cfg, bar=bar)
     manifest = load_or_build_manifest(catalog.records(), cache_dir(cfg), seed=cfg.split_seed).reset_index(drop=True)
     holdout = [domain_code(d) for d in cfg.holdout]
     if PRIMARY_DOMAIN in holdout:

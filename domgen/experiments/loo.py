@@ -3,6 +3,7 @@ selection, and still evaluated. ``run_loo(["PH2"], ...)`` runs experiment R end 
 
 from __future__ import annotations
 
+from domgen.data.catalog import load_catalog
 from domgen.data.labels import TABLE2_DOMAINS, domain_code
 from domgen.engine.trainer import Hooks
 from domgen.experiments.registry import LOO_EXPERIMENT, resolve_config
@@ -20,11 +21,9 @@ def loo_experiments(holdout: str) -> list[str]:
 
 
 def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: Hooks = Hooks(), force: bool = False, resume: bool = False) -> list[RunResult]:
-    results = []
-    for exp in loo_experiments(holdout):
-        cfg = resolve_config(exp, preset, seed, overrides)
-        results.append(run_train(cfg, hooks, resume=resume, force=force))
-    return results
+    cfgs = [resolve_config(exp, preset, seed, overrides) for exp in loo_experiments(holdout)]
+    catalog = load_catalog(cfgs[0].data, bar=hooks.bar)  # the experiments differ only in what they hold out
+    return [run_train(cfg, hooks, resume=resume, force=force, catalog=catalog) for cfg in cfgs]
 
 
 def format_loo(results: list[RunResult]) -> str:

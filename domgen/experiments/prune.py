@@ -57,7 +57,7 @@ def run_prune(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, forc
     data, run_dir, finished = open_run(cfg, hooks, resume, force)
     if finished is not None:
         return finished
-    parent = run_train(parent_config(cfg), hooks)
+    parent = run_train(parent_config(cfg), hooks, catalog=data.catalog)
     parent_state = load_checkpoint(parent.run_dir / BEST)["model"]
     model, meta = _pruned_model(cfg, data, run_dir, hooks, parent_state)
     context = run_context(cfg, data, run_dir) | meta

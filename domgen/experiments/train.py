@@ -18,6 +18,7 @@ from domgen.config import RunConfig, config_hash, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import is_done, write_done
 from domgen.engine.trainer import BEST, Hooks, Trainer
+from domgen.data.catalog import Catalog
 from domgen.experiments.data import RunData, prepare_data
 from domgen.experiments.registry import resolve_config
 
@@ -60,18 +61,18 @@ def parent_config(cfg: RunConfig) -> RunConfig:
     return replace(parent, out=cfg.out, device=cfg.device, data=data, transform=cfg.transform, model=model)
 
 
-def warm_start_state(cfg: RunConfig, hooks: Hooks) -> dict | None:
+def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog) -> dict | None:
     if not cfg.warm_start:
         return None
-    parent = run_train(parent_config(cfg), hooks)
+    parent = run_train(parent_config(cfg), hooks, catalog=catalog)
     hooks.log(f"[{cfg.exp} s{cfg.seed}] warm start from {parent.run_dir}/{BEST}")
     return load_checkpoint(parent.run_dir / BEST)["model"]
 
 
-def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool) -> tuple[RunData, Path, RunResult | None]:
+def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: Catalog | None = None) -> tuple[RunData, Path, RunResult | None]:
     """Data, run folder, and the finished result when there is nothing to do. A run that is not resumed
-    (or is forced) starts from an empty folder."""
-    data = prepare_data(cfg.data, bar=hooks.bar)
+    (or is forced) starts from an empty folder. ``catalog``: see ``prepare_data``."""
+    data = prepare_data(cfg.data, bar=hooks.bar, catalog=catalog)
     run_dir = run_dir_for(cfg, data.identity)
     if is_done(run_dir) and not force:
         hooks.log(f"[{cfg.exp} s{cfg.seed}] already done: {run_dir} (use --force to redo)")
@@ -93,11 +94,12 @@ def finish_run(trainer: Trainer, resume: bool) -> RunResult:
     return RunResult(trainer.run_dir, summary)
 
 
-def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
-    data, run_dir, finished = open_run(cfg, hooks, resume, force)
+def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False,
+              catalog: Catalog | None = None) -> RunResult:
+    data, run_dir, finished = open_run(cfg, hooks, resume, force, catalog)
     if finished is not None:
         return finished
-    init = warm_start_state(cfg, hooks)
+    init = warm_start_state(cfg, hooks, data.catalog)
     context = run_context(cfg, data, run_dir)
     save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
     return finish_run(Trainer(cfg, data, run_dir, context, hooks, init_state=init), resume)
