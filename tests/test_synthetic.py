@@ -55,7 +55,8 @@ def test_counts_at_default_scale_follow_table1():
     # A class absent from Table 1 stays absent; every present class is planned.
     for source, row in syn.TABLE1.items():
         assert set(counts[source]) == {c for c, n in row.items() if n > 0}
-    assert "akiec" not in counts["Derm7pt"] and set(counts["MSK"]) == {"nv", "mel", "bcc", "bkl", "akiec"}
+    assert "akiec" not in counts["Derm7pt"] and set(counts["MSK"]) == {"nv", "mel", "bcc", "df"}
+    assert counts["UDA"] == {"nv": 41, "mel": 19}  # Table 1: UDA has nv and mel only
 
 
 def test_counts_floor_and_scaling():
