@@ -19,8 +19,8 @@ HAND_LABELS = np.array([0] * 6 + [1] * 2 + [0] * 2 + [0] * 3 + [1] * 3)
 HAND_DOMAINS = np.array(["HAM"] * 8 + ["A"] * 2 + ["B"] * 6)
 
 
-def hand_sampler(p_same: float = 0.25, seed: int = 0) -> PairSampler:
-    return PairSampler(HAND_LABELS, HAND_DOMAINS, primary="HAM", p_same=p_same, seed=seed, num_classes=2)
+def hand_sampler(p_same: float = 0.25, seed: int = 0, mode: str = "uniform", **kw) -> PairSampler:
+    return PairSampler(HAND_LABELS, HAND_DOMAINS, primary="HAM", p_same=p_same, seed=seed, num_classes=2, mode=mode, **kw)
 
 
 def random_pool(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +51,16 @@ def test_exact_probabilities_by_hand():
 def test_weights_by_hand():
     # Two classes with nonzero probability: w_c = 1 / (2 p_c); four nonzero pairs: W_ij = 1 / (4 P_ij).
     sampler = hand_sampler()
-    w1, w2 = sampler.class_weights()
+    w1, w2 = sampler.class_weights("mean")
     np.testing.assert_allclose(w1, [8 / 11, 8 / 5])
     np.testing.assert_allclose(w2, [32 / 41, 32 / 23])
-    np.testing.assert_allclose(sampler.pair_weights(), 128 / np.array([[253, 99], [75, 85]]))
-    tensors = sampler.loss_weights()
+    np.testing.assert_allclose(sampler.pair_weights("mean"), 128 / np.array([[253, 99], [75, 85]]))
+    # max (the authors'): the rarest class or pair gets 1, the others p_min / p.
+    w1, w2 = sampler.class_weights("max")
+    np.testing.assert_allclose(w1, [5 / 11, 1])
+    np.testing.assert_allclose(w2, [184 / 328, 1])
+    np.testing.assert_allclose(sampler.pair_weights("max"), 75 / np.array([[253, 99], [75, 85]]))
+    tensors = sampler.loss_weights("mean")
     np.testing.assert_allclose(tensors["class_w1"].numpy(), [8 / 11, 8 / 5], rtol=1e-6)
     assert tuple(tensors["pair_w"].shape) == (2, 2)
 
@@ -64,8 +69,8 @@ def test_weights_normalised_and_inverse_proportional():
     labels, domains = random_pool(3000)
     sampler = PairSampler(labels, domains, seed=3)
     probs = sampler.exact_probabilities()
-    w1, w2 = sampler.class_weights()
-    pw = sampler.pair_weights()
+    w1, w2 = sampler.class_weights("mean")
+    pw = sampler.pair_weights("mean")
     for p, w in ((probs.p1, w1), (probs.p2, w2), (probs.joint, pw)):
         assert float((p * w).sum()) == pytest.approx(1.0)
         nz = p > 0
@@ -76,10 +81,12 @@ def test_weights_normalised_and_inverse_proportional():
 
 def test_zero_probability_gets_zero_weight():
     # Three nonzero classes: w = 1 / (3 p) -> (2/3, 0, 4/3, 4/3).
-    w = inverse_probability_weights(np.array([0.5, 0.0, 0.25, 0.25]))
+    w = inverse_probability_weights(np.array([0.5, 0.0, 0.25, 0.25]), "mean")
     np.testing.assert_allclose(w, [2 / 3, 0, 4 / 3, 4 / 3])
+    # max: a never-drawn class takes the rarest one's weight, as the authors' _get_cb does.
+    np.testing.assert_allclose(inverse_probability_weights(np.array([0.5, 0.0, 0.25, 0.25]), "max"), [0.5, 1, 1, 1])
     # p_same = 1: every pair is same-class, so off-diagonal pairs have probability and weight 0.
-    pw = hand_sampler(p_same=1.0).pair_weights()
+    pw = hand_sampler(p_same=1.0).pair_weights("mean")
     assert pw[0, 1] == 0 and pw[1, 0] == 0
     np.testing.assert_allclose(pw.diagonal(), [1 / (2 * 11 / 16), 1 / (2 * 5 / 16)])
 
@@ -87,15 +94,19 @@ def test_zero_probability_gets_zero_weight():
 # ---- empirical frequencies match the exact ones --------------------------------------------------
 
 
-def test_empirical_frequencies_match_exact():
+@pytest.mark.parametrize("mode, exclude", [("uniform", False), ("exclusive", False), ("branch", True), ("exclusive", True)])
+def test_empirical_frequencies_match_exact(mode, exclude):
     labels, domains = random_pool(5000)
-    sampler = PairSampler(labels, domains, p_same=0.25, seed=11)
+    sampler = PairSampler(labels, domains, p_same=0.25, seed=11, mode=mode, exclude_own_domain=exclude)
     probs = sampler.exact_probabilities()
     K, epochs = 7, 20
     joint_counts = np.zeros((K, K))
+    positives = same_domain = 0
     for e in range(epochs):
-        i1, i2 = sampler.epoch_pairs(e)
+        i1, i2, positive = sampler.epoch_draw(e)
         np.add.at(joint_counts, (labels[i1], labels[i2]), 1)
+        positives += positive.sum()
+        same_domain += (domains[i1] == domains[i2]).sum()
         # y1 is exact within one epoch: every image is x1 once.
         np.testing.assert_array_equal(np.bincount(labels[i1], minlength=K), np.bincount(labels, minlength=K))
     n = joint_counts.sum()
@@ -108,12 +119,14 @@ def test_empirical_frequencies_match_exact():
     check(joint_counts / n, probs.joint)
     check(joint_counts.sum(axis=0) / n, probs.p2)
     check(np.array(np.trace(joint_counts) / n), np.array(probs.p_equal))
+    check(np.array(positives / n), np.array(probs.p_positive))
+    check(np.array(same_domain / n), np.array(probs.p_same_domain))
     np.testing.assert_allclose(joint_counts.sum(axis=1) / n, probs.p1)
 
 
 def test_secondary_domain_frequencies_and_no_primary_without_fallback():
     labels, domains = random_pool(4000)
-    sampler = PairSampler(labels, domains, p_same=0.0, seed=5)
+    sampler = PairSampler(labels, domains, p_same=0.0, seed=5, mode="uniform")
     _, i2 = sampler.epoch_pairs(0)
     d2 = domains[i2]
     assert not (d2 == "HAM").any()  # without the same-class branch x2 never comes from the primary
@@ -155,6 +168,81 @@ def test_cross_branch_is_uniform_over_the_drawn_secondary():
     assert np.all(np.abs(freq[8:] - 1 / 8) <= 5 * np.sqrt((1 / 8) * (7 / 8) / len(i2)))
 
 
+def test_exclusive_negatives_by_hand():
+    # y1 = 0: A holds class 0 only, so every negative comes from B (its class-1 images): y2 = 1.
+    # y1 = 1: A and B both hold class 0: y2 = 0. So P(y2 = j | y1 = i) = 1/4 [i = j] + 3/4 [i != j],
+    # joint = (11/16, 5/16) x that = (11, 33; 15, 5) / 64, and P(y1 == y2) = 1/4 exactly.
+    sampler = hand_sampler(mode="exclusive", seed=4)
+    probs = sampler.exact_probabilities()
+    np.testing.assert_allclose(probs.joint, np.array([[11, 33], [15, 5]]) / 64)
+    assert probs.p_equal == pytest.approx(0.25) and probs.p_positive == pytest.approx(0.25)
+    for e in range(50):
+        i1, i2, positive = sampler.epoch_draw(e)
+        np.testing.assert_array_equal(positive, HAND_LABELS[i1] == HAND_LABELS[i2])
+        negative_of_0 = ~positive & (HAND_LABELS[i1] == 0)
+        assert set(HAND_DOMAINS[i2[negative_of_0]].tolist()) <= {"B"}
+        assert (HAND_LABELS[i2[negative_of_0]] == 1).all()
+
+
+def test_branch_mode_labels_pairs_by_branch():
+    # The authors' code: negatives uniform over D_s (so some are same-class), labelled negative anyway.
+    sampler = hand_sampler(mode="branch", seed=5)
+    probs = sampler.exact_probabilities()
+    np.testing.assert_allclose(probs.joint, np.array([[253, 99], [75, 85]]) / 512)  # as uniform
+    assert probs.p_positive == 0.25 and probs.p_equal == pytest.approx(338 / 512)
+    positive = np.concatenate([sampler.epoch_draw(e).positive for e in range(2000)])
+    assert abs(positive.mean() - 0.25) <= 5 * np.sqrt(0.25 * 0.75 / len(positive))
+    i1, i2, positive = sampler.epoch_draw(7)
+    assert (positive <= (HAND_LABELS[i1] == HAND_LABELS[i2])).all()  # a positive is always same-class
+
+
+def test_exclude_own_domain():
+    # x1 in A: partners from B only; x1 in B: from A, or the primary when A cannot serve (A lacks
+    # class 1 for a positive of class 1; holds no class but 0 for a negative of class 0).
+    sampler = hand_sampler(mode="exclusive", exclude_own_domain=True, seed=6)
+    for e in range(200):
+        i1, i2, _ = sampler.epoch_draw(e)
+        d1, d2 = HAND_DOMAINS[i1], HAND_DOMAINS[i2]
+        assert not ((d1 == d2) & (d1 != "HAM")).any()
+        assert (d2[d1 == "A"] == "B").all()
+        assert set(d2[d1 == "B"].tolist()) <= {"A", "HAM"}
+    # Same-domain pairs left: x1 in HAM with a class-1 positive whose drawn A falls back to HAM:
+    # (2/16) (1/4) (1/4) = 1/128.
+    assert sampler.exact_probabilities().p_same_domain == pytest.approx(1 / 128)
+
+
+def table1_pool(nsec: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training pool on Table 1's counts: half of HAM10000 (its train split) plus, from every other source,
+    nsec images per class present (all of its train half for nsec = a)."""
+    from domgen.data.labels import CLASS_INDEX, domain_code
+    from domgen.data.synthetic import TABLE1
+
+    labels, domains = [], []
+    for source, row in TABLE1.items():
+        for cls, n in row.items():
+            train = round(0.5 * n)
+            k = train if source == "HAM10000" or nsec == "a" else min(int(nsec), train)
+            labels += [CLASS_INDEX[cls]] * k
+            domains += [domain_code(source)] * k
+    return np.array(labels), np.array(domains)
+
+
+@pytest.mark.parametrize("nsec", ["1", "2", "3", "4", "5", "a"])
+def test_exactly_a_quarter_positive_pairs_on_table1(nsec):
+    labels, domains = table1_pool(nsec)
+    sampler = PairSampler(labels, domains, seed=0)  # defaults: exclusive negatives, p_same 0.25
+    probs = sampler.exact_probabilities()
+    assert probs.p_equal == pytest.approx(0.25, abs=1e-12) and probs.p_positive == 0.25
+    equal = n = 0
+    while n < 100_000:
+        i1, i2, positive = sampler.epoch_draw(n)
+        np.testing.assert_array_equal(positive, labels[i1] == labels[i2])
+        equal, n = equal + positive.sum(), n + len(i1)
+    assert abs(equal / n - 0.25) <= 5 * np.sqrt(0.25 * 0.75 / n)
+    # domgen 0.1's uniform negatives land on y1's class far more often (0.42-0.72 on the real counts).
+    assert PairSampler(labels, domains, mode="uniform").exact_probabilities().p_equal > 0.35
+
+
 # ---- construction errors -------------------------------------------------------------------------
 
 
@@ -178,6 +266,14 @@ def test_bad_inputs_raise():
         PairSampler(np.array([0, 7]), np.array(["HAM", "DMF"]))
     with pytest.raises(ValueError, match="p_same"):
         PairSampler(np.array([0, 0]), np.array(["HAM", "DMF"]), p_same=1.5)
+    with pytest.raises(ValueError, match="pair mode"):
+        PairSampler(np.array([0, 0]), np.array(["HAM", "DMF"]), mode="random")
+
+
+def test_no_negative_partner_raises():
+    # Every domain holds class 0 only: an exclusive negative cannot be drawn.
+    with pytest.raises(ValueError, match="no negative partner"):
+        PairSampler(np.array([0, 0, 0]), np.array(["HAM", "DMF", "DMF"]), num_classes=2)
 
 
 # ---- epochs, determinism, resume -----------------------------------------------------------------
