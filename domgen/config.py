@@ -61,10 +61,16 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Classification loss and CCSA (see ``domgen.losses.ccsa`` for both conventions and their sources)."""
+
     name: str = "ce"  # "ce" | "ccsa"
     margin: float = 50.0
-    p_same: float = 0.25
-    weighted_cls: bool = True
+    alpha: float = 0.1  # (1 - alpha) classification + alpha alignment; authors' code 0.1, paper's text "equal" 0.5
+    weight_norm: str = "max"  # "max": authors' code, rarest = 1, weighted-mean CE; "mean": mean 1 under the sampler, mean(w CE)
+    p_same: float = 0.25  # share of positive pairs
+    pairs: str = "exclusive"  # negatives of another class | "branch": authors' code, labelled by branch | "uniform"
+    exclude_own_domain: bool = False  # draw x2's secondary among domains other than x1's
+    weighted_cls: bool = True  # inverse-frequency class weights (baselines: of the pool; CCSA: of each stream)
     weighted_align: bool = True
 
 

@@ -77,7 +77,7 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
         piped = _steps_per_s(model, inputs.pair_batches(i1, i2, batch_size, seed=0), algorithm, optimizer, dev, n_steps)
     x = torch.randn(batch_size, 3, sizes[2], sizes[2], device=dev)
     y = torch.as_tensor(labels[:batch_size], device=dev)
-    resident = itertools.repeat((x, y, x.flip(0), y.flip(0)))
+    resident = itertools.repeat((x, y, x.flip(0), y.flip(0), y == y.flip(0)))
     model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps)
     return {
         "pipeline_steps_per_s": piped,

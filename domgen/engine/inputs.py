@@ -78,15 +78,18 @@ class Inputs:
         for x, y in self._loader(_chunks(order, batch_size), True, seed):
             yield self._to_device(x, gen), y.to(self.device)
 
-    def pair_batches(self, idx1: np.ndarray, idx2: np.ndarray, batch_size: int, seed: int):
-        """Pairs of positions in epoch order -> (x1, y1, x2, y2), both streams augmented independently."""
+    def pair_batches(self, idx1: np.ndarray, idx2: np.ndarray, batch_size: int, seed: int, positive: np.ndarray | None = None):
+        """Pairs of positions in epoch order -> (x1, y1, x2, y2, positive), both streams augmented
+        independently; ``positive`` [N] bool is the sampler's pair label (None: y1 == y2)."""
         gen = self._generator(seed)
         chunks = [np.concatenate([a, b]) for a, b in zip(_chunks(idx1, batch_size), _chunks(idx2, batch_size))]
-        for x, y in self._loader(chunks, True, seed):
+        flags = _chunks(np.asarray(positive, dtype=bool), batch_size) if positive is not None else None
+        for i, (x, y) in enumerate(self._loader(chunks, True, seed)):
             b = len(y) // 2
             x = self._to_device(x, gen)
             y = y.to(self.device)
-            yield x[:b], y[:b], x[b:], y[b:]
+            pos = torch.from_numpy(flags[i]).to(self.device) if flags is not None else y[:b] == y[b:]
+            yield x[:b], y[:b], x[b:], y[b:], pos
 
     def eval_batches(self, positions: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self._loader(_chunks(positions, batch_size, drop_single=False), False, 0):

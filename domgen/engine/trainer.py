@@ -19,8 +19,7 @@ import torch
 
 from domgen.config import RunConfig, to_dict
 from domgen.data.labels import CLASSES, DOMAINS
-from domgen.data.pair_sampler import PairSampler
-from domgen.engine.algorithms import ALGORITHMS
+from domgen.engine.algorithms import make_algorithm
 from domgen.engine.checkpoint import derive_seed, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
 from domgen.engine.logging import TensorBoard, append_results, truncate_results
@@ -97,19 +96,9 @@ class Trainer:
         self.tb: TensorBoard | None = None
 
     def _make_algorithm(self):
-        cfg, data = self.cfg, self.data
-        if cfg.loss.name == "ce":
-            return None, ALGORITHMS.get("ce")()
+        data = self.data
         domains = data.manifest["domain"].to_numpy()[data.pool]
-        sampler = PairSampler(data.labels[data.pool], domains, p_same=cfg.loss.p_same, seed=cfg.seed)
-        w = sampler.loss_weights()
-        weights = {
-            "class_w1": w["class_w1"] if cfg.loss.weighted_cls else None,
-            "class_w2": w["class_w2"] if cfg.loss.weighted_cls else None,
-            "pair_w": w["pair_w"] if cfg.loss.weighted_align else None,
-        }
-        weights = {k: (v.to(self.device) if v is not None else None) for k, v in weights.items()}
-        return sampler, ALGORITHMS.get(cfg.loss.name)(margin=cfg.loss.margin, weights=weights)
+        return make_algorithm(self.cfg.loss, data.labels[data.pool], domains, self.cfg.seed, self.device)
 
     # ---- state -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -164,8 +153,9 @@ class Trainer:
             batches, n = self.inputs.train_batches(order, bs, seed), len(order)
         else:
             self.sampler.set_epoch(epoch)
-            i1, i2 = self.sampler.epoch_pairs(epoch)
-            batches, n = self.inputs.pair_batches(data.pool[i1], data.pool[i2], bs, seed), len(i1)
+            pairs = self.sampler.epoch_draw(epoch)
+            batches = self.inputs.pair_batches(data.pool[pairs.idx1], data.pool[pairs.idx2], bs, seed, pairs.positive)
+            n = len(pairs.idx1)
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
         batches = self.hooks.progress(batches, desc=desc, total=math.ceil(n / bs), leave=False)
         losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device)
@@ -174,11 +164,17 @@ class Trainer:
         return losses
 
     def _log_epoch(self, losses: dict[str, float], score: float, rows: list[dict]) -> None:
+        # The epoch's mean loss terms (and, for CCSA, each term's gradient norm at the features) go into
+        # results.jsonl too, so which term drove training can be read back without TensorBoard.
+        append_results(self.run_dir, [self.context | {"epoch": self.epoch, "stage": "train", "split": "train", "domain": "pool"}
+                                     | {f"train_{k}": v for k, v in losses.items()}])
         self.tb.scalars(losses, self.epoch, prefix="train/")
         self.tb.scalars({f"{r['domain']}": r["macro_recall"] for r in rows}, self.epoch, prefix="val_macro_recall/")
         self.tb.scalars({"selection_score": score}, self.epoch, prefix="val/")
         per_domain = " ".join(f"{r['domain']} {r['macro_recall']:.1f}" for r in sorted(rows, key=_domain_order))
-        loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "lr")
+        loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "lr" and not k.startswith("gn_"))
+        if "gn_cls" in losses:
+            loss += " | grad at features: " + " ".join(f"{k[3:]} {v:.3g}" for k, v in losses.items() if k.startswith("gn_"))
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
     # ---- evaluation ------------------------------------------------------------------------------

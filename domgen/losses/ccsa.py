@@ -3,24 +3,29 @@
 Motiian et al., "Unified deep supervised domain adaptation and generalization", ICCV 2017 (the CCSA
 loss and its pairwise L_SA, L_S), with the class-probability weighting of Yoon, Hamarneh & Garbi, MICCAI
 2019 (eqs. 1-8; the probabilities come from ``domgen.data.pair_sampler``). For a batch of B pairs
-(x1, x2) with features z = g(x) and logits h(g(x)):
+(x1, x2) with features z = g(x), logits h(g(x)) and pair labels pos_b (positive or negative pair):
 
-    L = L_C1 + L_C2 + L_SA + L_S
-    L_Ck = 1/B sum_b w_k[yk_b] CE(logits_k_b, yk_b)                        k = 1, 2
-    L_SA = 1/B sum_b W[y1_b, y2_b] 1[y1_b == y2_b] ||z1_b - z2_b||^2
-    L_S  = 1/B sum_b W[y1_b, y2_b] 1[y1_b != y2_b] max(0, m - ||z1_b - z2_b||)^2
+    L    = (1 - alpha) (L_C1 + L_C2) + alpha (L_SA + L_S)
+    L_Ck = sum_b w_k[yk_b] CE(logits_k_b, yk_b) / sum_b w_k[yk_b]           k = 1, 2  (weighted mean)
+    L_SA = 1/B sum_b W[y1_b, y2_b] pos_b ||z1_b - z2_b||^2
+    L_S  = 1/B sum_b W[y1_b, y2_b] (1 - pos_b) max(0, m - ||z1_b - z2_b||)^2
 
-Conventions, chosen to match the reference implementation of Motiian et al. (Keras: categorical
-cross-entropy plus a contrastive loss ``mean(y d^2 + (1 - y) max(m - d, 0)^2)``, without the 1/2 the
-paper puts in d and k):
+Two conventions, both supported (``alpha``, ``cls_reduction`` and the sampler's weight normalisation):
 
-* Classification and alignment are balanced equally: this is ``(1 - alpha) L_C + alpha (L_SA + L_S)``
-  with alpha = 0.5, times 2 (a factor the learning rate absorbs).
-* Every term is averaged over all B pairs (not over the same- or different-class pairs alone, and not
-  divided by the sum of the weights as ``F.cross_entropy(weight=...)`` does). With weights normalised to
-  mean 1 under the sampler (``PairSampler.class_weights`` / ``pair_weights``), each weighted term is then
-  an unbiased estimate of the class-balanced loss and its scale does not move when weighting is on.
-* Weights are indexed by class: ``class_w1[y1]``, ``class_w2[y2]``, ``pair_w[y1, y2]``; None = all ones.
+* **The authors' code** (chrisjmyoon/iccsa ``agents/toy.py``, ``graphs/loss.py``; the default):
+  alpha = 0.1; weights ``cb = sum / count`` divided by their maximum (the rarest class or class pair has
+  weight 1, ``inverse_probability_weights(norm="max")``); ``nn.CrossEntropyLoss(weight=...)``, a weighted
+  mean that divides by the sum of the weights in the batch; the alignment term ``sum_b W / B * l_b``.
+* **The paper's text** says classification and alignment are "balanced equally": alpha = 0.5. domgen 0.1
+  used weights normalised to mean 1 under the sampler (``norm="mean"``) with ``mean_b(w CE_b)``
+  (``cls_reduction="mean"``) and ``L_C1 + L_C2 + L_SA + L_S``, i.e. alpha = 0.5 times 2.
+
+With max-normalised weights the weighted alignment term is small (the pair weights average about 3e-3
+under the sampler at nsec = a on Table 1's counts), which is why the authors' balance and the paper's
+text differ by orders of magnitude; turning weighting off (Table 2 rows L-N) makes alignment stronger.
+Weights are indexed by class: ``class_w1[y1]``, ``class_w2[y2]``, ``pair_w[y1, y2]``; None = all ones.
+The pair label is the sampler's (``Pairs.positive``: y1 == y2, or its branch flag in the authors'
+``branch`` mode); without one, pairs are labelled by class equality.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from domgen.losses import LOSSES
+
+CLS_REDUCTIONS = ("weighted_mean", "mean")
 
 
 def _gather(weights: Tensor | None, ref: Tensor, *index: Tensor) -> Tensor | None:
@@ -41,12 +48,27 @@ def _gather(weights: Tensor | None, ref: Tensor, *index: Tensor) -> Tensor | Non
 
 @LOSSES.register("ce")
 class CrossEntropy(nn.Module):
-    """Per-sample weighted cross-entropy, ``mean_b(w[y_b] CE_b)``; w = None is plain cross-entropy."""
+    """Class-weighted cross-entropy; w = None is plain cross-entropy.
+
+    ``weighted_mean`` (default; ``nn.CrossEntropyLoss(weight=w)``, the authors' code):
+    ``sum_b w[y_b] CE_b / sum_b w[y_b]``, invariant to the scale of w. ``mean`` (domgen 0.1):
+    ``mean_b(w[y_b] CE_b)``, whose scale follows the weights' normalisation.
+    """
+
+    def __init__(self, reduction: str = "weighted_mean"):
+        super().__init__()
+        if reduction not in CLS_REDUCTIONS:
+            raise ValueError(f"cross-entropy reduction must be one of {', '.join(CLS_REDUCTIONS)}, got {reduction!r}")
+        self.reduction = reduction
 
     def forward(self, logits: Tensor, y: Tensor, class_w: Tensor | None = None) -> Tensor:
         ce = F.cross_entropy(logits, y, reduction="none")  # [B]
         w = _gather(class_w, ce, y)
-        return (ce if w is None else w * ce).mean()
+        if w is None:
+            return ce.mean()
+        if self.reduction == "weighted_mean":
+            return (w * ce).sum() / w.sum().clamp_min(torch.finfo(ce.dtype).tiny)
+        return (w * ce).mean()
 
 
 @LOSSES.register("ccsa")
@@ -54,15 +76,19 @@ class CCSALoss(nn.Module):
     """CCSA on pairs, weighted by class probabilities; see the module docstring for the exact formula.
 
     Args:
-        margin: separation margin m (50 for 512-d ResNet features, as in Yoon et al. 2019).
+        margin: separation margin m (50 for 512-d ResNet features, as in Yoon et al. 2019's code).
+        alpha: weight of the alignment terms; 1 - alpha weighs classification (0.1 in the authors' code).
+        cls_reduction: reduction of the weighted cross-entropy, ``weighted_mean`` or ``mean``.
         cls_loss: name in ``LOSSES`` of the per-stream classification loss, called as
-            ``loss(logits, y, class_w)``; "ce" is the weighted cross-entropy of Yoon et al.
+            ``loss(logits, y, class_w)``.
     """
 
-    def __init__(self, margin: float = 50.0, cls_loss: str = "ce"):
+    def __init__(self, margin: float = 50.0, alpha: float = 0.1, cls_reduction: str = "weighted_mean", cls_loss: str = "ce"):
         super().__init__()
-        self.margin = float(margin)
-        self.cls_loss = LOSSES.get(cls_loss)()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        self.margin, self.alpha = float(margin), float(alpha)
+        self.cls_loss = LOSSES.get(cls_loss)(reduction=cls_reduction)
 
     def forward(
         self,
@@ -75,10 +101,11 @@ class CCSALoss(nn.Module):
         class_w1: Tensor | None = None,  # [K]
         class_w2: Tensor | None = None,  # [K]
         pair_w: Tensor | None = None,  # [K, K]
+        positive: Tensor | None = None,  # [B] bool pair labels; None = y1 == y2
     ) -> dict[str, Tensor]:
         """Returns loss (total, differentiable), cls (L_C1 + L_C2), align (L_SA), sep (L_S), pos_frac."""
         cls = self.cls_loss(logits1, y1, class_w1) + self.cls_loss(logits2, y2, class_w2)
-        same = y1 == y2  # [B]
+        pos = (y1 == y2) if positive is None else positive.bool()  # [B]
         diff = z1 - z2  # [B, D]
         # vector_norm's gradient is 0 (not NaN) at a zero distance, so coincident features are safe.
         dist = torch.linalg.vector_norm(diff, dim=1)  # [B]
@@ -88,12 +115,12 @@ class CCSALoss(nn.Module):
         if w is not None:
             sa, s = w * sa, w * s
         zero = torch.zeros_like(sa)
-        align = torch.where(same, sa, zero).mean()
-        sep = torch.where(same, zero, s).mean()
+        align = torch.where(pos, sa, zero).mean()
+        sep = torch.where(pos, zero, s).mean()
         return {
-            "loss": cls + align + sep,
+            "loss": (1.0 - self.alpha) * cls + self.alpha * (align + sep),
             "cls": cls,
             "align": align,
             "sep": sep,
-            "pos_frac": same.float().mean(),
+            "pos_frac": pos.float().mean(),
         }
