@@ -69,8 +69,26 @@ def test_sampler_report_exact_p1_is_the_pool_class_frequency(smoke_cache, runs):
     # Each x1 appears once per epoch, so the empirical y1 frequency is exact, not approximate.
     assert report["empirical"]["p1"] == pytest.approx(report["exact"]["p1"])
     assert report["empirical"]["p_equal"] == pytest.approx(report["exact"]["p_equal"], abs=0.02)
-    w1 = np.array(report["weights"]["class_w1"])
-    assert float(np.dot(report["exact"]["p1"], w1)) == pytest.approx(1.0)
+    # Exclusive negatives (the default): exactly a quarter of the pairs are positives, all same-class.
+    assert report["exact"]["p_equal"] == pytest.approx(0.25) and report["exact"]["p_positive"] == 0.25
+    assert report["empirical"]["p_positive"] == pytest.approx(report["empirical"]["p_equal"])
+    # Max-normalised (the authors'): the rarest class has weight 1, and w1 * p1 is p_min for every class.
+    p1, w1 = np.array(report["exact"]["p1"]), np.array(report["weights"]["class_w1"])
+    present = p1 > 0
+    assert w1.max() == 1.0 and np.allclose(w1[present] * p1[present], p1[present].min())
+    joint, pw = np.array(report["exact"]["joint"]), np.array(report["weights"]["pair_w"])
+    assert report["weights"]["expected"]["pair_w"] == pytest.approx(float((joint * pw).sum()))
+    assert report["weights"]["expected"]["pair_w"] < 1  # the rarest pair has weight 1, the rest less
+
+
+def test_sampler_report_measures_terms_at_the_warm_start(loo_ph2, smoke_cache, runs):
+    cfg = resolve_config("K", "smoke", 0, overrides(smoke_cache, runs))  # A was trained by the LOO fixture
+    ws = sampler_report(cfg, n_pairs=1000, warm_batches=2)["warm_start"]
+    assert ws["batches"] == 2 and "A-s0-" in ws["status"]
+    # Cross-entropy of a 7-class model is positive; the separation term at margin 50 dominates alignment.
+    assert 0 < ws["cls"] and 0 <= ws["align"] and ws["sep"] > 0 and ws["gn_sep"] > 0
+    missing = sampler_report(resolve_config("K", "smoke", 1, overrides(smoke_cache, runs)), n_pairs=1000)
+    assert "not trained yet" in missing["warm_start"]["status"]
 
 
 def test_table_cli_reads_the_loo_run(loo_ph2, runs):

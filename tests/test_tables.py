@@ -20,9 +20,9 @@ from domgen.sweep.compare import compare, format_compare
 from domgen.sweep.tables import plot_table, pruning_report, table2, table2_frame
 
 EXP_META = {  # exp -> (nsec, loss, weighted_cls, weighted_align, holdout)
-    "A": ("0", "ce", None, None, ()),
-    "D": ("5", "ce", None, None, ()),
-    "E": ("a", "ce", None, None, ()),
+    "A": ("0", "ce", True, None, ()),  # the baselines' cross-entropy is weighted (Table 2's "w")
+    "D": ("5", "ce", True, None, ()),
+    "E": ("a", "ce", False, None, ()),  # as if run with loss.weighted_cls=false
     "K": ("a", "ccsa", True, True, ()),
     "N": ("a", "ccsa", False, False, ()),
     "O": ("a", "ccsa", True, True, ("DMF",)),
@@ -53,7 +53,7 @@ def seven(others: float, **by_domain: float) -> dict[str, float]:
     return {d: by_domain.get(d, others) for d in TABLE2_DOMAINS}
 
 
-PRUNE = dict(params=8.5e6, params_before=11.2e6, macs=1.30e9, macs_before=1.82e9,
+PRUNE = dict(prune_threshold=1e-4, params=8.5e6, params_before=11.2e6, macs=1.30e9, macs_before=1.82e9,
              channels_kept={"layer1.0": 32, "layer2.0": 64})
 
 
@@ -101,7 +101,7 @@ def test_table2_markdown_cells(runs):
     a = md_row(md, "A")
     # HAM: 70, 72, 74 -> 72.0 +/- 2.0; others 60, 62, 64 -> 62.0 +/- 2.0.
     # avg: per-seed means 430/7, 444/7, 458/7 -> mean 63.43, sd exactly 2.0.
-    assert a[:6] == ["A", "0", "ResNet-18", "-", "-", "-"]
+    assert a[:6] == ["A", "0", "ResNet-18", "w", "-", "-"]  # weighted CE, no alignment, not pruned
     assert a[6] == "72.0 ± 2.0" and a[7] == "62.0 ± 2.0" and a[13] == "63.4 ± 2.0" and a[14] == "3"
     k = md_row(md, "K")
     # HAM 80, 76, 78 -> 78.0 +/- 2.0; DMF 70, 71, 72 -> 71.0 +/- 1.0.
@@ -113,7 +113,7 @@ def test_table2_markdown_cells(runs):
     # One seed: plain value; DMF held out -> starred; avg (65.3 + 6*66)/7 = 65.9.
     assert o[7] == "65.3*" and o[6] == "66.0" and o[13] == "65.9" and o[14] == "1"
     u = md_row(md, "U")
-    assert u[5] == "8.5M" and u[6] == "75.0" and u[9] == "-" and u[13] == "-"  # missing domains -> "-", no avg
+    assert u[5] == "1e-4" and u[6] == "75.0" and u[9] == "-" and u[13] == "-"  # missing domains -> "-", no avg
     assert "Data: synthetic benchmark" in md
     assert "Left out: 2 unfinished run(s): K-s3-abc0000000, K-s9-abc0000000." in md
     assert "7 domains (HAM DMF D7P MSK PH2 SON UDA; held-out included" in md

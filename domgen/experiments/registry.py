@@ -1,6 +1,8 @@
 """Experiments A-V of the paper as registry entries, and presets that scale every size together.
 
-Table 2 of Yoon et al.: A-C ResNet-18/50/152 on HAM only; D, E plain cross-entropy with nsec = 5 / a;
+Table 2 of Yoon et al.: A-C ResNet-18/50/152 on HAM only; D, E with nsec = 5 / a (A-E: cross-entropy
+weighted by the pool's inverse class frequencies, Table 2's "w" in the Cl column; ``loss.weighted_cls=false``
+for plain cross-entropy);
 F-K weighted CCSA with nsec = 1..5, a (warm start from A); L-N unweighted classification / alignment /
 both; O-T leave one domain out (nsec = a); U, V DCP pruning of K at thresholds 1e-4 and 1e-3.
 """
@@ -78,9 +80,9 @@ def _add(exp: Experiment) -> None:
 
 
 for _name, _arch in (("A", "resnet18"), ("B", "resnet50"), ("C", "resnet152")):
-    _add(Experiment(_name, f"{_arch} on HAM10000 only (nsec=0), cross-entropy", arch=_arch))
-_add(Experiment("D", "resnet18, nsec=5 from every other source, cross-entropy", nsec="5"))
-_add(Experiment("E", "resnet18, nsec=a (all training data), cross-entropy", nsec="a"))
+    _add(Experiment(_name, f"{_arch} on HAM10000 only (nsec=0), weighted cross-entropy", arch=_arch))
+_add(Experiment("D", "resnet18, nsec=5 from every other source, weighted cross-entropy", nsec="5"))
+_add(Experiment("E", "resnet18, nsec=a (all training data), weighted cross-entropy", nsec="a"))
 for _name, _nsec in zip("FGHIJK", ("1", "2", "3", "4", "5", "a")):
     _add(Experiment(_name, f"weighted CCSA, nsec={_nsec}", nsec=_nsec, loss="ccsa", warm_start="A"))
 _add(Experiment("L", "CCSA, unweighted classification", nsec="a", loss="ccsa", weighted_cls=False, warm_start="A"))

@@ -1,40 +1,90 @@
 """What the dynamic pair sampler of an experiment does: exact class probabilities of both streams, the
-joint, P(y1 == y2), the resulting loss weights, and empirical frequencies from drawn pairs."""
+joint, P(y1 == y2), P(positive), the resulting loss weights and their expected size under the sampler,
+empirical frequencies from drawn pairs, and, when the warm start exists, the size of each weighted loss
+term (and its gradient at the features) on the first pair batches."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from domgen.config import RunConfig
 from domgen.data.labels import CLASSES
-from domgen.data.pair_sampler import PairSampler
-from domgen.experiments.data import prepare_data
+from domgen.engine.algorithms import make_algorithm
+from domgen.engine.checkpoint import load_checkpoint
+from domgen.engine.inputs import Inputs
+from domgen.experiments.data import RunData, prepare_data
+from domgen.models import build_model
+
+TERMS = ("cls", "align", "sep", "gn_cls", "gn_align", "gn_sep")
 
 
-def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None) -> dict:
+def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batches: int = 4) -> dict:
+    if cfg.loss.name != "ccsa":
+        raise ValueError(f"experiment {cfg.exp} trains with {cfg.loss.name!r}, not CCSA: it draws no pairs")
     data = prepare_data(cfg.data, bar=bar)
     domains = data.manifest["domain"].to_numpy()[data.pool]
     labels = data.labels[data.pool]
-    sampler = PairSampler(labels, domains, p_same=cfg.loss.p_same, seed=cfg.seed)
+    sampler, _ = make_algorithm(cfg.loss, labels, domains, cfg.seed, torch.device("cpu"))
     exact = sampler.exact_probabilities()
-    w1, w2 = sampler.class_weights()
+    norm = cfg.loss.weight_norm
+    w1, w2 = sampler.class_weights(norm)
+    pw = sampler.pair_weights(norm)
     K = len(CLASSES)
     joint = np.zeros((K, K))
-    drawn, epoch = 0, 0
+    drawn, epoch, positive = 0, 0, 0
     while drawn < n_pairs:  # whole epochs: each x1 once per epoch, as in training
-        i1, i2 = sampler.epoch_pairs(epoch)
-        np.add.at(joint, (labels[i1], labels[i2]), 1)
-        drawn, epoch = drawn + len(i1), epoch + 1
+        pairs = sampler.epoch_draw(epoch)
+        np.add.at(joint, (labels[pairs.idx1], labels[pairs.idx2]), 1)
+        drawn, epoch, positive = drawn + len(pairs.idx1), epoch + 1, positive + int(pairs.positive.sum())
     emp = joint / drawn
     return {
         "exp": cfg.exp,
         "data": data.identity,
+        "loss": {"alpha": cfg.loss.alpha, "weight_norm": norm, "pairs": cfg.loss.pairs, "p_same": cfg.loss.p_same,
+                 "exclude_own_domain": cfg.loss.exclude_own_domain, "margin": cfg.loss.margin},
         "pool": {d: int((domains == d).sum()) for d in data.train_domains},
         "classes": list(CLASSES),
-        "exact": {"p1": exact.p1.tolist(), "p2": exact.p2.tolist(), "joint": exact.joint.tolist(), "p_equal": exact.p_equal},
-        "weights": {"class_w1": w1.tolist(), "class_w2": w2.tolist(), "pair_w": sampler.pair_weights().tolist()},
-        "empirical": {"pairs": drawn, "epochs": epoch, "p1": emp.sum(1).tolist(), "p2": emp.sum(0).tolist(), "joint": emp.tolist(), "p_equal": float(np.trace(emp))},
+        "exact": {"p1": exact.p1.tolist(), "p2": exact.p2.tolist(), "joint": exact.joint.tolist(), "p_equal": exact.p_equal,
+                  "p_positive": exact.p_positive, "p_same_domain": exact.p_same_domain},
+        "weights": {"class_w1": w1.tolist(), "class_w2": w2.tolist(), "pair_w": pw.tolist(),
+                    "expected": {"w1": float(exact.p1 @ w1), "w2": float(exact.p2 @ w2), "pair_w": float((exact.joint * pw).sum())}},
+        "empirical": {"pairs": drawn, "epochs": epoch, "p1": emp.sum(1).tolist(), "p2": emp.sum(0).tolist(), "joint": emp.tolist(),
+                      "p_equal": float(np.trace(emp)), "p_positive": positive / drawn},
+        "warm_start": warm_start_terms(cfg, data, warm_batches, bar),
     }
+
+
+def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) -> dict:
+    """Mean of each weighted term of the loss, as it enters the total ((1 - alpha) cls, alpha align,
+    alpha sep), and of its gradient norm at the features, over the first ``n_batches`` pair batches of
+    epoch 0, from the warm start's weights (the parent's best checkpoint, if it has been trained)."""
+    from domgen.experiments.train import parent_config, run_dir_for  # the drivers sit above this report
+
+    if not cfg.warm_start:
+        return {"status": "no warm start: the experiment starts from its own initialisation"}
+    parent = parent_config(cfg)
+    best = run_dir_for(parent, data.identity) / "best.pt"
+    if not best.exists():
+        return {"status": f"warm start not trained yet (no {best}); train {cfg.warm_start} first"}
+    pool_domains = data.manifest["domain"].to_numpy()[data.pool]
+    sampler, algorithm = make_algorithm(cfg.loss, data.labels[data.pool], pool_domains, cfg.seed, torch.device("cpu"))
+    model = build_model(cfg.model.arch, "none", len(CLASSES))
+    model.load_state_dict(load_checkpoint(best)["model"])
+    model.train()  # the first training step sees batch statistics
+    pairs = sampler.epoch_draw(0)
+    n = n_batches * cfg.optim.batch_size
+    inputs = Inputs(data.manifest["path"].tolist(), data.labels, cfg.transform, cfg.data, torch.device("cpu"), bar)
+    batches = inputs.pair_batches(data.pool[pairs.idx1[:n]], data.pool[pairs.idx2[:n]], cfg.optim.batch_size, 0, pairs.positive[:n])
+    sums, seen = dict.fromkeys(TERMS, 0.0), 0
+    a = cfg.loss.alpha
+    scale = {"cls": 1 - a, "align": a, "sep": a}
+    for batch in batches:
+        out = algorithm.loss(model, batch)
+        for k in TERMS:
+            sums[k] += float(out[k].detach()) * scale.get(k, 1.0)
+        seen += 1
+    return {"status": f"from {best}", "batches": seen} | {k: v / max(seen, 1) for k, v in sums.items()}
 
 
 def format_sampler_report(r: dict) -> str:
@@ -44,9 +94,11 @@ def format_sampler_report(r: dict) -> str:
     def row(name, values, fmt="{:7.4f}"):
         return f"{name:<8}" + " ".join(fmt.format(v) for v in values)
 
-    e, w, m = r["exact"], r["weights"], r["empirical"]
+    e, w, m, lo = r["exact"], r["weights"], r["empirical"], r["loss"]
     lines = [
         f"experiment {r['exp']} on {r['data']}; training pool: " + ", ".join(f"{d} {n}" for d, n in r["pool"].items()),
+        f"pairs: {lo['pairs']}, p_same {lo['p_same']}, exclude own domain {lo['exclude_own_domain']}; "
+        f"loss: (1 - {lo['alpha']}) cls + {lo['alpha']} (align + sep), margin {lo['margin']}, weights normalised by {lo['weight_norm']}",
         "class probabilities (exact | empirical from %d pairs over %d epochs)" % (m["pairs"], m["epochs"]),
         head,
         row("P(y1)", e["p1"]),
@@ -54,15 +106,26 @@ def format_sampler_report(r: dict) -> str:
         row("P(y2)", e["p2"]),
         row("emp y2", m["p2"]),
         f"P(y1 == y2) exact {e['p_equal']:.4f}  empirical {m['p_equal']:.4f}",
+        f"P(positive pair) exact {e['p_positive']:.4f}  empirical {m['p_positive']:.4f};  P(x2 from x1's domain) {e['p_same_domain']:.4f}",
         "joint P(y1 = row, y2 = column), exact:",
         head,
         *[row(c, vals) for c, vals in zip(cls, e["joint"])],
-        "weights (1/P, normalised to mean 1 under the sampler):",
+        f"weights (1/P, normalised by {lo['weight_norm']}):",
         head,
         row("w1", w["class_w1"], "{:7.3f}"),
         row("w2", w["class_w2"], "{:7.3f}"),
         "pair weights W[y1, y2]:",
         head,
-        *[row(c, vals, "{:7.2f}") for c, vals in zip(cls, w["pair_w"])],
+        *[row(c, vals, "{:7.2g}") for c, vals in zip(cls, w["pair_w"])],
+        "expected weight under the sampler: E[w1] {w1:.4g}  E[w2] {w2:.4g}  E[W] {pair_w:.4g}".format(**w["expected"]),
     ]
+    ws = r["warm_start"]
+    if "cls" in ws:
+        lines += [
+            f"weighted terms at the warm start ({ws['status']}; mean of {ws['batches']} pair batches, as they enter the loss):",
+            f"  (1 - alpha) cls {ws['cls']:.4g}   alpha align {ws['align']:.4g}   alpha sep {ws['sep']:.4g}",
+            f"  gradient norm at the features: cls {ws['gn_cls']:.4g}   align {ws['gn_align']:.4g}   sep {ws['gn_sep']:.4g}",
+        ]
+    else:
+        lines.append(f"weighted terms at the warm start: {ws['status']}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ def run_dir_for(cfg: RunConfig, identity: str) -> Path:
 
 def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
     """Fields written into every result line, so that tables need no other file."""
+    ccsa = cfg.loss.name == "ccsa"
     return {
         "exp": cfg.exp,
         "seed": cfg.seed,
@@ -46,8 +47,11 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "arch": cfg.model.arch,
         "nsec": cfg.data.nsec,
         "loss": cfg.loss.name,
-        "weighted_cls": cfg.loss.weighted_cls if cfg.loss.name == "ccsa" else None,
-        "weighted_align": cfg.loss.weighted_align if cfg.loss.name == "ccsa" else None,
+        "weighted_cls": cfg.loss.weighted_cls,
+        "weighted_align": cfg.loss.weighted_align if ccsa else None,
+        "weight_norm": cfg.loss.weight_norm,
+        "alpha": cfg.loss.alpha if ccsa else None,
+        "pairs": cfg.loss.pairs if ccsa else None,
         "holdout": list(cfg.data.holdout),
         "train_domains": data.train_domains,
     }

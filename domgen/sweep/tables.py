@@ -70,11 +70,21 @@ def _arch_name(arch: str) -> str:
     return f"ResNet-{m[1]}" if m else str(arch)
 
 
-def _flag(loss, weighted) -> str:
-    """Paper's Cl / Al columns: w = weighted, u = unweighted, - = plain cross-entropy (no CCSA)."""
-    if loss != "ccsa" or not isinstance(weighted, (bool, np.bool_)):
+def _flag(weighted, used: bool = True) -> str:
+    """Paper's Cl / Al columns: w = weighted, u = unweighted, - = a loss the run does not use (the
+    baselines A-E have no alignment term; their cross-entropy is weighted by default, as in Table 2)."""
+    if not used or not isinstance(weighted, (bool, np.bool_)):
         return "-"
     return "w" if weighted else "u"
+
+
+def _threshold(value) -> str:
+    """Table 2's Pr column: the DCP threshold as ``1e-4``, or - for an unpruned run."""
+    t = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if not math.isfinite(t) or t <= 0:
+        return "-"
+    mantissa, exponent = f"{t:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}" if mantissa != "1" else f"1e{int(exponent)}"
 
 
 def _describe(rows: pd.DataFrame) -> dict:
@@ -84,9 +94,9 @@ def _describe(rows: pd.DataFrame) -> dict:
     return {
         "nsec": str(first.get("nsec", "")),
         "arch": _arch_name(first.get("arch", "")),
-        "Cl": _flag(first.get("loss"), first.get("weighted_cls")),
-        "Al": _flag(first.get("loss"), first.get("weighted_align")),
-        "Pr": f"{params / 1e6:.1f}M" if math.isfinite(params) else "-",
+        "Cl": _flag(first.get("weighted_cls")),
+        "Al": _flag(first.get("weighted_align"), first.get("loss") == "ccsa"),
+        "Pr": _threshold(first.get("prune_threshold")),
         "params": params,
         "holdout": " ".join(holdout),
         "synthetic": bool(rows["synthetic"].fillna(False).astype(bool).any()),
