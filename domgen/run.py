@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from domgen.experiments.train import run_train
 
     cfg = cc.build_config(args)
-    result = run_train(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    result = run_train(cfg, cc.cli_hooks(), **cc.folder_options(args))
     s = result.summary
     cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir} (best epoch {s['best_epoch']}, validation score {s['best_val_score']:.2f})")
@@ -62,7 +62,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = cc.build_config(args)
     if cfg.exp not in ("U", "V"):
         raise ValueError(f"prune runs the pruning experiments U and V, not {cfg.exp}")
-    result = run_prune(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    result = run_prune(cfg, cc.cli_hooks(), **cc.folder_options(args))
     s = result.summary
     cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir}: {s['params_before'] / 1e6:.2f}M -> {s['params'] / 1e6:.2f}M parameters, "
@@ -76,7 +76,7 @@ def cmd_loo(args: argparse.Namespace) -> int:
     from domgen.experiments.loo import format_loo, run_loo
 
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
-    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), force=args.force, resume=args.resume)
+    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), **cc.folder_options(args))
     cc.say(f"data: {results[0].summary['data']}")
     cc.say(format_loo(results))
     return 0
@@ -257,14 +257,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one error boundary: expected failures print one line (exit 2, Ctrl-C 130); bugs a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("DOMGEN_DEBUG"):
             raise
-        print(f"error: {err.args[0] if err.args else err}\n(set DOMGEN_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+        return cc.report_error(err, argv)
 
 
 if __name__ == "__main__":

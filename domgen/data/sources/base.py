@@ -17,12 +17,13 @@ from typing import Protocol
 
 import pandas as pd
 
+from domgen.errors import DomgenError
 from domgen.registry import Registry
 
 RECORD_COLUMNS = ["path", "label", "domain", "group", "image_id"]
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(DomgenError, ValueError):
     """A source folder does not hold what its native layout promises. The message names the source,
     the file and the expected layout."""
 
