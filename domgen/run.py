@@ -21,7 +21,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from domgen.data.labels import CLASSES
 
     cfg = apply_overrides(DataConfig(), [o.split("data.", 1)[1] for o in cc.data_overrides(args)])
-    catalog = load_catalog(cfg, bar=cc.cli_hooks().bar)
+    catalog = load_catalog(cfg, bar=cc.cli_hooks().bar, verify=args.verify)
     what = f"synthetic benchmark at {catalog.root}" if catalog.synthetic else f"data root {catalog.root}"
     if args.json:  # stdout stays pure JSON; the data line goes to stderr
         print(f"data: {what}", file=sys.stderr)
@@ -213,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="Table 1: images per class per domain, and what was dropped")
     cc.add_data_options(s)
     s.add_argument("--json", action="store_true", help='print {"DOMAIN": {"nv": N, ...}, ...}')
+    s.add_argument("--verify", action="store_true", help="decode every image fully (finds truncated JPEGs a header check misses); "
+                   "with --skip-missing, broken images are dropped and counted")
     s.add_argument("--out", default="runs/summary", help="folder for summary.csv and summary.md")
     s.set_defaults(func=cmd_summary)
     t = sub.add_parser("train", help="train one experiment (A-E baselines, F-T CCSA)")
