@@ -76,6 +76,10 @@ def find_release(folder: Path, marker: str, source: str, layout: str) -> Path:
 
 def safe_join(root: Path, relative: str, source: str) -> Path:
     """``root / relative``, refused when it would leave ``root`` (absolute paths, ``..``, symlinks out)."""
+    if "\x00" in relative or any(len(part.encode()) > 255 for part in Path(relative).parts):
+        shown = relative if len(relative) < 80 else relative[:60] + f"... ({len(relative)} characters)"
+        raise DataLayoutError(f"{source}: {shown!r} is not a usable file name (a NUL byte or a name over 255 bytes); "
+                              "the metadata file is probably corrupt")
     root = Path(root).resolve()
     candidate = (root / relative).resolve()
     if os.path.commonpath([root, candidate]) != str(root):
