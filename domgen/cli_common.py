@@ -19,6 +19,18 @@ from domgen.errors import DomgenError, RunFolderError, RunInterrupted
 from domgen.experiments.registry import PRESETS, resolve_config
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default at the end of its help, unless the help already says it or there is none
+    (a flag that is off, an option whose absence means "see the help")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS
+        if nothing or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default=None, help="folder with one sub-folder per source (default: $DOMGEN_DATA, else synthetic)")
@@ -28,16 +40,20 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None, help="processes decoding the image cache (and DataLoader workers when data.cached=false)")
 
 
-def add_run_options(p: argparse.ArgumentParser, exp: bool = True) -> None:
+def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool = True) -> None:
     add_data_options(p)
     if exp:
         p.add_argument("--exp", default="A", help="experiment letter A-V (see `python -m domgen.run list`)")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="sizes: paper (exact), quick (CPU, minutes), smoke (seconds)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                   help="sizes: paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
+                        "given with --weights), quick (CPU, minutes), smoke (seconds, for checks)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data splits have their own, data.split_seed)")
     p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's)")
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
+    if not folder:
+        return
     g = p.add_argument_group("an existing run folder (nothing is ever deleted)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     g.add_argument("--restart", action="store_true", help="move an unfinished run aside (<name>.abandoned-<time>) and start over")
@@ -134,3 +150,13 @@ def report_error(err: BaseException, argv: list[str]) -> int:
     print(f"\nThis is a bug in domgen, not a mistake in your command ({type(err).__name__}). Please report it with the "
           "command line and the traceback above.", file=sys.stderr)
     return 1
+
+
+def check_weights(cfg: RunConfig) -> None:
+    """Build the model once with its pretrained weights, so missing ImageNet weights (offline, not cached)
+    or a bad --weights file fail here, in one line, before any run folder exists."""
+    if cfg.model.weights == "none":
+        return
+    from domgen.models import build_model
+
+    build_model(cfg.model.arch, cfg.model.weights)
