@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -306,5 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         return cc.report_error(err, argv)
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, a scheduler's stop) ends like Ctrl-C: checkpoint named, exit 130
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import urllib.error
 
-import pytest
 
 from domgen import run
 
