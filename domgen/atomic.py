@@ -1,13 +1,28 @@
 """Atomic file writes: a reader sees either no file or a whole one, even if a run is killed mid-write
-or two processes race. Write to a unique temporary file beside the target, fsync, then rename."""
+or two processes race. Write to a unique temporary file beside the target, fsync, then rename.
+
+The file gets the mode any ``open()`` would give it (0666 less the umask), not ``mkstemp``'s 0600, so a
+group sharing a cluster disk can read checkpoints, configs and caches as the umask intends."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+
+_UMASK_GUARD = threading.Lock()
+
+
+def file_mode() -> int:
+    """0666 less the process's umask (read by setting and restoring it, hence the guard)."""
+    with _UMASK_GUARD:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -16,6 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, file_mode())
     os.close(fd)
     tmp = Path(name)
     try:

@@ -6,13 +6,29 @@ Only ``domgen.run`` and this module print or parse arguments.
 from __future__ import annotations
 
 import argparse
+import errno
+import shlex
 import sys
+import traceback
 
 from tqdm import tqdm
 
 from domgen.config import RunConfig
 from domgen.engine.trainer import Hooks
+from domgen.errors import DomgenError, RunFolderError, RunInterrupted
 from domgen.experiments.registry import PRESETS, resolve_config
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default at the end of its help, unless the help already says it or there is none
+    (a flag that is off, an option whose absence means "see the help")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS
+        if nothing or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -24,18 +40,25 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None, help="processes decoding the image cache (and DataLoader workers when data.cached=false)")
 
 
-def add_run_options(p: argparse.ArgumentParser, exp: bool = True) -> None:
+def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool = True) -> None:
     add_data_options(p)
     if exp:
         p.add_argument("--exp", default="A", help="experiment letter A-V (see `python -m domgen.run list`)")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="sizes: paper (exact), quick (CPU, minutes), smoke (seconds)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                   help="sizes: paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
+                        "given with --weights), quick (CPU, minutes), smoke (seconds, for checks)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data splits have their own, data.split_seed)")
     p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's)")
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="redo a run that is already done")
+    if not folder:
+        return
+    g = p.add_argument_group("an existing run folder (nothing is ever deleted)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    g.add_argument("--restart", action="store_true", help="move an unfinished run aside (<name>.abandoned-<time>) and start over")
+    g.add_argument("--force", action="store_true", help="redo a run that is already done (the old one is moved aside)")
+    g.add_argument("--wait", action="store_true", help="if another process owns the run folder, wait for it instead of stopping")
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
@@ -68,3 +91,72 @@ def say(line: str = "") -> None:
 
 def cli_hooks() -> Hooks:
     return Hooks(log=say, progress=lambda it, **kw: tqdm(it, dynamic_ncols=True, **kw), bar=lambda **kw: tqdm(dynamic_ncols=True, **kw))
+
+
+def folder_options(args: argparse.Namespace) -> dict:
+    """What to do with an existing run folder: the driver keywords of --resume/--restart/--force/--wait."""
+    return {"resume": args.resume, "restart": args.restart, "force": args.force, "wait": args.wait}
+
+
+# ---- the error boundary --------------------------------------------------------------------------
+EXPECTED = (DomgenError, OSError, KeyError, ValueError)  # a mistake in the command, the data or the machine
+_OS_HINTS = {
+    errno.EACCES: "check its permissions, or choose another --out / --cache-dir",
+    errno.EPERM: "check its permissions, or choose another --out / --cache-dir",
+    errno.EROFS: "the file system is read-only: choose another --out / --cache-dir",
+    errno.ENOSPC: "the disk is full: free space or choose another --out / --cache-dir",
+    errno.ENOTDIR: "part of that path is a file, not a folder: choose another --out / --cache-dir",
+    errno.EEXIST: "a file is in the way: choose another --out / --cache-dir",
+    errno.ENOENT: "check the path (and --data-root / DOMGEN_DATA)",
+    errno.EISDIR: "that is a folder where a file was expected",
+}
+
+
+def command_line(argv: list[str], add: str | None = None, drop: tuple[str, ...] = ()) -> str:
+    """The command that was run, as a person would retype it, with ``add`` appended."""
+    words = [w for w in argv if w not in drop]
+    if add and add not in words:
+        words.append(add)
+    return "python -m domgen.run " + shlex.join(words)
+
+
+def error_message(err: BaseException, argv: list[str]) -> tuple[str, int]:
+    """(what to print, exit code) for an exception that reached the command line."""
+    if isinstance(err, RunInterrupted):
+        return f"interrupted after epoch {err.epoch}: resume with {command_line(argv, '--resume', ('--restart', '--force'))}", 130
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted: nothing was lost; run the same command again (with --resume if a run had started)", 130
+    if isinstance(err, RunFolderError) and err.retry_flag:
+        return f"error: {err}\n  that is: {command_line(argv, err.retry_flag, ('--restart', '--force'))}", 2
+    if isinstance(err, OSError) and not isinstance(err, DomgenError) and err.errno is not None:
+        where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+        hint = _OS_HINTS.get(err.errno, "check the path and the disk")
+        return f"error: {err.strerror}: {where or '?'} ({hint})", 2
+    if isinstance(err, EXPECTED) or type(err).__name__ == "OutOfMemoryError":
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        return "error: " + (text or type(err).__name__), 2
+    return "", 1
+
+
+def report_error(err: BaseException, argv: list[str]) -> int:
+    """Print one line for an expected failure; for a bug, the traceback and a request for a report."""
+    message, code = error_message(err, argv)
+    if message:
+        print(message, file=sys.stderr)
+        if code == 2:
+            print("(set DOMGEN_DEBUG=1 for the traceback)", file=sys.stderr)
+        return code
+    traceback.print_exception(err)
+    print(f"\nThis is a bug in domgen, not a mistake in your command ({type(err).__name__}). Please report it with the "
+          "command line and the traceback above.", file=sys.stderr)
+    return 1
+
+
+def check_weights(cfg: RunConfig) -> None:
+    """Build the model once with its pretrained weights, so missing ImageNet weights (offline, not cached)
+    or a bad --weights file fail here, in one line, before any run folder exists."""
+    if cfg.model.weights == "none":
+        return
+    from domgen.models import build_model
+
+    build_model(cfg.model.arch, cfg.model.weights)

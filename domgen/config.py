@@ -212,3 +212,54 @@ def write_atomic(path: Path, text: str) -> None:
 
 def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("DOMGEN_CACHE") or Path.home() / ".cache" / "domgen")
+
+
+# ---- validation: one place that says which values can work, checked before any run folder exists ----
+def validate(cfg: RunConfig) -> RunConfig:
+    """Return ``cfg`` or raise :class:`domgen.errors.ConfigError` naming the key, the value and the range.
+
+    Called by ``resolve_config``, so the CLI, sweeps and tests refuse a config that cannot work (a zero
+    batch size, a probability above 1, an unknown loss) before anything is written."""
+    from domgen.errors import ConfigError
+
+    problems = [f"{key}={value!r} ({why})" for key, value, why in _problems(cfg)]
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems) + ". Fix the --set value (or the preset)")
+    return cfg
+
+
+def _problems(cfg: RunConfig):
+    o, t, d, loss, p = cfg.optim, cfg.transform, cfg.data, cfg.loss, cfg.prune
+    positive = {"optim.epochs": o.epochs, "optim.batch_size": o.batch_size, "optim.lr": o.lr, "optim.lr_step": o.lr_step,
+                "transform.resize": t.resize, "transform.crop": t.crop, "transform.size": t.size,
+                "data.synthetic_scale": d.synthetic_scale, "prune.batches": p.batches, "loss.margin": loss.margin}
+    for key, value in positive.items():
+        if not value > 0:
+            yield key, value, "must be > 0"
+    nonneg = {"optim.weight_decay": o.weight_decay, "data.workers": d.workers, "threads": cfg.threads,
+              "transform.cutout": t.cutout, "seed": cfg.seed, "prune.threshold": p.threshold, "prune.disc_weight": p.disc_weight}
+    for key, value in nonneg.items():
+        if not value >= 0:
+            yield key, value, "must be >= 0"
+    if not 0 <= loss.p_same <= 1:
+        yield "loss.p_same", loss.p_same, "a probability: must be in [0, 1]"
+    if not 0 <= p.ratio < 1:
+        yield "prune.ratio", p.ratio, "a fraction of channels to remove: must be in [0, 1)"
+    if not o.lr_gamma > 0:
+        yield "optim.lr_gamma", o.lr_gamma, "must be > 0"
+    if not t.size <= t.crop <= t.resize:
+        yield "transform", f"{t.resize}/{t.crop}/{t.size}", "needs size <= crop <= resize"
+    if cfg.device not in ("auto", "cpu", "cuda", "mps") and not cfg.device.startswith("cuda:"):
+        yield "device", cfg.device, "auto, cpu, cuda, cuda:N or mps"
+    if loss.name not in ("ce", "ccsa") and not _registered_loss(loss.name):
+        yield "loss.name", loss.name, "a registered algorithm: ce, ccsa, ..."
+    if p.method not in ("dcp", "magnitude", "taylor", "bn"):
+        yield "prune.method", p.method, "dcp, magnitude, taylor or bn"
+    if not (str(d.nsec).strip().lower() in ("a", "all") or (str(d.nsec).strip().isdigit() and int(d.nsec) <= 5)):
+        yield "data.nsec", d.nsec, "0..5 or a"
+
+
+def _registered_loss(name: str) -> bool:
+    from domgen.engine.algorithms import ALGORITHMS  # imports torch: only for a name beyond the built-in two
+
+    return name in ALGORITHMS.names()

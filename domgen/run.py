@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from domgen.data.labels import CLASSES
 
     cfg = apply_overrides(DataConfig(), [o.split("data.", 1)[1] for o in cc.data_overrides(args)])
-    catalog = load_catalog(cfg, bar=cc.cli_hooks().bar)
+    catalog = load_catalog(cfg, bar=cc.cli_hooks().bar, verify=args.verify)
     what = f"synthetic benchmark at {catalog.root}" if catalog.synthetic else f"data root {catalog.root}"
     if args.json:  # stdout stays pure JSON; the data line goes to stderr
         print(f"data: {what}", file=sys.stderr)
@@ -46,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from domgen.experiments.train import run_train
 
     cfg = cc.build_config(args)
-    result = run_train(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    cc.check_weights(cfg)
+    result = run_train(cfg, cc.cli_hooks(), **cc.folder_options(args))
     s = result.summary
     cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir} (best epoch {s['best_epoch']}, validation score {s['best_val_score']:.2f})")
@@ -62,7 +64,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = cc.build_config(args)
     if cfg.exp not in ("U", "V"):
         raise ValueError(f"prune runs the pruning experiments U and V, not {cfg.exp}")
-    result = run_prune(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    cc.check_weights(cfg)
+    result = run_prune(cfg, cc.cli_hooks(), **cc.folder_options(args))
     s = result.summary
     cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir}: {s['params_before'] / 1e6:.2f}M -> {s['params'] / 1e6:.2f}M parameters, "
@@ -76,7 +79,10 @@ def cmd_loo(args: argparse.Namespace) -> int:
     from domgen.experiments.loo import format_loo, run_loo
 
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
-    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), force=args.force, resume=args.resume)
+    if args.weights:
+        overrides.append(f"model.weights={args.weights}")
+    cc.check_weights(cc.build_config(args, exp="O"))
+    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), **cc.folder_options(args))
     cc.say(f"data: {results[0].summary['data']}")
     cc.say(format_loo(results))
     return 0
@@ -121,7 +127,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
     p.add_argument("--preset", default=None, help="only runs of this preset")
-    p.add_argument("--metric", default="macro_recall", help="macro_recall (default), balanced_acc, mel_auc, mel_sens, ...")
+    p.add_argument("--metric", default="macro_recall", help="macro_recall, balanced_acc, mel_auc, mel_sens, ...")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -146,25 +152,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def add_sweep_parser(sub) -> None:
-    sw = sub.add_parser("sweep", help="experiments x seeds, locally or on Slurm (submitit); `sweep status` for progress")
-    sw.add_argument("action", nargs="?", default="run", choices=["run", "status"])
+    sw = sub.add_parser("sweep", help="experiments x seeds, locally or on Slurm (submitit); `sweep status` for progress",
+                        formatter_class=cc.HelpFormatter, description=DESCRIPTIONS["sweep"])
+    sw.add_argument("action", nargs="?", default="run", choices=["run", "status"], help="run what is not done, or show progress")
     cc.add_data_options(sw)
     sw.add_argument("--exps", default="A-V", help="ranges and lists: A-V, F-K,U, A,K,R")
     sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4) or a list (0,3,7)")
-    sw.add_argument("--preset", default="paper")
-    sw.add_argument("--out", default="runs")
-    sw.add_argument("--device", default="auto")
-    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    sw.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
+    sw.add_argument("--out", default="runs", help="folder that holds the run folders")
+    sw.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
+    sw.add_argument("--launcher", default="local", choices=["local", "slurm"], help="this machine, or a Slurm cluster through submitit")
     sw.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, GPU-hours); submit nothing")
-    sw.add_argument("--retry-failed", action="store_true")
-    sw.add_argument("--max-parallel", type=int, default=None, help="local: CPU processes when there is no GPU")
-    sw.add_argument("--partition", default=None)
-    sw.add_argument("--gpus", type=int, default=1)
-    sw.add_argument("--cpus", type=int, default=8)
-    sw.add_argument("--mem-gb", type=int, default=32)
-    sw.add_argument("--time-min", type=int, default=720)
-    sw.add_argument("--array-parallelism", type=int, default=64)
+    sw.add_argument("--retry-failed", action="store_true", help="also relaunch runs that failed with an error")
+    sw.add_argument("--max-parallel", type=int, default=None, help="local: runs at once (default: one per GPU, else 1)")
+    sw.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    sw.add_argument("--gpus", type=int, default=1, help="Slurm: GPUs per job")
+    sw.add_argument("--cpus", type=int, default=8, help="Slurm: CPU cores per job")
+    sw.add_argument("--mem-gb", type=int, default=32, help="Slurm: memory per job")
+    sw.add_argument("--time-min", type=int, default=720, help="Slurm: time limit per job; a job that runs out is requeued and resumes")
+    sw.add_argument("--array-parallelism", type=int, default=64, help="Slurm: most jobs of one array running at once")
     sw.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
     sw.set_defaults(func=cmd_sweep)
 
@@ -207,65 +214,103 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = ("Domain generalization for dermoscopy: reproduces Yoon, Hamarneh & Garbi (MICCAI 2019). Start with "
+               "`summary` to see what your data holds, `train --preset smoke` to check the install in seconds, and "
+               "`sweep` then `table` for the paper's Table 2. `<command> --help` says what each command does.")
+DESCRIPTIONS = {
+    "summary": "Count the images per class in every source (the paper's Table 1) and say what was dropped and why. "
+               "With --verify, decode every image to find truncated or corrupt files. Reads the data only; trains nothing.",
+    "train": "Train one experiment of Yoon et al. (2019): A-E are the baselines (cross-entropy), F-T weighted CCSA "
+             "warm-started from A. A run lives in <out>/<exp>-s<seed>-<hash>; running the same command again reuses a "
+             "finished run, refuses an unfinished one (use --resume or --restart) and refuses a folder another process "
+             "is training (use --wait). Ctrl-C stops after saying how to resume.",
+    "prune": "Prune experiment K's best model with discrimination-aware channel pruning and fine-tune it "
+             "(experiments U and V, Table 2's last rows). Trains K first if it is not done.",
+    "loo": "Leave one domain out (experiments O-T): the held-out source is removed from training and from model "
+           "selection and evaluated like the others. Trains or reuses A, then CCSA.",
+    "sampler": "Show the pair sampler's exact and empirical class probabilities and the CCSA weights it implies, "
+               "for checking a configuration before training. Writes nothing.",
+    "table": "Build the paper's Table 2 (mean +/- std over seeds, per domain) from the results files under --runs. "
+             "Reads results only.",
+    "compare": "Paired, seed-matched difference between two experiments (e.g. K vs A), with a confidence interval.",
+    "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
+             "Safe to repeat: finished runs are skipped, interrupted ones resume, failed ones wait for --retry-failed.",
+    "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
+    "list": "List the experiments A-V with their backbone, nsec and what they test.",
+}
+
+
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=DESCRIPTIONS[name], formatter_class=cc.HelpFormatter)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m domgen.run", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m domgen.run", description=DESCRIPTION, formatter_class=cc.HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="Table 1: images per class per domain, and what was dropped")
+    s = _sub(sub, "summary", "Table 1: images per class per domain, and what was dropped")
     cc.add_data_options(s)
     s.add_argument("--json", action="store_true", help='print {"DOMAIN": {"nv": N, ...}, ...}')
+    s.add_argument("--verify", action="store_true", help="decode every image fully (finds truncated JPEGs a header check misses); "
+                   "with --skip-missing, broken images are dropped and counted")
     s.add_argument("--out", default="runs/summary", help="folder for summary.csv and summary.md")
     s.set_defaults(func=cmd_summary)
-    t = sub.add_parser("train", help="train one experiment (A-E baselines, F-T CCSA)")
+    t = _sub(sub, "train", "train one experiment (A-E baselines, F-T CCSA)")
     cc.add_run_options(t)
     t.set_defaults(func=cmd_train)
-    pr = sub.add_parser("prune", help="DCP-prune experiment K's model and fine-tune it (experiments U, V)")
+    pr = _sub(sub, "prune", "DCP-prune experiment K's model and fine-tune it (experiments U, V)")
     cc.add_run_options(pr)
-    pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (U: 1e-4, V: 1e-3)")
+    pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (default: U 1e-4, V 1e-3)")
     pr.set_defaults(func=cmd_prune, exp="U")
-    lo = sub.add_parser("loo", help="leave one domain out (experiments O-T): trains or reuses A, then CCSA")
+    lo = _sub(sub, "loo", "leave one domain out (experiments O-T): trains or reuses A, then CCSA")
     cc.add_run_options(lo, exp=False)
     lo.add_argument("--holdout", required=True, help="DMF, D7P, MSK, PH2, SON, UDA (or folder names), or all")
     lo.set_defaults(func=cmd_loo)
-    sa = sub.add_parser("sampler", help="exact and empirical class probabilities and weights of the pair sampler")
-    cc.add_run_options(sa)
+    sa = _sub(sub, "sampler", "exact and empirical class probabilities and weights of the pair sampler")
+    cc.add_run_options(sa, folder=False)
     sa.add_argument("--pairs", type=int, default=100_000, help="pairs to draw for the empirical frequencies")
-    sa.add_argument("--json", action="store_true")
+    sa.add_argument("--json", action="store_true", help="print the report as JSON")
     sa.set_defaults(func=cmd_sampler)
-    tb = sub.add_parser("table", help="the paper's Table 2 from results files (mean +/- std over seeds)")
+    tb = _sub(sub, "table", "the paper's Table 2 from results files (mean +/- std over seeds)")
     add_results_options(tb)
-    tb.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    tb.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX (booktabs) or CSV")
     tb.add_argument("--plot", default=None, metavar="FILE.png", help="also plot per-domain recall by experiment")
     tb.add_argument("--all", action="store_true", help="include unfinished runs")
     tb.set_defaults(func=cmd_table)
-    co = sub.add_parser("compare", help="paired, seed-matched difference between two experiments")
-    co.add_argument("a")
-    co.add_argument("b")
+    co = _sub(sub, "compare", "paired, seed-matched difference between two experiments")
+    co.add_argument("a", help="experiment letter, e.g. K")
+    co.add_argument("b", help="experiment letter to compare against, e.g. A")
     add_results_options(co)
     co.set_defaults(func=cmd_compare)
     add_sweep_parser(sub)
-    be = sub.add_parser("bench", help="benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
-    be.add_argument("what", choices=["pipeline", "train"])
+    be = _sub(sub, "bench", "benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
+    be.add_argument("what", choices=["pipeline", "train"], help="what to measure")
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
-    be.add_argument("--json", action="store_true")
-    be.add_argument("--workers", type=int, default=2)
+    be.add_argument("--json", action="store_true", help="print the figures as JSON")
+    be.add_argument("--workers", type=int, default=2, help="processes decoding images")
     be.add_argument("--steps", type=int, default=None, help="bench train: timed steps per measurement (default 30)")
-    be.add_argument("--device", default="auto")
+    be.add_argument("--device", default="auto", help="auto | cpu | cuda")
     be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
     be.set_defaults(func=cmd_bench)
-    sub.add_parser("list", help="the registered experiments").set_defaults(func=cmd_list)
+    _sub(sub, "list", "the registered experiments").set_defaults(func=cmd_list)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one error boundary: expected failures print one line (exit 2, Ctrl-C 130); bugs a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("DOMGEN_DEBUG"):
             raise
-        print(f"error: {err.args[0] if err.args else err}\n(set DOMGEN_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+        return cc.report_error(err, argv)
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, a scheduler's stop) ends like Ctrl-C: checkpoint named, exit 130
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main())

@@ -100,9 +100,17 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_metrics(smoke_cache, tm
     proc.wait()
     run_dir = next((tmp_path / "killed").glob("A-s0-*"))
     assert proc.returncode == -signal.SIGKILL and not (run_dir / "done").exists(), "the run finished before it was killed"
+    kept = sorted(p.name for p in run_dir.iterdir() if p.name != "running.json")  # the dead owner's lock
+    again = subprocess.run(_cli(smoke_cache, tmp_path / "killed"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert f"took over {run_dir} from pid {proc.pid} on " in again.stdout  # the killed owner's lock
+    assert again.returncode == 2 and "holds an unfinished run (validated up to epoch" in again.stderr  # not deleted
+    assert again.stderr.rstrip().splitlines()[-2].strip().endswith("--resume")  # the command to type
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(kept + ["takeovers.jsonl"])
     resumed = subprocess.run(_cli(smoke_cache, tmp_path / "killed", "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed after epoch" in resumed.stdout
+    takeovers = [json.loads(line) for line in (run_dir / "takeovers.jsonl").read_text().splitlines()]
+    assert [t["dead_owner"]["pid"] for t in takeovers] == [proc.pid]
     full_dir = next((tmp_path / "full").glob("A-s0-*"))
     assert final_test(run_dir) == final_test(full_dir)
     rows = lambda d: [(r["epoch"], r["split"], r["domain"], r["macro_recall"]) for r in read_results(d)]

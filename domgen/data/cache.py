@@ -54,8 +54,12 @@ def decode(path: str, resize: int, crop: int) -> np.ndarray:
     return np.asarray(resize_centre_crop(load_rgb(path), resize, crop), dtype=np.uint8)
 
 
-def _decode_star(args: tuple[str, int, int]) -> np.ndarray:
-    return decode(*args)
+def _decode_star(args: tuple[str, int, int]) -> np.ndarray | str:
+    """The image, or the reason it does not decode (an exception would surface as a pool traceback)."""
+    try:
+        return decode(*args)
+    except Exception as err:  # PIL: OSError for a truncated JPEG, SyntaxError, ValueError ...
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _sidecar(data_path: Path) -> Path:
@@ -90,11 +94,16 @@ def _write_images(tmp: Path, paths: Sequence[str], resize: int, crop: int, num_w
     try:
         # imap keeps order and hands results over one by one, so only a few images are in flight.
         it = iter(pool.imap(_decode_star, jobs, chunksize=4) if pool else map(_decode_star, jobs))
+        failures: dict[str, str] = {}
         for start in range(0, len(jobs), CHUNK):
             n = min(CHUNK, len(jobs) - start)
             window = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=start * row, shape=(n, crop, crop, 3))
             for i in range(n):
-                window[i] = next(it)
+                img = next(it)
+                if isinstance(img, str):
+                    failures[str(paths[start + i])] = img
+                else:
+                    window[i] = img
             window.flush()
             del window
             _tick(progress, n)
@@ -102,6 +111,10 @@ def _write_images(tmp: Path, paths: Sequence[str], resize: int, crop: int, num_w
         if pool is not None:
             pool.close()
             pool.join()
+    if failures:  # raised inside atomic_path: the partial file is removed, nothing is published
+        from domgen.data.verify import undecodable_error
+
+        raise undecodable_error(failures)
 
 
 def build_cache(

@@ -67,8 +67,9 @@ def resolve_root(cfg: DataConfig, bar=None) -> tuple[Path, bool]:
     return ensure_synthetic(cache_dir(cfg), scale=cfg.synthetic_scale, seed=cfg.synthetic_seed, progress=progress), True
 
 
-def load_catalog(cfg: DataConfig, bar=None) -> Catalog:
-    """``bar``: an optional progress-bar factory (tqdm), used only if data must be generated."""
+def load_catalog(cfg: DataConfig, bar=None, verify: bool = False) -> Catalog:
+    """``bar``: an optional progress-bar factory (tqdm), used only if data must be generated or checked.
+    ``verify`` (implied by ``skip_missing``): decode every image fully (:mod:`domgen.data.verify`)."""
     root, synthetic = resolve_root(cfg, bar)
     catalog = Catalog(root=root, synthetic=synthetic)
     for folder, code in DOMAIN_CODES.items():
@@ -81,7 +82,28 @@ def load_catalog(cfg: DataConfig, bar=None) -> Catalog:
         raise FileNotFoundError(
             f"no source found under {root}: expected one or more of {', '.join(DOMAIN_CODES)} as sub-folders"
         )
+    if verify or cfg.skip_missing:
+        drop_undecodable(catalog, cfg, bar)
     return catalog
+
+
+def drop_undecodable(catalog: Catalog, cfg: DataConfig, bar=None) -> None:
+    """Decode every kept image; with ``skip_missing`` drop the broken ones and count them as missing,
+    else raise naming them."""
+    from domgen.data.verify import find_undecodable, undecodable_error
+
+    paths = catalog.records()["path"].tolist()
+    progress = lazy_bar(bar, total=len(paths), desc="decoding every image", unit="img")
+    failures = find_undecodable(paths, cache_dir(cfg), workers=cfg.workers, progress=progress)
+    if progress is not None:
+        progress.close()
+    if failures and not cfg.skip_missing:
+        raise undecodable_error(failures)
+    for res in catalog.results.values():
+        bad = res.records["path"].isin(list(failures))
+        if bad.any():
+            res.missing.extend(res.records.loc[bad, "path"].tolist())
+            res.records = res.records.loc[~bad].reset_index(drop=True)
 
 
 def summary_table(catalog: Catalog) -> pd.DataFrame:

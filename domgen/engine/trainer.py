@@ -20,9 +20,10 @@ import torch
 from domgen.config import RunConfig, to_dict
 from domgen.data.labels import CLASSES, DOMAINS
 from domgen.engine.algorithms import make_algorithm
-from domgen.engine.checkpoint import derive_seed, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from domgen.engine.checkpoint import derive_seed, load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
-from domgen.engine.logging import TensorBoard, append_results, truncate_results
+from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
+from domgen.errors import CheckpointError
 from domgen.engine.loop import predict, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.experiments.data import RunData
@@ -30,6 +31,7 @@ from domgen.models import build_model
 from domgen.progress import lazy_bar
 
 LAST, BEST = "last.pt", "best.pt"
+PREV = previous(Path(LAST)).name  # the last.pt before the newest, kept until the run is done
 
 
 def _noop(*args, **kwargs) -> None:
@@ -93,6 +95,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.sampler, self.algorithm = self._make_algorithm()
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
+        self.saved_epoch = 0  # epochs safely in last.pt (what a Ctrl-C keeps)
         self.tb: TensorBoard | None = None
 
     def _make_algorithm(self):
@@ -114,16 +117,43 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
 
+    def best_state(self) -> dict[str, Any]:
+        """What ``best.pt`` holds: what inference and warm starts need, not the optimiser's moments."""
+        return {"model": self.model.state_dict(), "epoch": self.epoch, "best_score": self.best_score, "config": to_dict(self.cfg)}
+
+    def start_fresh(self) -> None:
+        """Training from epoch 0 in a folder whose results (if any) a kill left before the first checkpoint."""
+        if (self.run_dir / RESULTS).exists():
+            truncate_results(self.run_dir, after_epoch=0)
+
+    def _load_last(self) -> dict[str, Any] | None:
+        """``last.pt``, or ``last.prev.pt`` (with a message) when the newest is corrupt; None when neither exists."""
+        last, prev = self.run_dir / LAST, self.run_dir / PREV
+        if not last.exists():
+            return load_checkpoint(prev, self.device) if prev.exists() else None
+        try:
+            return load_checkpoint(last, self.device)
+        except CheckpointError as err:
+            if not prev.exists():
+                raise CheckpointError(f"{err}; there is no earlier {PREV} to fall back to: start over with --restart "
+                                      "(the run folder is moved aside, not deleted)") from None
+            state = load_checkpoint(prev, self.device)
+            kept = last.with_name(LAST + ".corrupt")
+            last.rename(kept)  # kept for a look, and never linked over the good previous one
+            self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] {err}: resuming from {PREV} (epoch {state['epoch']}) instead; "
+                           f"the unreadable file is now {kept.name}")
+            return state
+
     def resume(self) -> bool:
         """Continue from ``last.pt`` when present; results written after it are dropped and redone."""
-        path = self.run_dir / LAST
-        if not path.exists():
+        state = self._load_last()
+        if state is None:
             return False
-        state = load_checkpoint(path, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        self.saved_epoch = self.epoch
         set_rng_state(state["rng"])
         if self.sampler is not None and state["sampler"]:
             self.sampler.load_state_dict(state["sampler"])
@@ -132,7 +162,8 @@ class Trainer:
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self) -> None:
-        self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch)
+        # events logged after the checkpoint (the interrupted epoch's, at step epoch + 1) are purged
+        self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch + 1 if self.epoch else None)
         total = self.cfg.optim.epochs
         while self.epoch < total:
             losses = self._train_one(self.epoch)
@@ -141,8 +172,9 @@ class Trainer:
             self._log_epoch(losses, score, rows)
             if score > self.best_score:
                 self.best_score, self.best_epoch = score, self.epoch
-                save_checkpoint(self.run_dir / BEST, self.state())
-            save_checkpoint(self.run_dir / LAST, self.state())
+                save_checkpoint(self.run_dir / BEST, self.best_state())
+            save_checkpoint(self.run_dir / LAST, self.state(), keep_previous=True)
+            self.saved_epoch = self.epoch
 
     def _train_one(self, epoch: int) -> dict[str, float]:
         cfg, data = self.cfg, self.data

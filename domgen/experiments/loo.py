@@ -20,10 +20,11 @@ def loo_experiments(holdout: str) -> list[str]:
     return [LOO_EXPERIMENT[code]]
 
 
-def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: Hooks = Hooks(), force: bool = False, resume: bool = False) -> list[RunResult]:
+def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: Hooks = Hooks(), force: bool = False, resume: bool = False,
+            restart: bool = False, wait: bool = False) -> list[RunResult]:
     cfgs = [resolve_config(exp, preset, seed, overrides) for exp in loo_experiments(holdout)]
     catalog = load_catalog(cfgs[0].data, bar=hooks.bar)  # the experiments differ only in what they hold out
-    return [run_train(cfg, hooks, resume=resume, force=force, catalog=catalog) for cfg in cfgs]
+    return [run_train(cfg, hooks, resume=resume, force=force, catalog=catalog, restart=restart, wait=wait) for cfg in cfgs]
 
 
 def format_loo(results: list[RunResult]) -> str:

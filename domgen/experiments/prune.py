@@ -53,14 +53,15 @@ def _pruned_model(cfg: RunConfig, data: RunData, run_dir, hooks: Hooks, parent_s
     return model, meta
 
 
-def run_prune(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False) -> RunResult:
-    data, run_dir, finished = open_run(cfg, hooks, resume, force)
-    if finished is not None:
-        return finished
-    parent = run_train(parent_config(cfg), hooks, catalog=data.catalog)
-    parent_state = load_checkpoint(parent.run_dir / BEST)["model"]
-    model, meta = _pruned_model(cfg, data, run_dir, hooks, parent_state)
-    context = run_context(cfg, data, run_dir) | meta
-    save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
-    # A fresh optimizer over the pruned model's parameters (torch-pruning replaced the old ones).
-    return finish_run(Trainer(cfg, data, run_dir, context, hooks, model=model), resume)
+def run_prune(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False,
+              restart: bool = False, wait: bool = False) -> RunResult:
+    with open_run(cfg, hooks, resume, force, restart=restart, wait=wait) as (data, run_dir, finished):
+        if finished is not None:
+            return finished
+        parent = run_train(parent_config(cfg), hooks, resume=resume, catalog=data.catalog, wait=True)
+        parent_state = load_checkpoint(parent.run_dir / BEST)["model"]
+        model, meta = _pruned_model(cfg, data, run_dir, hooks, parent_state)
+        context = run_context(cfg, data, run_dir) | meta
+        save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
+        # A fresh optimizer over the pruned model's parameters (torch-pruning replaced the old ones).
+        return finish_run(Trainer(cfg, data, run_dir, context, hooks, model=model), resume)

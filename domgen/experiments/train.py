@@ -1,23 +1,28 @@
 """Driver for one training run: ``run_train(cfg)``, callable from the CLI, a sweep job or a test.
 
 A run lives in ``<out>/<exp>-s<seed>-<hash>``, the hash taken over the resolved config and the data's
-identity. A finished run (``done`` marker) is not redone unless ``force``; ``resume`` continues from
-``last.pt``. Experiments that warm-start (F-V) first train or reuse their parent (A, or K), found by
+identity, and is owned by one process at a time (``domgen.lock``; ``wait`` waits for the owner). Nothing
+is deleted: a finished run (``done`` marker) is not redone unless ``force``, an unfinished one is
+continued from ``last.pt`` with ``resume`` or refused, and ``restart`` (or ``force`` on a finished run)
+moves the old folder's contents to ``<name>.abandoned-<time>`` before starting over. Experiments that warm-start (F-V) first train or reuse their parent (A, or K), found by
 the parent's own config hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from domgen.config import RunConfig, config_hash, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
-from domgen.engine.logging import is_done, write_done
-from domgen.engine.trainer import BEST, Hooks, Trainer
+from domgen.engine.logging import RESULTS, is_done, read_results, write_done
+from domgen.engine.trainer import BEST, LAST, PREV, Hooks, Trainer
+from domgen.errors import RunFolderError, RunInterrupted
+from domgen.lock import LOCK, RunLock, describe
 from domgen.data.catalog import Catalog
 from domgen.experiments.data import RunData, prepare_data
 from domgen.experiments.registry import resolve_config
@@ -65,45 +70,98 @@ def parent_config(cfg: RunConfig) -> RunConfig:
     return replace(parent, out=cfg.out, device=cfg.device, data=data, transform=cfg.transform, model=model)
 
 
-def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog) -> dict | None:
+def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog, resume: bool = False) -> dict | None:
     if not cfg.warm_start:
         return None
-    parent = run_train(parent_config(cfg), hooks, catalog=catalog)
+    # the parent may be in training by a sibling experiment's process: wait for it rather than fail
+    parent = run_train(parent_config(cfg), hooks, resume=resume, catalog=catalog, wait=True)
     hooks.log(f"[{cfg.exp} s{cfg.seed}] warm start from {parent.run_dir}/{BEST}")
     return load_checkpoint(parent.run_dir / BEST)["model"]
 
 
-def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: Catalog | None = None) -> tuple[RunData, Path, RunResult | None]:
-    """Data, run folder, and the finished result when there is nothing to do. A run that is not resumed
-    (or is forced) starts from an empty folder. ``catalog``: see ``prepare_data``."""
+@contextlib.contextmanager
+def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: Catalog | None = None,
+             restart: bool = False, wait: bool = False):
+    """``with open_run(...) as (data, run_dir, finished)``: the data, the run folder (locked until the
+    block ends) and the finished result when there is nothing to do. ``catalog``: see ``prepare_data``."""
     data = prepare_data(cfg.data, bar=hooks.bar, catalog=catalog)
     run_dir = run_dir_for(cfg, data.identity)
-    if is_done(run_dir) and not force:
-        hooks.log(f"[{cfg.exp} s{cfg.seed}] already done: {run_dir} (use --force to redo)")
-        return data, run_dir, RunResult(run_dir, json.loads((run_dir / "done").read_text()), skipped=True)
-    if run_dir.exists() and (force or not resume):
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return data, run_dir, None
+    tag = f"[{cfg.exp} s{cfg.seed}]"
+    lock = RunLock(run_dir, wait=wait, on_wait=lambda o: hooks.log(f"{tag} waiting for {describe(o)} to release {run_dir}"),
+                   on_takeover=lambda o: hooks.log(f"{tag} took over {run_dir} from {describe(o)}, which is gone (recorded in takeovers.jsonl)"))
+    with lock:
+        yield data, run_dir, settle_folder(cfg, hooks, run_dir, resume, force, restart)
+
+
+def progress_note(run_dir: Path) -> str | None:
+    """What an unfinished run folder holds worth keeping ('checkpoint after epoch 3'), or None."""
+    if not any((run_dir / name).exists() for name in (LAST, PREV, RESULTS, "pruned.pt")):
+        return None
+    epochs = [r.get("epoch", 0) for r in read_results(run_dir) if r.get("stage") == "val"]
+    return f"validated up to epoch {max(epochs)}" if epochs else "a checkpoint or a pruned model"
+
+
+def settle_folder(cfg: RunConfig, hooks: Hooks, run_dir: Path, resume: bool, force: bool, restart: bool) -> RunResult | None:
+    tag = f"[{cfg.exp} s{cfg.seed}]"
+    if is_done(run_dir):
+        if not force:
+            hooks.log(f"{tag} already done: {run_dir} (use --force to redo; the old run is moved aside, not deleted)")
+            return RunResult(run_dir, json.loads((run_dir / "done").read_text()), skipped=True)
+        hooks.log(f"{tag} --force: moved the finished run to {move_aside(run_dir)}")
+        return None
+    note = progress_note(run_dir)
+    if note is None:
+        return None
+    if restart or force:
+        hooks.log(f"{tag} --restart: moved the unfinished run ({note}) to {move_aside(run_dir)}")
+    elif not resume:
+        raise RunFolderError(f"{run_dir} holds an unfinished run ({note}): continue it with --resume, or move it "
+                             "aside and start over with --restart", run_dir, retry_flag="--resume")
+    return None
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move everything in ``run_dir`` but the lock into ``<name>.abandoned-<time>`` beside it (the lock,
+    and so the ownership, stays where it is). Nothing is deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.abandoned-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.abandoned-{stamp}-{n}")
+    target.mkdir()
+    for entry in run_dir.iterdir():
+        if not entry.name.startswith((LOCK, f".{LOCK}")):
+            entry.rename(target / entry.name)
+    return target
 
 
 def finish_run(trainer: Trainer, resume: bool) -> RunResult:
-    """Resume if asked and possible, train, evaluate the best epoch, write the done marker."""
+    """Resume if asked and possible, train, evaluate the best epoch, write the done marker. Ctrl-C
+    becomes :class:`RunInterrupted`, naming the last epoch that is safely checkpointed."""
     cfg = trainer.cfg
-    if resume and trainer.resume():
-        trainer.hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {trainer.run_dir}")
-    trainer.fit()
-    summary = trainer.final()
+    try:
+        if resume and trainer.resume():
+            trainer.hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {trainer.run_dir}")
+        else:
+            trainer.start_fresh()
+        trainer.fit()
+        summary = trainer.final()
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise RunInterrupted(trainer.run_dir, trainer.saved_epoch) from None
     write_done(trainer.run_dir, summary)
+    (trainer.run_dir / PREV).unlink(missing_ok=True)  # only a resume needs the fallback checkpoint
     return RunResult(trainer.run_dir, summary)
 
 
 def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, force: bool = False,
-              catalog: Catalog | None = None) -> RunResult:
-    data, run_dir, finished = open_run(cfg, hooks, resume, force, catalog)
-    if finished is not None:
-        return finished
-    init = warm_start_state(cfg, hooks, data.catalog)
-    context = run_context(cfg, data, run_dir)
-    save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
-    return finish_run(Trainer(cfg, data, run_dir, context, hooks, init_state=init), resume)
+              catalog: Catalog | None = None, restart: bool = False, wait: bool = False) -> RunResult:
+    with open_run(cfg, hooks, resume, force, catalog, restart=restart, wait=wait) as (data, run_dir, finished):
+        if finished is not None:
+            return finished
+        init = warm_start_state(cfg, hooks, data.catalog, resume)
+        context = run_context(cfg, data, run_dir)
+        save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
+        return finish_run(Trainer(cfg, data, run_dir, context, hooks, init_state=init), resume)

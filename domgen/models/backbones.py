@@ -13,12 +13,13 @@ import torch
 import torchvision
 from torch import nn
 
+from domgen.errors import DomgenError
 from domgen.registry import Registry
 
 BACKBONES: Registry[Callable[[str], tuple[nn.Module, int]]] = Registry("backbone")
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(DomgenError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable; the message says which file and how to
     pass a local path instead."""
 

@@ -24,7 +24,8 @@ _RUN_NAME = re.compile(r"^(?P<exp>.+)-s(?P<seed>\d+)-(?P<hash>[0-9a-f]+)$")
 
 def run_dirs(runs_dir: Path) -> list[Path]:
     """Every folder under ``runs_dir`` (itself included) holding a ``results.jsonl``, sorted."""
-    return sorted(p.parent for p in Path(runs_dir).rglob(RESULTS))
+    # runs moved aside by --restart/--force (<name>.abandoned-<time>) are kept on disk, not in tables
+    return sorted(p.parent for p in Path(runs_dir).rglob(RESULTS) if ".abandoned-" not in p.parent.name)
 
 
 def _run_name(run_dir: Path, runs_dir: Path) -> str:

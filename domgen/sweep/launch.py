@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from domgen.config import RunConfig, from_dict, to_dict
+from domgen.engine.logging import is_done
+from domgen.errors import LaunchError, RunLocked
+from domgen.lock import RunLock
 from domgen.sweep.status import (  # noqa: F401  (format_*, sweep_status: re-exported for the CLI)
     FAILED,
     RUNNING,
-    Heartbeat,
     claim_alive,
     clear_claim,
     clear_failure,
@@ -58,7 +60,7 @@ def train_run(cfg: RunConfig, run_dir: Path) -> dict:
 
     expected = run_dir_for(cfg, load_catalog(cfg.data).identity)
     if expected.resolve() != Path(run_dir).resolve():  # checked before hours of training go elsewhere
-        raise RuntimeError(
+        raise LaunchError(
             f"this job would write {expected}, but the sweep planned {run_dir}: the data identity differs "
             "between the machine that planned the sweep and this one (set data.root / DOMGEN_DATA the same on both)"
         )
@@ -67,7 +69,7 @@ def train_run(cfg: RunConfig, run_dir: Path) -> dict:
         try:
             from domgen.experiments.prune import run_prune
         except ImportError as err:
-            raise RuntimeError(f"experiment {cfg.exp} prunes, but domgen.experiments.prune is not available: {err}") from err
+            raise LaunchError(f"experiment {cfg.exp} prunes, but domgen.experiments.prune is not available: {err}") from err
         driver = run_prune
     return driver(cfg, Hooks(log=_job_log), resume=True).summary
 
@@ -92,21 +94,28 @@ def run_job(cfg_dict: dict, run_dir: str | None = None, train_fn: TrainFn | None
         run_dir = run_dir_for(cfg, load_catalog(cfg.data).identity)
     run_dir = Path(run_dir)
     claim = job_context()
-    write_claim(run_dir, claim)
-    clear_failure(run_dir)  # a retry starts clean; the old record's traceback is in the old job's log
+    lock = RunLock(run_dir, claim, adopt_reservation=True)
     try:
-        with Heartbeat(run_dir, claim):
-            summary = (train_fn or train_run)(cfg, run_dir)
+        lock.acquire()
+    except RunLocked as err:  # a twin of this job (or a hand-started command) trains it: leave it alone
+        _job_log(f"not started: {err}")
+        return {"run_dir": str(run_dir), "skipped": str(err)}
+    leave = None
+    try:
+        if is_done(run_dir):  # finished by a twin that held the lock before us
+            return {"run_dir": str(run_dir), "summary": read_json(run_dir / "done") or {}}
+        clear_failure(run_dir)  # a retry starts clean; the old record's traceback is in the old job's log
+        summary = (train_fn or train_run)(cfg, run_dir)
     except BaseException as err:
         write_failure(run_dir, claim, err)
         if claim.get("slurm_job_id") and isinstance(err, (KeyboardInterrupt, SystemExit)):
             # a timeout or preemption: submitit may have requeued this job under the same id. Leave a
             # claim without pid (so it outlives this process) that sacct confirms or refutes.
             keep = ("slurm_job_id", "job_id", "folder", "stdout", "stderr")
-            write_claim(run_dir, {k: claim[k] for k in keep if k in claim} | {"host": None, "requeued": time.time()})
+            leave = {k: claim[k] for k in keep if k in claim} | {"host": None, "requeued": time.time()}
         raise
     finally:
-        clear_claim(run_dir, pid=os.getpid())
+        lock.release(leave=leave)
     return {"run_dir": str(run_dir), "summary": summary}
 
 
@@ -256,7 +265,7 @@ def submit_slurm(plan: Plan, todo: list[SweepJob], task: SweepTask, folder: Path
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     except RuntimeError as err:
-        raise RuntimeError(f"cannot submit to Slurm from this machine ({err}); use launcher='local'") from err
+        raise LaunchError(f"cannot submit to Slurm from this machine ({err}); use launcher='local'") from err
     base = dict(timeout_min=int(opts.time_min), gpus_per_node=opts.gpus, cpus_per_task=opts.cpus,
                 mem_gb=opts.mem_gb, name="domgen", slurm_partition=opts.partition,
                 slurm_array_parallelism=opts.array_parallelism)

@@ -17,10 +17,7 @@ by a plain re-run of the sweep; failed ones only with ``retry_failed``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -28,18 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from domgen import lock
 from domgen.config import write_atomic
 from domgen.engine.logging import is_done
+from domgen.lock import clear_claim, pid_alive, read_json, write_claim  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from domgen.sweep.launch import LaunchReport
     from domgen.sweep.plan import Plan
 
-RUNNING = "running.json"
+RUNNING = lock.LOCK
 FAILED = "failed.json"
 STATES = ("done", "running", "failed", "interrupted", "blocked", "pending")
-HEARTBEAT_S = 60.0  # how often a running job refreshes its claim
-STALE_S = 15 * 60.0  # a claim with a heartbeat older than this belongs to a dead job
+HEARTBEAT_S, STALE_S = lock.HEARTBEAT_S, lock.STALE_S
 # sacct states of a job that is still coming or going; the others mean it ended.
 _SLURM_LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
@@ -48,25 +46,7 @@ _SLURM_INTERRUPTED = {"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FA
 
 
 # ---- records -------------------------------------------------------------------------------------
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # absent, or caught mid-replace on a slow FS
-        return None
-
-
-def write_claim(run_dir: Path, claim: dict[str, Any]) -> None:
-    write_atomic(Path(run_dir) / RUNNING, json.dumps(claim, indent=2) + "\n")
-
-
-def clear_claim(run_dir: Path, pid: int | None = None) -> None:
-    """Remove the claim; with ``pid``, only when it is still this process's (a requeued twin may own it)."""
-    path = Path(run_dir) / RUNNING
-    claim = read_json(path)
-    if claim is not None and (pid is None or claim.get("pid") == pid):
-        path.unlink(missing_ok=True)
-
-
+# Claims are the run-folder lock (domgen.lock): one mechanism for sweep jobs and hand-started commands.
 def write_failure(run_dir: Path, context: dict[str, Any], err: BaseException | None = None, message: str = "",
                   kind: str | None = None) -> None:
     """``err`` raised in the job (its traceback is kept), or ``message`` from the launcher when the job
@@ -83,31 +63,6 @@ def write_failure(run_dir: Path, context: dict[str, Any], err: BaseException | N
 
 def clear_failure(run_dir: Path) -> None:
     (Path(run_dir) / FAILED).unlink(missing_ok=True)
-
-
-class Heartbeat:
-    """``with Heartbeat(run_dir, claim):`` rewrites the claim's ``heartbeat`` every ``HEARTBEAT_S`` seconds
-    from a daemon thread, so a claim left by a job killed on another host goes stale."""
-
-    def __init__(self, run_dir: Path, claim: dict[str, Any], every_s: float = HEARTBEAT_S):
-        self.run_dir, self.claim, self.every_s = Path(run_dir), dict(claim), every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.claim["heartbeat"] = time.time()
-            write_claim(self.run_dir, self.claim)
-
-    def __enter__(self) -> "Heartbeat":
-        self.claim["heartbeat"] = time.time()
-        write_claim(self.run_dir, self.claim)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 # ---- state ---------------------------------------------------------------------------------------
@@ -141,28 +96,8 @@ def _state(run_dir: Path, claim: dict | None, slurm: dict[str, str], now: float 
 
 
 def claim_alive(claim: dict[str, Any], slurm: dict[str, str] | None = None, now: float | None = None) -> bool:
-    """A claim is live if its process runs (same host), Slurm says the job is queued or running, or its
-    heartbeat is fresh. A claim written at submission, before the job started, has no heartbeat.
-    ``slurm``: job id -> sacct state, from :func:`slurm_states` (absent: Slurm is not asked)."""
-    state = (slurm or {}).get(str(claim.get("slurm_job_id")))
-    if state is not None:  # the scheduler knows best (a requeued job waits with no process at all)
-        return state in _SLURM_LIVE
-    now = time.time() if now is None else now
-    if "heartbeat" in claim and now - float(claim["heartbeat"]) > STALE_S:
-        return False
-    if claim.get("pid") and claim.get("host") == socket.gethostname():
-        return pid_alive(int(claim["pid"]))
-    return True  # another machine, no scheduler to ask: trust it until its heartbeat goes stale
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    """:func:`domgen.lock.claim_alive` with the Slurm states that mean a job is still coming or going."""
+    return lock.claim_alive(claim, slurm, now, live_states=_SLURM_LIVE)
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:

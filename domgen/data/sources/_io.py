@@ -8,6 +8,7 @@ read, so checking a whole release stays cheap.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -60,10 +61,32 @@ def read_csv(path: Path, source: str, layout: str, required: list[str]) -> pd.Da
     Everything stays a string so that ids never turn into floats and "non-empty" is a plain test."""
     if not path.is_file():
         raise DataLayoutError(f"{source}: metadata file {path} not found. Expected layout: {layout}")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
+    try:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise DataLayoutError(f"{source}: {path} is empty (no header line). Expected layout: {layout}") from None
+    except pd.errors.ParserError as err:
+        raise DataLayoutError(f"{source}: {path}{_csv_where(str(err))}; fix or remove that row. Expected layout: {layout}") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataLayoutError(f"{source}: {path} line {line} is not UTF-8 text (byte {err.object[err.start]:#04x}); "
+                              "save the file as UTF-8") from None
+    except ValueError as err:  # e.g. NUL bytes or a field beyond the C parser's limits
+        raise DataLayoutError(f"{source}: {path} cannot be read as CSV ({str(err).splitlines()[0]})") from None
+    table.columns = [str(c).strip() for c in table.columns]
     require_columns(table, required, source, path, layout)
     return table
+
+
+def _csv_where(message: str) -> str:
+    """pandas' 'Expected 7 fields in line 3, saw 8' -> ' line 3: 8 fields where the header has 7'."""
+    m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if m:
+        return f" line {m.group(2)}: {m.group(3)} fields where the header has {m.group(1)}"
+    m = re.search(r"line (\d+)", message)
+    detail = message.strip().splitlines()[-1] if message.strip() else "unreadable"
+    return f" line {m.group(1)}: {detail}" if m else f": {detail}"
 
 
 def require_columns(table: pd.DataFrame, required: list[str], source: str, path: Path, layout: str) -> None:

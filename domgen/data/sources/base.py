@@ -17,12 +17,13 @@ from typing import Protocol
 
 import pandas as pd
 
+from domgen.errors import DomgenError
 from domgen.registry import Registry
 
 RECORD_COLUMNS = ["path", "label", "domain", "group", "image_id"]
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(DomgenError, ValueError):
     """A source folder does not hold what its native layout promises. The message names the source,
     the file and the expected layout."""
 
@@ -75,6 +76,10 @@ def find_release(folder: Path, marker: str, source: str, layout: str) -> Path:
 
 def safe_join(root: Path, relative: str, source: str) -> Path:
     """``root / relative``, refused when it would leave ``root`` (absolute paths, ``..``, symlinks out)."""
+    if "\x00" in relative or any(len(part.encode()) > 255 for part in Path(relative).parts):
+        shown = relative if len(relative) < 80 else relative[:60] + f"... ({len(relative)} characters)"
+        raise DataLayoutError(f"{source}: {shown!r} is not a usable file name (a NUL byte or a name over 255 bytes); "
+                              "the metadata file is probably corrupt")
     root = Path(root).resolve()
     candidate = (root / relative).resolve()
     if os.path.commonpath([root, candidate]) != str(root):

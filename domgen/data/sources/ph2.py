@@ -45,7 +45,12 @@ def _marks(sheet: pd.DataFrame, names: tuple[str, ...]) -> list[list[str]]:
 
 def read_xlsx(path: Path) -> pd.DataFrame:
     """The official sheet -> one row per image (name, clinical_diagnosis, criteria, colors as codes)."""
-    sheet = pd.read_excel(path, header=None, dtype=object).map(_cell)
+    try:
+        sheet = pd.read_excel(path, header=None, dtype=object, engine="openpyxl").map(_cell)
+    except Exception as err:  # a damaged workbook fails anywhere in zip, zlib, XML or openpyxl
+        why = (str(err).splitlines() or [""])[0][:120]
+        raise DataLayoutError(f"PH2: {path} is not a readable .xlsx workbook ({type(err).__name__}: {why}); "
+                              f"download it again or use {TXT}. Expected layout: {PH2.layout}") from None
     starts = [i for i, first in enumerate(sheet[0]) if first.startswith("Image Name")]
     if not starts:
         raise DataLayoutError(f"PH2: no header row starting 'Image Name' in {path}. Expected layout: {PH2.layout}")

@@ -1,0 +1,169 @@
+"""The command line's one error boundary: each expected failure is one line saying what, which file, why
+and what to do (exit 2), Ctrl-C says how to resume (exit 130), a bug shows its traceback and asks for a
+report (exit 1); a second `train` on a live run folder refuses naming the owner, or waits with --wait."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from domgen import cli_common as cc
+from domgen import run
+from domgen.engine.logging import read_results
+from domgen.lock import LOCK
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = os.environ | {"PYTHONUNBUFFERED": "1"}
+
+
+def train_args(cache: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache), "--workers", "0", "--set", "threads=1", *extra]
+
+
+def errors(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("error", "interrupted"))]
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optim.epochs=0", "optim.epochs=0 (must be > 0)"),
+    ("optim.batch_size=0", "optim.batch_size=0 (must be > 0)"),
+    ("optim.lr=-1", "optim.lr=-1.0 (must be > 0)"),
+    ("loss.p_same=1.5", "loss.p_same=1.5 (a probability: must be in [0, 1])"),
+    ("loss.name=triplet", "loss.name='triplet' (a registered algorithm"),
+])
+def test_bad_config_values_fail_in_one_line_before_any_folder_exists(smoke_cache, tmp_path, capsys, override, says):
+    out = tmp_path / "runs"
+    assert run.main(train_args(smoke_cache, out, "--set", override)) == 2
+    lines = errors(capsys.readouterr().err)
+    assert len(lines) == 1 and says in lines[0]
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_one_line_naming_it(smoke_cache, tmp_path, capsys):
+    out = tmp_path / "runs"
+    out.write_text("not a folder")
+    assert run.main(train_args(smoke_cache, out)) == 2
+    lines = errors(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: Not a directory: " + str(out))
+    assert "choose another --out" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_out_is_one_line(smoke_cache, tmp_path, capsys):
+    out = tmp_path / "runs"
+    out.mkdir()
+    out.chmod(0o555)
+    assert run.main(train_args(smoke_cache, out)) == 2
+    assert errors(capsys.readouterr().err)[0].startswith("error: Permission denied: " + str(out))
+
+
+@pytest.mark.parametrize("err, line", [
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x.csv"),
+     "error: No such file or directory: /data/x.csv (check the path (and --data-root / DOMGEN_DATA))"),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/runs"),
+     "error: Read-only file system: /ro/runs (the file system is read-only: choose another --out / --cache-dir)"),
+    (PermissionError(errno.EACCES, "Permission denied", "/srv/runs"),
+     "error: Permission denied: /srv/runs (check its permissions, or choose another --out / --cache-dir)"),
+    (KeyError("unknown experiment 'Z'"), "error: unknown experiment 'Z'"),
+])
+def test_os_errors_say_what_and_where_not_errno(err, line):
+    assert cc.error_message(err, ["train"]) == (line, 2)
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
+    def broken(args):
+        return 1 / 0
+
+    parser = run.parser
+    try:
+        run.parser = lambda: _Stub(broken)
+        assert run.main(["list"]) == 1
+    finally:
+        run.parser = parser
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "This is a bug in domgen" in err
+
+
+class _Stub:
+    def __init__(self, func):
+        self.func = func
+
+    def parse_args(self, argv):
+        return type("Args", (), {"func": staticmethod(self.func)})()
+
+
+def test_empty_and_ragged_metadata_name_file_and_line(tmp_path, capsys):
+    ham = tmp_path / "data" / "HAM10000"
+    ham.mkdir(parents=True)
+    meta = ham / "HAM10000_metadata.csv"
+    base = ["summary", "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "s")]
+    meta.write_text("")
+    assert run.main(base) == 2
+    assert errors(capsys.readouterr().err) == [f"error: HAM10000: {meta} is empty (no header line). Expected layout: "
+                                               + run.__dict__.get("_", "") + _ham_layout()]
+    meta.write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\nL1,I1,nv,histo,40,male,back\nL2,I2,nv,histo,40,male,back,extra\n")
+    assert run.main(base) == 2
+    line = errors(capsys.readouterr().err)[0]
+    assert line.startswith(f"error: HAM10000: {meta} line 3: 8 fields where the header has 7; fix or remove that row")
+
+
+def _ham_layout() -> str:
+    from domgen.data.sources.ham10000 import Ham10000
+
+    return Ham10000.layout
+
+
+# ---- real processes -----------------------------------------------------------------------------
+def _popen(cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "domgen.run", *train_args(cache, out, *extra)]
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert predicate(), "the first process ended before the condition held"
+
+
+@pytest.mark.slow
+def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(smoke_cache, tmp_path):
+    out = tmp_path / "runs"
+    first = _popen(smoke_cache, out, "--set", "optim.epochs=8")
+    _wait_for(lambda: any(out.glob(f"A-s0-*/{LOCK}")), first)
+    second = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=8")],
+                            cwd=REPO, env=ENV, capture_output=True, text=True)
+    run_dir = next(out.glob("A-s0-*"))
+    assert second.returncode == 2
+    line = errors(second.stderr)[0]
+    assert line.startswith(f"error: {run_dir} is in use by pid {first.pid} on {socket.gethostname()}") and "--wait" in line
+    third = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=8", "--wait")],
+                           cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert first.wait() == 0 and third.returncode == 0, third.stderr[-2000:]
+    assert f"waiting for pid {first.pid}" in third.stdout and "already done" in third.stdout
+    final = [r for r in read_results(run_dir) if r["stage"] == "final"]
+    assert len(final) == 14 and len({(r["split"], r["domain"]) for r in final}) == 14  # written once, by the first
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_resume_command_and_exits_130(smoke_cache, tmp_path):
+    out = tmp_path / "runs"
+    proc = _popen(smoke_cache, out, "--set", "optim.epochs=6")
+    _wait_for(lambda: any(out.glob("A-s0-*/last.pt")), proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    run_dir = next(out.glob("A-s0-*"))
+    saved = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
+    assert proc.returncode == 130
+    assert errors(stderr) == [f"interrupted after epoch {saved}: resume with python -m domgen.run "
+                              + " ".join(train_args(smoke_cache, out, "--set", "optim.epochs=6")) + " --resume"]
+    assert not (run_dir / LOCK).exists()
