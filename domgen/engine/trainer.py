@@ -9,7 +9,6 @@ with the best epoch's weights and the melanoma threshold chosen on validation.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +28,7 @@ from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.experiments.data import RunData
 from domgen.models import build_model
 from domgen.progress import lazy_bar
+from domgen.threads import thread_budget
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -61,14 +61,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_threads(cfg: RunConfig) -> int:
-    """Torch threads for a CPU run: the cores left by the input pipeline (one for the cached path's
-    prefetch thread, else one per DataLoader worker). On a small machine, more threads than free cores
-    make OpenMP spin-wait (7x slower steps measured on 2 cores)."""
-    taken = 1 if cfg.data.cached else cfg.data.workers
-    return cfg.threads or max(1, (os.cpu_count() or 1) - taken)
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, data: RunData, run_dir: Path, context: dict, hooks: Hooks, init_state=None, model=None):
         """``init_state``: a warm start (state dict of the same architecture); ``model``: a ready model
@@ -76,7 +68,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir, self.context, self.hooks = cfg, data, Path(run_dir), context, hooks
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(cfg))
+            torch.set_num_threads(thread_budget(cfg.data.cached, cfg.data.workers, cfg.threads).torch)
         seed_everything(cfg.seed)
         if model is None:
             weights = "none" if init_state is not None else cfg.model.weights
