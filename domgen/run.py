@@ -169,6 +169,16 @@ def add_sweep_parser(sub) -> None:
     sw.set_defaults(func=cmd_sweep)
 
 
+def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
+    """One line per figure: idle, and beside it the same figure with ``--contention`` busy processes."""
+    cond = r.get("contended")
+    head = f"{'':<38}{'idle':>10}" + (f"{'%d busy' % cond['busy_processes']:>10}" if cond else "")
+    lines = [head]
+    for label, key, fmt in rows:
+        lines.append(f"{label:<38}{format(r[key], fmt):>10}" + (f"{format(cond[key], fmt):>10}" if cond else ""))
+    return lines
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, cache_dir
 
@@ -176,22 +186,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "pipeline":
         from domgen.bench.pipeline import bench_pipeline
 
-        r = bench_pipeline(root, workers=args.workers, quick=args.quick, device=args.device if args.device != "auto" else "cpu")
-        lines = [f"reference (PIL per image): {r['reference_batches_per_s']:.2f} batches/s",
-                 f"domgen (cached + batched): {r['cached_batches_per_s']:.2f} batches/s",
-                 f"ratio: {r['ratio']:.1f}x   cache build (one-off): {r['cache_build_s']:.1f} s"]
+        r = bench_pipeline(root, workers=args.workers, quick=args.quick, device=args.device if args.device != "auto" else "cpu",
+                           contention=args.contention)
+        lines = _side_by_side(r, [("reference (PIL per image), batches/s", "reference_batches_per_s", ".2f"),
+                                  ("domgen (cached + batched), batches/s", "cached_batches_per_s", ".2f"),
+                                  ("ratio", "ratio", ".1f")])
+        lines.append(f"cache build (one-off): {r['cache_build_s']:.1f} s")
     else:
         from domgen.bench.train import bench_train
 
-        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))
-        lines = [f"CCSA steps/s with the full pipeline: {r['pipeline_steps_per_s']:.2f}",
-                 f"CCSA steps/s on device tensors:      {r['model_only_steps_per_s']:.2f}",
-                 f"ratio: {r['ratio']:.2f} ({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)"]
+        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, contention=args.contention,
+                        **({"n_steps": args.steps} if args.steps else {}))
+        lines = _side_by_side(r, [("CCSA steps/s with the full pipeline", "pipeline_steps_per_s", ".3f"),
+                                  ("CCSA steps/s on device tensors", "model_only_steps_per_s", ".3f"),
+                                  ("ratio", "ratio", ".2f")])
+        lines.append(f"({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)")
     if args.json:
         print(json.dumps(jsonable(r)))
     else:
         m = r.get("machine", r)
-        print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs, torch {m['torch']}"]))
+        print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs "
+                                 f"({m['usable_cores']} usable), {m['torch_threads']} torch threads, torch {m['torch']}"]))
         extra = {k: v for k, v in r.items() if "rss" in k or "peak" in k}
         if extra:
             print("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in extra.items()))
@@ -250,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--workers", type=int, default=2)
     be.add_argument("--steps", type=int, default=None, help="bench train: timed steps per measurement (default 30)")
     be.add_argument("--device", default="auto")
+    be.add_argument("--contention", type=int, default=0, metavar="N",
+                    help="also measure beside N busy processes of our own (stopped at the end), reported next to idle")
     be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
     be.set_defaults(func=cmd_bench)
     sub.add_parser("list", help="the registered experiments").set_defaults(func=cmd_list)
