@@ -43,15 +43,28 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from domgen.engine.profile import RunProfile, format_profile
     from domgen.experiments.train import run_train
 
     cfg = cc.build_config(args)
-    result = run_train(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
+    hooks = cc.cli_hooks()
+    if args.profile:
+        hooks.profile = RunProfile()
+    result = run_train(cfg, hooks, resume=args.resume, force=args.force)
     s = result.summary
     cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir} (best epoch {s['best_epoch']}, validation score {s['best_val_score']:.2f})")
     cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
+    if args.profile and not result.skipped:
+        cc.say(format_profile(hooks.profile.report()))
+        cc.say(f"wrote {result.run_dir / 'profile.json'}")
     return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``train --profile --force`` into its own folder (default runs/profile), so real runs are untouched."""
+    args.profile, args.force = True, True
+    return cmd_train(args)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -232,7 +245,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_summary)
     t = sub.add_parser("train", help="train one experiment (A-E baselines, F-T CCSA)")
     cc.add_run_options(t)
+    t.add_argument("--profile", action="store_true", help="time data, forward/backward, optimiser, evaluation, logging per epoch; write a torch.profiler trace")
     t.set_defaults(func=cmd_train)
+    pf = sub.add_parser("profile", help="train one experiment afresh and report where its wall time goes (see train --profile)")
+    cc.add_run_options(pf)
+    pf.set_defaults(func=cmd_profile, out="runs/profile")
     pr = sub.add_parser("prune", help="DCP-prune experiment K's model and fine-tune it (experiments U, V)")
     cc.add_run_options(pr)
     pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (U: 1e-4, V: 1e-3)")

@@ -25,6 +25,7 @@ from domgen.engine.inputs import Inputs
 from domgen.engine.logging import TensorBoard, append_results, truncate_results
 from domgen.engine.loop import predict, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
+from domgen.engine.profile import NoProfile, RunProfile
 from domgen.experiments.data import RunData
 from domgen.models import build_model
 from domgen.progress import lazy_bar
@@ -49,6 +50,7 @@ class Hooks:
     log: Callable[[str], None] = _noop
     progress: Callable[..., Iterable] = _identity
     bar: Callable[..., Any] | None = None
+    profile: RunProfile | None = None  # times the run's phases (``profile`` command, ``train --profile``)
 
 
 def _domain_order(row: dict) -> int:
@@ -85,6 +87,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.sampler, self.algorithm = self._make_algorithm()
+        self.profile = hooks.profile or NoProfile()
+        self.profile.watch(self.optimizer)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
         self.tb: TensorBoard | None = None
 
@@ -137,15 +141,19 @@ class Trainer:
     def fit(self) -> None:
         self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch)
         total = self.cfg.optim.epochs
+        prof = self.profile
         while self.epoch < total:
+            prof.stage(self.epoch + 1)
             losses = self._train_one(self.epoch)
             self.epoch += 1
-            score, rows = self.validate(self.epoch)
-            self._log_epoch(losses, score, rows)
-            if score > self.best_score:
-                self.best_score, self.best_epoch = score, self.epoch
-                save_checkpoint(self.run_dir / BEST, self.state())
-            save_checkpoint(self.run_dir / LAST, self.state())
+            with prof.phase("evaluation"):
+                score, rows = self.validate(self.epoch)
+            with prof.phase("logging_checkpointing"):
+                self._log_epoch(losses, score, rows)
+                if score > self.best_score:
+                    self.best_score, self.best_epoch = score, self.epoch
+                    save_checkpoint(self.run_dir / BEST, self.state())
+                save_checkpoint(self.run_dir / LAST, self.state())
 
     def _train_one(self, epoch: int) -> dict[str, float]:
         cfg, data = self.cfg, self.data
@@ -155,11 +163,12 @@ class Trainer:
             order = data.pool[np.random.default_rng(derive_seed(cfg.seed, epoch, "order")).permutation(len(data.pool))]
             batches, n = self.inputs.train_batches(order, bs, seed), len(order)
         else:
-            self.sampler.set_epoch(epoch)
-            i1, i2 = self.sampler.epoch_pairs(epoch)
+            with self.profile.phase("data"):
+                self.sampler.set_epoch(epoch)
+                i1, i2 = self.sampler.epoch_pairs(epoch)
             batches, n = self.inputs.pair_batches(data.pool[i1], data.pool[i2], bs, seed), len(i1)
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
-        batches = self.hooks.progress(batches, desc=desc, total=math.ceil(n / bs), leave=False)
+        batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=math.ceil(n / bs), leave=False)
         losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -192,12 +201,17 @@ class Trainer:
 
     def final(self) -> dict[str, Any]:
         """Best epoch's weights on every domain's validation and test split; rows tagged ``final``."""
-        state = load_checkpoint(self.run_dir / BEST, self.device)
-        self.model.load_state_dict(state["model"])
-        rows, cms, embed = self._evaluate(("val", "test"), features=self.cfg.loss.name == "ccsa")
+        prof = self.profile
+        prof.stage("final")
+        with prof.phase("logging_checkpointing"):
+            state = load_checkpoint(self.run_dir / BEST, self.device)
+            self.model.load_state_dict(state["model"])
+        with prof.phase("evaluation"):
+            rows, cms, embed = self._evaluate(("val", "test"), features=self.cfg.loss.name == "ccsa")
         rows = [self.context | {"epoch": self.best_epoch, "stage": "final"} | r for r in rows]
-        append_results(self.run_dir, rows)
-        self._log_final(rows, cms, embed)
+        with prof.phase("logging_checkpointing"):
+            append_results(self.run_dir, rows)
+            self._log_final(rows, cms, embed)
         test = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test"}
         return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test}
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from domgen.atomic import write_text_atomic
 from domgen.config import RunConfig, config_hash, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import is_done, write_done
+from domgen.engine.metrics import jsonable
 from domgen.engine.trainer import BEST, Hooks, Trainer
 from domgen.data.catalog import Catalog
 from domgen.experiments.data import RunData, prepare_data
@@ -64,7 +66,7 @@ def parent_config(cfg: RunConfig) -> RunConfig:
 def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog) -> dict | None:
     if not cfg.warm_start:
         return None
-    parent = run_train(parent_config(cfg), hooks, catalog=catalog)
+    parent = run_train(parent_config(cfg), replace(hooks, profile=None), catalog=catalog)  # profile this run only
     hooks.log(f"[{cfg.exp} s{cfg.seed}] warm start from {parent.run_dir}/{BEST}")
     return load_checkpoint(parent.run_dir / BEST)["model"]
 
@@ -88,8 +90,15 @@ def finish_run(trainer: Trainer, resume: bool) -> RunResult:
     cfg = trainer.cfg
     if resume and trainer.resume():
         trainer.hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {trainer.run_dir}")
-    trainer.fit()
-    summary = trainer.final()
+    prof = trainer.profile
+    prof.start(trainer.run_dir / "profile")
+    try:
+        trainer.fit()
+        summary = trainer.final()
+    finally:
+        prof.stop()
+    if trainer.hooks.profile is not None:
+        write_text_atomic(trainer.run_dir / "profile.json", json.dumps(jsonable(prof.report()), indent=1))
     write_done(trainer.run_dir, summary)
     return RunResult(trainer.run_dir, summary)
 
