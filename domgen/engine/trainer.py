@@ -1,4 +1,4 @@
-"""The loop every experiment runs through: train an epoch, validate every domain, checkpoint, select.
+"""The loop every experiment runs through: train an epoch, validate, checkpoint, select.
 
 Model selection (Yoon et al. 2019, Sec. 3): the epoch with the best validation score, i.e. HAM's
 validation macro recall when only HAM trains (nsec = 0), else the mean validation macro recall over the
@@ -183,16 +183,26 @@ class Trainer:
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, splits: tuple[str, ...], features: bool = False):
+    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None):
+        """Every domain of ``splits``, or only ``domains``."""
         m = self.data.manifest
-        pos = np.flatnonzero(m["split"].isin(splits).to_numpy())
+        mask = m["split"].isin(splits)
+        if domains is not None:
+            mask &= m["domain"].isin(domains)
+        pos = np.flatnonzero(mask.to_numpy())
         probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl)
         return rows, cms, (feats, y, doms, spl)
 
+    def epoch_domains(self) -> list[str] | None:
+        """Validation domains evaluated after each epoch: those model selection averages over (the
+        training domains), or every domain with ``val_all_domains`` (e.g. to record the held-out
+        domain's curve for an oracle). Every domain's validation and test run at the end (``final``)."""
+        return None if self.cfg.val_all_domains else list(self.data.train_domains)
+
     def validate(self, epoch: int) -> tuple[float, list[dict]]:
-        rows, _, _ = self._evaluate(("val",))
+        rows, _, _ = self._evaluate(("val",), domains=self.epoch_domains())
         rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
         append_results(self.run_dir, rows)
         used = [r["macro_recall"] for r in rows if r["domain"] in self.data.train_domains]
