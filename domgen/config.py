@@ -90,8 +90,9 @@ class RunConfig:
     seed: int = 0
     out: str = "runs"
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # CPU threads for torch; 0 = cores minus DataLoader workers (at least 1)
+    threads: int = 0  # CPU threads for torch; 0 = domgen.threads.thread_budget decides
     warm_start: str = ""  # experiment whose best checkpoint initialises this one ("" = none)
+    val_all_domains: bool = False  # validate every domain after each epoch, not only the selection domains
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,7 +102,7 @@ class RunConfig:
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash.
-_NOT_HASHED = {"out", "device", "threads", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+_NOT_HASHED = {"out", "device", "threads", "val_all_domains", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:

@@ -44,16 +44,29 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from domgen.engine.profile import RunProfile, format_profile
     from domgen.experiments.train import run_train
 
     cfg = cc.build_config(args)
     cc.check_weights(cfg)
-    result = run_train(cfg, cc.cli_hooks(), **cc.folder_options(args))
+    hooks = cc.cli_hooks()
+    if args.profile:
+        hooks.profile = RunProfile()
+    result = run_train(cfg, hooks, **cc.folder_options(args))
     s = result.summary
     cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir} (best epoch {s['best_epoch']}, validation score {s['best_val_score']:.2f})")
     cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
+    if args.profile and not result.skipped:
+        cc.say(format_profile(hooks.profile.report()))
+        cc.say(f"wrote {result.run_dir / 'profile.json'}")
     return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``train --profile --force`` into its own folder (default runs/profile), so real runs are untouched."""
+    args.profile, args.force = True, True
+    return cmd_train(args)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -176,6 +189,16 @@ def add_sweep_parser(sub) -> None:
     sw.set_defaults(func=cmd_sweep)
 
 
+def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
+    """One line per figure: idle, and beside it the same figure with ``--contention`` busy processes."""
+    cond = r.get("contended")
+    head = f"{'':<38}{'idle':>10}" + (f"{'%d busy' % cond['busy_processes']:>10}" if cond else "")
+    lines = [head]
+    for label, key, fmt in rows:
+        lines.append(f"{label:<38}{format(r[key], fmt):>10}" + (f"{format(cond[key], fmt):>10}" if cond else ""))
+    return lines
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, cache_dir
 
@@ -183,22 +206,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "pipeline":
         from domgen.bench.pipeline import bench_pipeline
 
-        r = bench_pipeline(root, workers=args.workers, quick=args.quick, device=args.device if args.device != "auto" else "cpu")
-        lines = [f"reference (PIL per image): {r['reference_batches_per_s']:.2f} batches/s",
-                 f"domgen (cached + batched): {r['cached_batches_per_s']:.2f} batches/s",
-                 f"ratio: {r['ratio']:.1f}x   cache build (one-off): {r['cache_build_s']:.1f} s"]
+        r = bench_pipeline(root, workers=args.workers, quick=args.quick, device=args.device if args.device != "auto" else "cpu",
+                           contention=args.contention)
+        lines = _side_by_side(r, [("reference (PIL per image), batches/s", "reference_batches_per_s", ".2f"),
+                                  ("domgen (cached + batched), batches/s", "cached_batches_per_s", ".2f"),
+                                  ("ratio", "ratio", ".1f")])
+        lines.append(f"cache build (one-off): {r['cache_build_s']:.1f} s")
     else:
         from domgen.bench.train import bench_train
 
-        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))
-        lines = [f"CCSA steps/s with the full pipeline: {r['pipeline_steps_per_s']:.2f}",
-                 f"CCSA steps/s on device tensors:      {r['model_only_steps_per_s']:.2f}",
-                 f"ratio: {r['ratio']:.2f} ({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)"]
+        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, contention=args.contention,
+                        **({"n_steps": args.steps} if args.steps else {}))
+        lines = _side_by_side(r, [("CCSA steps/s with the full pipeline", "pipeline_steps_per_s", ".3f"),
+                                  ("CCSA steps/s on device tensors", "model_only_steps_per_s", ".3f"),
+                                  ("ratio", "ratio", ".2f")])
+        lines.append(f"({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)")
     if args.json:
         print(json.dumps(jsonable(r)))
     else:
         m = r.get("machine", r)
-        print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs, torch {m['torch']}"]))
+        print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs "
+                                 f"({m['usable_cores']} usable), {m['torch_threads']} torch threads, torch {m['torch']}"]))
         extra = {k: v for k, v in r.items() if "rss" in k or "peak" in k}
         if extra:
             print("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in extra.items()))
@@ -220,16 +248,20 @@ DESCRIPTION = ("Domain generalization for dermoscopy: reproduces Yoon, Hamarneh 
 DESCRIPTIONS = {
     "summary": "Count the images per class in every source (the paper's Table 1) and say what was dropped and why. "
                "With --verify, decode every image to find truncated or corrupt files. Reads the data only; trains nothing.",
-    "train": "Train one experiment of Yoon et al. (2019): A-E are the baselines (cross-entropy), F-T weighted CCSA "
+    "train": "Train one experiment of Yoon et al. (2019): A-E are the baselines (weighted cross-entropy), F-T weighted CCSA "
              "warm-started from A. A run lives in <out>/<exp>-s<seed>-<hash>; running the same command again reuses a "
              "finished run, refuses an unfinished one (use --resume or --restart) and refuses a folder another process "
              "is training (use --wait). Ctrl-C stops after saying how to resume.",
+    "profile": "Train one experiment afresh into its own folder (default runs/profile) and report the share of wall "
+               "time in data, forward/backward, optimiser, evaluation and logging/checkpointing per epoch, with a "
+               "torch.profiler trace for TensorBoard. Real runs are untouched.",
     "prune": "Prune experiment K's best model with discrimination-aware channel pruning and fine-tune it "
              "(experiments U and V, Table 2's last rows). Trains K first if it is not done.",
     "loo": "Leave one domain out (experiments O-T): the held-out source is removed from training and from model "
            "selection and evaluated like the others. Trains or reuses A, then CCSA.",
-    "sampler": "Show the pair sampler's exact and empirical class probabilities and the CCSA weights it implies, "
-               "for checking a configuration before training. Writes nothing.",
+    "sampler": "Show the pair sampler's exact and empirical class probabilities, P(positive pair), the CCSA weights "
+               "it implies and their expected size, and (once the warm start is trained) each weighted loss term and its "
+               "gradient at the features on the first pair batches: for checking a configuration before training. Writes nothing.",
     "table": "Build the paper's Table 2 (mean +/- std over seeds, per domain) from the results files under --runs. "
              "Reads results only.",
     "compare": "Paired, seed-matched difference between two experiments (e.g. K vs A), with a confidence interval.",
@@ -256,7 +288,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_summary)
     t = _sub(sub, "train", "train one experiment (A-E baselines, F-T CCSA)")
     cc.add_run_options(t)
+    t.add_argument("--profile", action="store_true", help="time data, forward/backward, optimiser, evaluation, logging per epoch; write a torch.profiler trace")
     t.set_defaults(func=cmd_train)
+    pf = _sub(sub, "profile", "train one experiment afresh and report where its wall time goes (see train --profile)")
+    cc.add_run_options(pf)
+    pf.set_defaults(func=cmd_profile, out="runs/profile")
     pr = _sub(sub, "prune", "DCP-prune experiment K's model and fine-tune it (experiments U, V)")
     cc.add_run_options(pr)
     pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (default: U 1e-4, V 1e-3)")
@@ -289,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--workers", type=int, default=2, help="processes decoding images")
     be.add_argument("--steps", type=int, default=None, help="bench train: timed steps per measurement (default 30)")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    be.add_argument("--contention", type=int, default=0, metavar="N",
+                    help="also measure beside N busy processes of our own (stopped at the end), reported next to idle")
     be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
     be.set_defaults(func=cmd_bench)
     _sub(sub, "list", "the registered experiments").set_defaults(func=cmd_list)

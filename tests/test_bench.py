@@ -21,12 +21,15 @@ def test_bench_train_quick_compares_pipeline_with_model_only(tmp_path):
     assert r["sizes"] == list(QUICK["sizes"]) and r["batch_pairs"] == QUICK["batch_size"]
     assert r["precision"] == "fp32" and r["device"] == "cpu"
     assert len(list((tmp_path / "images").glob("*.jpg"))) == QUICK["n_images"]
+    assert "contended" not in r  # no busy processes unless asked
 
 
-def test_bench_pipeline_cli_json(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "domgen.run", "bench", "pipeline", "--quick", "--json", "--root", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True)
+def test_bench_pipeline_cli_json_idle_and_contended(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "domgen.run", "bench", "pipeline", "--quick", "--json", "--root", str(tmp_path),
+                          "--contention", "1"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
-    assert r["ratio"] == pytest.approx(r["cached_batches_per_s"] / r["reference_batches_per_s"])
+    for cond in (r, r["contended"]):
+        assert cond["ratio"] == pytest.approx(cond["cached_batches_per_s"] / cond["reference_batches_per_s"])
+    assert r["busy_processes"] == 0 and r["contended"]["busy_processes"] == 1
     assert r["cache_build_s"] > 0

@@ -51,9 +51,11 @@ def test_loo_holds_ph2_out_of_training_and_selection_but_evaluates_it(loo_ph2, s
     rows = read_results(loo_ph2.run_dir)
     # Selection score of the best epoch = mean validation recall over the six training domains only.
     best = [r for r in rows if r["stage"] == "val" and r["epoch"] == s["best_epoch"]]
+    assert sorted(r["domain"] for r in best) == sorted(s["train_domains"])  # PH2's validation waits for the end
     expected = np.mean([r["macro_recall"] for r in best if r["domain"] != "PH2"])
     assert s["best_val_score"] == pytest.approx(expected)
-    assert any(r["stage"] == "final" and r["split"] == "test" and r["domain"] == "PH2" for r in rows)
+    final = {(r["split"], r["domain"]) for r in rows if r["stage"] == "final"}
+    assert ("val", "PH2") in final and ("test", "PH2") in final and len(final) == 14
     line = format_loo([loo_ph2]).splitlines()[1]
     assert f"{s['test_macro_recall']['PH2']:5.1f}*" in line
     assert line.count("*") == 1

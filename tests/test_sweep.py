@@ -90,6 +90,11 @@ def test_gpu_hours_by_hand():
     assert estimate_gpu_hours(resolve_config("U", "paper"), SIZES) == pytest.approx(44_400 / 2000 / 3600)
     # smoke images are 28 px: (224 / 28)^2 = 64x faster; 2 epochs x 1100 + 300 = 2,500
     assert estimate_gpu_hours(resolve_config("A", "smoke"), SIZES) == pytest.approx(2_500 / (2000 * 64) / 3600)
+    # only the selection domains' 150 validation images after each epoch: 135 x (1000 + 50) + 300 = 142,050
+    fewer = DataSize(pool=1000, val=300, test=600, val_epoch=150)
+    assert estimate_gpu_hours(resolve_config("A", "paper"), fewer) == pytest.approx(142_050 / 2000 / 3600)
+    every = resolve_config("A", "paper", 0, ["val_all_domains=true"])
+    assert estimate_gpu_hours(every, fewer) == pytest.approx(148_800 / 2000 / 3600)
 
 
 # ---- states from disk ----------------------------------------------------------------------------

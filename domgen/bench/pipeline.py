@@ -30,9 +30,11 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from domgen.bench.contention import busy_processes, conditions
 from domgen.config import DataConfig, TransformConfig
 from domgen.data.transforms import ImageFolderDataset, reference_train_transform
 from domgen.engine.inputs import Inputs
+from domgen.threads import thread_budget
 
 IMAGE_SIZE = (600, 450)  # (width, height) of a HAM10000 image
 QUICK = {"n_images": 64, "sizes": (130, 60, 45, 13), "batch_size": 16, "n_batches": 3}
@@ -112,37 +114,42 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _measure_cached(root: Path, paths, labels, sizes, batch_size: int, workers: int, seed: int, n_batches: int,
-                    device) -> dict:
-    """Build the cache in a temp folder under ``root`` (timed, heap traced; ``workers`` decode), then
-    measure domgen's training input path as training runs it: ``Inputs.train_batches`` (a prefetched,
-    sorted memmap gather per batch + BatchAugment on ``device``). The cache is deleted afterwards."""
-    with tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache_dir:
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        data = DataConfig(cache_dir=cache_dir, workers=workers)
-        inputs = Inputs(paths, np.asarray(labels, dtype=np.int64), TransformConfig(*sizes), data, device)
-        build_s = time.perf_counter() - t0
-        heap_peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        order = np.random.default_rng(seed).permutation(len(paths))
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-        rate = _rate(inputs.train_batches(order, batch_size, seed), n_batches, None, sync)
-    return {"cached_batches_per_s": rate, "cache_build_s": build_s, "cache_build_heap_peak_mb": heap_peak / 2**20}
+def _build_inputs(cache_dir: str, paths, labels, sizes, workers: int, device) -> tuple[Inputs, dict]:
+    """Build the cache (timed, heap traced; ``workers`` decode) and return domgen's training input path."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    data = DataConfig(cache_dir=cache_dir, workers=workers)
+    inputs = Inputs(paths, np.asarray(labels, dtype=np.int64), TransformConfig(*sizes), data, device)
+    build_s = time.perf_counter() - t0
+    heap_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return inputs, {"cache_build_s": build_s, "cache_build_heap_peak_mb": heap_peak / 2**20}
+
+
+def _rates(ref: ImageFolderDataset, inputs: Inputs, n_images: int, batch_size: int, workers: int, seed: int,
+           n_batches: int, device) -> dict:
+    """(a) the reference DataLoader and (b) ``Inputs.train_batches`` as training runs it (a prefetched,
+    sorted memmap gather per batch + BatchAugment on ``device``), under the current load."""
+    rate_a = _rate(_loader(ref, batch_size, workers, seed), n_batches)
+    order = np.random.default_rng(seed).permutation(n_images)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    rate_b = _rate(inputs.train_batches(order, batch_size, seed), n_batches, None, sync)
+    return {"reference_batches_per_s": rate_a, "cached_batches_per_s": rate_b, "ratio": rate_b / rate_a}
 
 
 def bench_pipeline(root: Path, n_images: int = 2000, batch_size: int = 32, workers: int = 2,
                    sizes: tuple[int, int, int, int] = (650, 300, 224, 64), n_batches: int | None = None,
                    quick: bool = False, device: str | torch.device = "cpu", seed: int = 0,
-                   threads: int | None = None) -> dict:
+                   threads: int | None = None, contention: int = 0) -> dict:
     """Measure (a) the reference and (b) the cached pipeline; return rates, ratio, build time, memory.
 
     ``sizes`` is ``(resize, crop, out, cutout)``. ``n_batches`` defaults to one epoch less the first
     batch, at most 60. ``quick=True`` overrides images, sizes, batch size and batches with ``QUICK``.
-    Both use the machine's cores: (a) through ``workers`` DataLoader processes (this process only receives
-    batches), (b) through torch's threads in this process (``threads``, default all cores), since its
+    (a) uses ``workers`` DataLoader processes (this process only receives batches); (b) uses torch's
+    threads as training sets them (:func:`domgen.threads.thread_budget`, or ``threads``), since its
     per-batch work is one memmap read by a prefetch thread plus the batched augmentation; ``workers``
-    processes decode the one-off cache build.
+    processes decode the one-off cache build. ``contention > 0`` measures both again beside that many
+    busy processes of our own and reports them under ``"contended"``.
     """
     if quick:
         n_images, sizes = QUICK["n_images"], QUICK["sizes"]
@@ -156,13 +163,16 @@ def bench_pipeline(root: Path, n_images: int = 2000, batch_size: int = 32, worke
     paths = make_synthetic_tree(Path(root), n_images)
     labels = [i % 7 for i in range(n_images)]
     ref = ImageFolderDataset(paths, labels, reference_train_transform(*sizes))
-    rate_a = _rate(_loader(ref, batch_size, workers, seed), n_batches)
-    with _torch_threads(threads or os.cpu_count() or 1):
-        cached = _measure_cached(Path(root), paths, labels, sizes, batch_size, workers, seed, n_batches, device)
+    budget = thread_budget(True, workers, threads or 0)
+    out: dict = {}
+    with _torch_threads(budget.torch), tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache_dir:
+        inputs, build = _build_inputs(cache_dir, paths, labels, sizes, workers, device)
+        for name, n_busy in conditions(contention).items():
+            with busy_processes(n_busy):
+                out[name] = _rates(ref, inputs, n_images, batch_size, workers, seed, n_batches, device) | {"busy_processes": n_busy}
         machine = _machine(device)
     return {
         "n_images": n_images, "batch_size": batch_size, "workers": workers, "n_batches": n_batches,
-        "sizes": dict(zip(("resize", "crop", "out", "cutout"), sizes)),
-        "reference_batches_per_s": rate_a, **cached, "ratio": cached["cached_batches_per_s"] / rate_a,
-        "rss_at_start_mb": rss_at_start, **_maxrss_mb(), "machine": machine,
+        "sizes": dict(zip(("resize", "crop", "out", "cutout"), sizes)), **out.pop("idle"), **out, **build,
+        "rss_at_start_mb": rss_at_start, **_maxrss_mb(), "machine": machine | {"usable_cores": budget.cores},
     }

@@ -9,7 +9,6 @@ with channels_last, as training does; the target there is a ratio >= 0.9.
 from __future__ import annotations
 
 import itertools
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from domgen.bench.contention import busy_processes, conditions
 from domgen.bench.pipeline import IMAGE_SIZE, _machine, make_synthetic_tree
 from domgen.config import DataConfig, TransformConfig
 from domgen.data.pair_sampler import PairSampler
@@ -25,6 +25,7 @@ from domgen.engine.inputs import Inputs
 from domgen.engine.loop import train_epoch
 from domgen.engine.trainer import pick_device
 from domgen.models import build_model
+from domgen.threads import thread_budget
 
 QUICK = {"n_images": 48, "sizes": (130, 60, 45, 13), "batch_size": 8, "n_steps": 3}
 DOMAINS = np.array(["HAM", "DMF", "MSK", "PH2"])
@@ -51,14 +52,29 @@ def _steps_per_s(model, batches, algorithm, optimizer, device, n_steps: int) -> 
     return n_steps / (time.perf_counter() - t0)
 
 
+def _both(model, inputs, sampler, algorithm, optimizer, dev, labels, batch_size: int, size: int, n_steps: int) -> dict:
+    """Steps/s through the full input path and on resident tensors, under the current load."""
+    need = (n_steps + 2) * batch_size
+    i1, i2 = (np.resize(a, need) for a in sampler.epoch_pairs(0))
+    piped = _steps_per_s(model, inputs.pair_batches(i1, i2, batch_size, seed=0), algorithm, optimizer, dev, n_steps)
+    x = torch.randn(batch_size, 3, size, size, device=dev)
+    y = torch.as_tensor(labels[:batch_size], device=dev)
+    resident = itertools.repeat((x, y, x.flip(0), y.flip(0), y == y.flip(0)))
+    model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps)
+    return {"pipeline_steps_per_s": piped, "model_only_steps_per_s": model_only, "ratio": piped / model_only}
+
+
 def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(650, 300, 224, 64), n_steps: int = 30,
-                arch: str = "resnet18", workers: int = 2, device: str = "auto", quick: bool = False) -> dict:
-    """Steps/s of weighted CCSA (pairs of ``batch_size``) with the cached pipeline and on device tensors."""
+                arch: str = "resnet18", workers: int = 2, device: str = "auto", quick: bool = False,
+                contention: int = 0) -> dict:
+    """Steps/s of weighted CCSA (pairs of ``batch_size``) with the cached pipeline and on device tensors;
+    ``contention > 0`` measures both again beside that many busy processes (under ``"contended"``)."""
     if quick:
         n_images, sizes, batch_size, n_steps = QUICK["n_images"], QUICK["sizes"], QUICK["batch_size"], QUICK["n_steps"]
     dev = pick_device(device)
-    if dev.type == "cpu":  # one core for the prefetch thread; more threads than free cores spin-wait
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    budget = thread_budget(True, workers)
+    if dev.type == "cpu":  # the same rule as training
+        torch.set_num_threads(budget.torch)
     root = Path(root)
     paths = make_synthetic_tree(root, n_images, IMAGE_SIZE)
     labels, domains = _pool(n_images)
@@ -68,21 +84,17 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
     sampler = PairSampler(labels, domains, seed=0)
     algorithm = CCSA(margin=50.0, weights={k: v.to(dev) for k, v in sampler.loss_weights().items()})
+    out: dict = {}
     with tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache:
         t0 = time.perf_counter()
         inputs = Inputs(paths, labels, TransformConfig(*sizes), DataConfig(cache_dir=cache, workers=workers), dev)
         build_s = time.perf_counter() - t0
-        need = (n_steps + 2) * batch_size
-        i1, i2 = (np.resize(a, need) for a in sampler.epoch_pairs(0))
-        piped = _steps_per_s(model, inputs.pair_batches(i1, i2, batch_size, seed=0), algorithm, optimizer, dev, n_steps)
-    x = torch.randn(batch_size, 3, sizes[2], sizes[2], device=dev)
-    y = torch.as_tensor(labels[:batch_size], device=dev)
-    resident = itertools.repeat((x, y, x.flip(0), y.flip(0), y == y.flip(0)))
-    model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps)
+        for name, n_busy in conditions(contention).items():
+            with busy_processes(n_busy):
+                out[name] = _both(model, inputs, sampler, algorithm, optimizer, dev, labels, batch_size, sizes[2], n_steps)
+            out[name]["busy_processes"] = n_busy
     return {
-        "pipeline_steps_per_s": piped,
-        "model_only_steps_per_s": model_only,
-        "ratio": piped / model_only,
+        **out.pop("idle"), **out,
         "cache_build_s": build_s,
         "arch": arch,
         "batch_pairs": batch_size,
@@ -90,5 +102,5 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
         "n_steps": n_steps,
         "workers": workers,
         "precision": "bf16 autocast, channels_last" if dev.type == "cuda" else "fp32",
-        **_machine(dev),
+        **_machine(dev), "usable_cores": budget.cores,
     }

@@ -25,6 +25,7 @@ from domgen.config import DataConfig, TransformConfig, cache_dir
 from domgen.data.batch_augment import BatchAugment, eval_batch
 from domgen.data.cache import build_cache, open_cache
 from domgen.data.transforms import ImageFolderDataset, reference_eval_transform, reference_train_transform
+from domgen.threads import thread_budget
 
 
 def _gather(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,12 +40,13 @@ class Inputs:
     """uint8 cache of every manifest image plus device-side augmentation."""
 
     def __init__(self, paths: list[str], labels: np.ndarray, tcfg: TransformConfig, dcfg: DataConfig, device, progress=None):
-        self.t, self.device, self.workers = tcfg, torch.device(device), dcfg.workers
+        budget = thread_budget(dcfg.cached, dcfg.workers)  # workers never exceed the usable cores
+        self.t, self.device, self.workers = tcfg, torch.device(device), budget.loader_workers
         self.augment = BatchAugment(out=tcfg.size, cutout=tcfg.cutout).to(self.device)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.cached = dcfg.cached
         if self.cached:
-            path = build_cache(paths, tcfg.resize, tcfg.crop, cache_dir(dcfg), progress=progress, num_workers=dcfg.workers)
+            path = build_cache(paths, tcfg.resize, tcfg.crop, cache_dir(dcfg), progress=progress, num_workers=budget.cache_workers)
             self.images = open_cache(path)
         else:
             self.paths = list(paths)

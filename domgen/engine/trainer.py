@@ -1,4 +1,4 @@
-"""The loop every experiment runs through: train an epoch, validate every domain, checkpoint, select.
+"""The loop every experiment runs through: train an epoch, validate, checkpoint, select.
 
 Model selection (Yoon et al. 2019, Sec. 3): the epoch with the best validation score, i.e. HAM's
 validation macro recall when only HAM trains (nsec = 0), else the mean validation macro recall over the
@@ -9,7 +9,6 @@ with the best epoch's weights and the melanoma threshold chosen on validation.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,9 +25,11 @@ from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate
 from domgen.errors import CheckpointError
 from domgen.engine.loop import predict, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
+from domgen.engine.profile import NoProfile, RunProfile
 from domgen.experiments.data import RunData
 from domgen.models import build_model
 from domgen.progress import lazy_bar
+from domgen.threads import thread_budget
 
 LAST, BEST = "last.pt", "best.pt"
 PREV = previous(Path(LAST)).name  # the last.pt before the newest, kept until the run is done
@@ -50,6 +51,7 @@ class Hooks:
     log: Callable[[str], None] = _noop
     progress: Callable[..., Iterable] = _identity
     bar: Callable[..., Any] | None = None
+    profile: RunProfile | None = None  # times the run's phases (``profile`` command, ``train --profile``)
 
 
 def _domain_order(row: dict) -> int:
@@ -62,14 +64,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_threads(cfg: RunConfig) -> int:
-    """Torch threads for a CPU run: the cores left by the input pipeline (one for the cached path's
-    prefetch thread, else one per DataLoader worker). On a small machine, more threads than free cores
-    make OpenMP spin-wait (7x slower steps measured on 2 cores)."""
-    taken = 1 if cfg.data.cached else cfg.data.workers
-    return cfg.threads or max(1, (os.cpu_count() or 1) - taken)
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, data: RunData, run_dir: Path, context: dict, hooks: Hooks, init_state=None, model=None):
         """``init_state``: a warm start (state dict of the same architecture); ``model``: a ready model
@@ -77,7 +71,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir, self.context, self.hooks = cfg, data, Path(run_dir), context, hooks
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(cfg))
+            torch.set_num_threads(thread_budget(cfg.data.cached, cfg.data.workers, cfg.threads).torch)
         seed_everything(cfg.seed)
         if model is None:
             weights = "none" if init_state is not None else cfg.model.weights
@@ -94,6 +88,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.sampler, self.algorithm = self._make_algorithm()
+        self.profile = hooks.profile or NoProfile()
+        self.profile.watch(self.optimizer)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
         self.saved_epoch = 0  # epochs safely in last.pt (what a Ctrl-C keeps)
         self.tb: TensorBoard | None = None
@@ -165,15 +161,19 @@ class Trainer:
         # events logged after the checkpoint (the interrupted epoch's, at step epoch + 1) are purged
         self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch + 1 if self.epoch else None)
         total = self.cfg.optim.epochs
+        prof = self.profile
         while self.epoch < total:
+            prof.stage(self.epoch + 1)
             losses = self._train_one(self.epoch)
             self.epoch += 1
-            score, rows = self.validate(self.epoch)
-            self._log_epoch(losses, score, rows)
-            if score > self.best_score:
-                self.best_score, self.best_epoch = score, self.epoch
-                save_checkpoint(self.run_dir / BEST, self.best_state())
-            save_checkpoint(self.run_dir / LAST, self.state(), keep_previous=True)
+            with prof.phase("evaluation"):
+                score, rows = self.validate(self.epoch)
+            with prof.phase("logging_checkpointing"):
+                self._log_epoch(losses, score, rows)
+                if score > self.best_score:
+                    self.best_score, self.best_epoch = score, self.epoch
+                    save_checkpoint(self.run_dir / BEST, self.best_state())
+                save_checkpoint(self.run_dir / LAST, self.state(), keep_previous=True)
             self.saved_epoch = self.epoch
 
     def _train_one(self, epoch: int) -> dict[str, float]:
@@ -184,12 +184,13 @@ class Trainer:
             order = data.pool[np.random.default_rng(derive_seed(cfg.seed, epoch, "order")).permutation(len(data.pool))]
             batches, n = self.inputs.train_batches(order, bs, seed), len(order)
         else:
-            self.sampler.set_epoch(epoch)
-            pairs = self.sampler.epoch_draw(epoch)
+            with self.profile.phase("data"):
+                self.sampler.set_epoch(epoch)
+                pairs = self.sampler.epoch_draw(epoch)
             batches = self.inputs.pair_batches(data.pool[pairs.idx1], data.pool[pairs.idx2], bs, seed, pairs.positive)
             n = len(pairs.idx1)
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
-        batches = self.hooks.progress(batches, desc=desc, total=math.ceil(n / bs), leave=False)
+        batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=math.ceil(n / bs), leave=False)
         losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -210,16 +211,26 @@ class Trainer:
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, splits: tuple[str, ...], features: bool = False):
+    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None):
+        """Every domain of ``splits``, or only ``domains``."""
         m = self.data.manifest
-        pos = np.flatnonzero(m["split"].isin(splits).to_numpy())
+        mask = m["split"].isin(splits)
+        if domains is not None:
+            mask &= m["domain"].isin(domains)
+        pos = np.flatnonzero(mask.to_numpy())
         probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl)
         return rows, cms, (feats, y, doms, spl)
 
+    def epoch_domains(self) -> list[str] | None:
+        """Validation domains evaluated after each epoch: those model selection averages over (the
+        training domains), or every domain with ``val_all_domains`` (e.g. to record the held-out
+        domain's curve for an oracle). Every domain's validation and test run at the end (``final``)."""
+        return None if self.cfg.val_all_domains else list(self.data.train_domains)
+
     def validate(self, epoch: int) -> tuple[float, list[dict]]:
-        rows, _, _ = self._evaluate(("val",))
+        rows, _, _ = self._evaluate(("val",), domains=self.epoch_domains())
         rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
         append_results(self.run_dir, rows)
         used = [r["macro_recall"] for r in rows if r["domain"] in self.data.train_domains]
@@ -228,12 +239,17 @@ class Trainer:
 
     def final(self) -> dict[str, Any]:
         """Best epoch's weights on every domain's validation and test split; rows tagged ``final``."""
-        state = load_checkpoint(self.run_dir / BEST, self.device)
-        self.model.load_state_dict(state["model"])
-        rows, cms, embed = self._evaluate(("val", "test"), features=self.cfg.loss.name == "ccsa")
+        prof = self.profile
+        prof.stage("final")
+        with prof.phase("logging_checkpointing"):
+            state = load_checkpoint(self.run_dir / BEST, self.device)
+            self.model.load_state_dict(state["model"])
+        with prof.phase("evaluation"):
+            rows, cms, embed = self._evaluate(("val", "test"), features=self.cfg.loss.name == "ccsa")
         rows = [self.context | {"epoch": self.best_epoch, "stage": "final"} | r for r in rows]
-        append_results(self.run_dir, rows)
-        self._log_final(rows, cms, embed)
+        with prof.phase("logging_checkpointing"):
+            append_results(self.run_dir, rows)
+            self._log_final(rows, cms, embed)
         test = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test"}
         return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test}
 

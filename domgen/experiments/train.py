@@ -17,9 +17,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from domgen.atomic import write_text_atomic
 from domgen.config import RunConfig, config_hash, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import RESULTS, is_done, read_results, write_done
+from domgen.engine.metrics import jsonable
 from domgen.engine.trainer import BEST, LAST, PREV, Hooks, Trainer
 from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
@@ -73,8 +75,9 @@ def parent_config(cfg: RunConfig) -> RunConfig:
 def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog, resume: bool = False) -> dict | None:
     if not cfg.warm_start:
         return None
-    # the parent may be in training by a sibling experiment's process: wait for it rather than fail
-    parent = run_train(parent_config(cfg), hooks, resume=resume, catalog=catalog, wait=True)
+    # the parent may be in training by a sibling experiment's process: wait for it rather than fail;
+    # a profile covers this run only
+    parent = run_train(parent_config(cfg), replace(hooks, profile=None), resume=resume, catalog=catalog, wait=True)
     hooks.log(f"[{cfg.exp} s{cfg.seed}] warm start from {parent.run_dir}/{BEST}")
     return load_checkpoint(parent.run_dir / BEST)["model"]
 
@@ -140,17 +143,24 @@ def finish_run(trainer: Trainer, resume: bool) -> RunResult:
     """Resume if asked and possible, train, evaluate the best epoch, write the done marker. Ctrl-C
     becomes :class:`RunInterrupted`, naming the last epoch that is safely checkpointed."""
     cfg = trainer.cfg
+    prof = trainer.profile
     try:
         if resume and trainer.resume():
             trainer.hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {trainer.run_dir}")
         else:
             trainer.start_fresh()
-        trainer.fit()
-        summary = trainer.final()
+        prof.start(trainer.run_dir / "profile")
+        try:
+            trainer.fit()
+            summary = trainer.final()
+        finally:
+            prof.stop()
     except RunInterrupted:
         raise
     except KeyboardInterrupt:
         raise RunInterrupted(trainer.run_dir, trainer.saved_epoch) from None
+    if trainer.hooks.profile is not None:
+        write_text_atomic(trainer.run_dir / "profile.json", json.dumps(jsonable(prof.report()), indent=1))
     write_done(trainer.run_dir, summary)
     (trainer.run_dir / PREV).unlink(missing_ok=True)  # only a resume needs the fallback checkpoint
     return RunResult(trainer.run_dir, summary)

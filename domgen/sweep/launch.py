@@ -142,9 +142,11 @@ class SweepTask:
 
     def __call__(self, cfg_dict: dict, run_dir: str) -> dict:
         if self.cpu_share and not cfg_dict.get("threads"):
-            # the DataLoader workers take cores too: more threads than free cores make OpenMP spin-wait
-            workers = int(cfg_dict.get("data", {}).get("workers", 0))
-            cfg_dict = {**cfg_dict, "threads": max(1, self.cpu_share - workers)}
+            from domgen.threads import thread_budget  # the one thread rule, on this job's share of cores
+
+            data = cfg_dict.get("data", {})
+            budget = thread_budget(bool(data.get("cached", True)), int(data.get("workers", 0)), cores=self.cpu_share)
+            cfg_dict = {**cfg_dict, "threads": budget.torch}
         return run_job(cfg_dict, run_dir, self.train_fn)
 
     def checkpoint(self, *args: Any, **kwargs: Any):

@@ -44,6 +44,7 @@ class DataSize:
     pool: int
     val: int
     test: int
+    val_epoch: int | None = None  # validation images evaluated after each epoch (the selection domains'); None = val
 
 
 def data_size(cfg: DataConfig) -> DataSize:
@@ -51,7 +52,8 @@ def data_size(cfg: DataConfig) -> DataSize:
     from domgen.experiments.data import prepare_data
 
     data = prepare_data(cfg)
-    return DataSize(int(data.pool.size), int(data.positions("val").size), int(data.positions("test").size))
+    return DataSize(int(data.pool.size), int(data.positions("val").size), int(data.positions("test").size),
+                    int(data.positions("val", data.train_domains).size))
 
 
 def estimate_gpu_hours(cfg: RunConfig, size: DataSize) -> float:
@@ -59,7 +61,8 @@ def estimate_gpu_hours(cfg: RunConfig, size: DataSize) -> float:
     # pruning: channel selection (about one epoch's worth) + fine-tuning for optim.epochs
     epochs = cfg.optim.epochs + (1 if EXPERIMENTS.get(cfg.exp).prune_threshold is not None else 0)
     train = size.pool * (2 if cfg.loss.name == "ccsa" else 1)  # CCSA: one pair of images per pool image
-    images = epochs * (train + EVAL_COST * size.val) + EVAL_COST * (size.val + size.test)
+    per_epoch = size.val if cfg.val_all_domains or size.val_epoch is None else size.val_epoch
+    images = epochs * (train + EVAL_COST * per_epoch) + EVAL_COST * (size.val + size.test)
     rate = THROUGHPUT_224.get(cfg.model.arch, THROUGHPUT_OTHER) * (224 / cfg.transform.size) ** 2
     return images / rate / 3600
 
