@@ -54,6 +54,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_count(text: str) -> int:
+    """``8.5M`` -> 8500000; also k/K, G and plain numbers (``8500000``, ``8.5e6``)."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:].lower(), 1.0)
+    try:
+        return int(round(float(text[:-1] if scale != 1.0 else text) * scale))
+    except ValueError:
+        raise ValueError(f"expected a parameter count such as 8.5M or 8500000, got {text!r}") from None
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from domgen.experiments.prune import run_prune
 
@@ -62,6 +71,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = cc.build_config(args)
     if cfg.exp not in ("U", "V"):
         raise ValueError(f"prune runs the pruning experiments U and V, not {cfg.exp}")
+    if args.thresholds or args.target_params:
+        return _prune_curve(args, cfg)
     result = run_prune(cfg, cc.cli_hooks(), resume=args.resume, force=args.force)
     s = result.summary
     cc.say(f"data: {s['data']}")
@@ -69,6 +80,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
            f"{s['macs_before'] / 1e9:.3f} -> {s['macs'] / 1e9:.3f} GMACs at {cfg.transform.size}px")
     cc.say("channels kept: " + ", ".join(f"{k.replace('g.', '').replace('.conv1', '')} {v}" for k, v in s["channels_kept"].items()))
     cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
+    return 0
+
+
+def _prune_curve(args: argparse.Namespace, cfg) -> int:
+    from domgen.experiments.prune_curve import DEFAULT_THRESHOLDS, run_prune_curve
+
+    thresholds = [float(t) for t in args.thresholds.split(",") if t] if args.thresholds else list(DEFAULT_THRESHOLDS)
+    target = parse_count(args.target_params) if args.target_params else None
+    r = run_prune_curve(cfg, thresholds, target, refine=args.refine, hooks=cc.cli_hooks())
+    cc.say(f"DCP before fine-tuning, {cfg.exp} s{cfg.seed} ({cfg.preset}); unpruned: {r.params_before / 1e6:.2f}M parameters, "
+           f"{r.macs_before / 1e9:.3f} GMACs at {cfg.transform.size}px, validation macro recall {r.recall_before:.1f}")
+    cc.say(f"{'threshold':>10} {'params (M)':>11} {'GMACs':>8} {'val macro recall':>17}")
+    for row in r.rows:
+        mark = "  <- chosen" if r.chosen is not None and row["threshold"] == r.chosen["threshold"] else ""
+        cc.say(f"{row['threshold']:>10.3g} {row['params'] / 1e6:>11.3f} {row['macs'] / 1e9:>8.4f} {row['val_macro_recall']:>17.1f}{mark}")
+    if r.chosen is not None:
+        c = r.chosen
+        cc.say(f"largest model within {target / 1e6:.3g}M parameters: threshold {c['threshold']:.4g} ({c['params'] / 1e6:.3f}M); "
+               f"prune and fine-tune it with: python -m domgen.run prune --exp {cfg.exp} --preset {cfg.preset} --threshold {c['threshold']:.6g}")
+    cc.say(f"wrote {r.out_dir / 'curve.csv'}, curve.json and curve.png")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from domgen.export import export_model
+
+    r = export_model(args.run, args.format, out_dir=args.out)
+    cc.say(f"wrote {r.model_path} ({r.file_bytes / 1e6:.2f} MB) and {r.preprocessing_path}")
+    cc.say(f"{'pruned' if r.pruned else 'unpruned'} model: {r.params / 1e6:.3f}M parameters, {r.macs / 1e9:.4f} GMACs; "
+           f"outputs match PyTorch (max |diff| {r.max_abs_diff:.2g}); CPU latency {r.latency_ms:.2f} ms per image ({r.threads} threads)")
     return 0
 
 
@@ -221,7 +262,16 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="DCP-prune experiment K's model and fine-tune it (experiments U, V)")
     cc.add_run_options(pr)
     pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (U: 1e-4, V: 1e-3)")
+    pr.add_argument("--thresholds", default=None, metavar="T1,T2,...",
+                    help="instead of U/V: parameters, MACs and validation recall at each threshold (one selection, no fine-tuning), table + plot")
+    pr.add_argument("--target-params", default=None, metavar="N", help="with or without --thresholds: the threshold whose model is the largest within N parameters (e.g. 8.5M)")
+    pr.add_argument("--refine", type=int, default=4, help="--target-params: bisection steps between the bracketing thresholds")
     pr.set_defaults(func=cmd_prune, exp="U")
+    ex = sub.add_parser("export", help="write a run's model as ONNX or TorchScript with its preprocessing, checked against PyTorch")
+    ex.add_argument("run", help="a run folder (with config.yaml and best.pt; pruned.pt too for U and V)")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    ex.add_argument("--out", default=None, help="folder for the model and preprocessing.json (default: RUN/export)")
+    ex.set_defaults(func=cmd_export)
     lo = sub.add_parser("loo", help="leave one domain out (experiments O-T): trains or reuses A, then CCSA")
     cc.add_run_options(lo, exp=False)
     lo.add_argument("--holdout", required=True, help="DMF, D7P, MSK, PH2, SON, UDA (or folder names), or all")
