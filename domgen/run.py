@@ -109,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     r = export_model(args.run, args.format, out_dir=args.out)
     cc.say(f"wrote {r.model_path} ({r.file_bytes / 1e6:.2f} MB) and {r.preprocessing_path}")
     cc.say(f"{'pruned' if r.pruned else 'unpruned'} model: {r.params / 1e6:.3f}M parameters, {r.macs / 1e9:.4f} GMACs; "
-           f"outputs match PyTorch (max |diff| {r.max_abs_diff:.2g}); CPU latency {r.latency_ms:.2f} ms per image ({r.threads} threads)")
+           f"outputs match PyTorch (max |diff| {r.max_abs_diff:.2g}); CPU latency {r.latency_ms:.2f} ms per image ({r.threads} thread{'s' if r.threads != 1 else ''})")
     return 0
 
 

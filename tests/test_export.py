@@ -91,3 +91,14 @@ def test_bad_run_paths_give_clear_errors(tmp_path, capsys):
     assert f"error: {tmp_path / 'nope'}: no such run folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="onnx"):
         export_model(tmp_path / "empty", "tflite")
+
+
+def test_export_cli_reports_size_latency_params_and_macs(tmp_path, capsys):
+    model = _run_folder(tmp_path / "U-s0-abc", pruned=True)
+    assert main(["export", str(tmp_path / "U-s0-abc"), "--format", "torchscript", "--out", str(tmp_path / "ts")]) == 0
+    out = capsys.readouterr().out
+    params, macs = count_params_macs(model, SIZE)
+    size_mb = (tmp_path / "ts" / "model.pt").stat().st_size / 1e6
+    assert f"({size_mb:.2f} MB)" in out and str(tmp_path / "ts" / "preprocessing.json") in out
+    assert f"pruned model: {params / 1e6:.3f}M parameters, {macs / 1e9:.4f} GMACs" in out
+    assert "outputs match PyTorch" in out and "ms per image (1 thread)" in out
