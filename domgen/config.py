@@ -80,7 +80,15 @@ class PruneConfig:
     threshold: float = 1e-4  # DCP stopping rule on the relative decrease of the objective
     disc_weight: float = 0.5  # cross-entropy weight; 0.5 = the DCP authors' MSE + CE (our reconstruction term is MSE / 2)
     ratio: float = 0.3  # channel ratio for the importance baselines
-    batches: int = 8  # batches of training data used to select channels (fine-tuning follows optim.*)
+    batches: int = 8  # batches of a stratified sample of the pool used to select channels (fine-tuning follows optim.*)
+    # Where DCP's discrimination term L_S^p comes from. "aux" (default, because it is the method as
+    # published, DCP Eq. 4-5 and Alg. 1, and it judges each stage by what its own features keep): a
+    # BN-ReLU-avgpool-FC head at the end of each stage but the last, fitted for aux_steps Adam steps on
+    # the calibration data; the last stage uses the model's own logits (L_f). "final": the model's
+    # final logits for every layer (domgen's earlier shortcut; no fitting). See domgen.prune.dcp.
+    disc_head: str = "aux"
+    aux_steps: int = 200  # Adam steps fitting the auxiliary heads (backbone frozen)
+    aux_lr: float = 1e-2
 
 
 @dataclass(frozen=True)

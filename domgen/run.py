@@ -69,6 +69,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
+def parse_count(text: str) -> int:
+    """``8.5M`` -> 8500000; also k/K, G and plain numbers (``8500000``, ``8.5e6``)."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:].lower(), 1.0)
+    try:
+        return int(round(float(text[:-1] if scale != 1.0 else text) * scale))
+    except ValueError:
+        raise ValueError(f"expected a parameter count such as 8.5M or 8500000, got {text!r}") from None
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from domgen.experiments.prune import run_prune
 
@@ -77,6 +86,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = cc.build_config(args)
     if cfg.exp not in ("U", "V"):
         raise ValueError(f"prune runs the pruning experiments U and V, not {cfg.exp}")
+    if args.thresholds or args.target_params:
+        return _prune_curve(args, cfg)
     cc.check_weights(cfg)
     result = run_prune(cfg, cc.cli_hooks(), **cc.folder_options(args))
     s = result.summary
@@ -85,6 +96,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
            f"{s['macs_before'] / 1e9:.3f} -> {s['macs'] / 1e9:.3f} GMACs at {cfg.transform.size}px")
     cc.say("channels kept: " + ", ".join(f"{k.replace('g.', '').replace('.conv1', '')} {v}" for k, v in s["channels_kept"].items()))
     cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
+    return 0
+
+
+def _prune_curve(args: argparse.Namespace, cfg) -> int:
+    from domgen.experiments.prune_curve import DEFAULT_THRESHOLDS, run_prune_curve
+
+    thresholds = [float(t) for t in args.thresholds.split(",") if t] if args.thresholds else list(DEFAULT_THRESHOLDS)
+    target = parse_count(args.target_params) if args.target_params else None
+    r = run_prune_curve(cfg, thresholds, target, refine=args.refine, hooks=cc.cli_hooks())
+    cc.say(f"DCP before fine-tuning, {cfg.exp} s{cfg.seed} ({cfg.preset}); unpruned: {r.params_before / 1e6:.2f}M parameters, "
+           f"{r.macs_before / 1e9:.3f} GMACs at {cfg.transform.size}px, validation macro recall {r.recall_before:.1f}")
+    cc.say(f"{'threshold':>10} {'params (M)':>11} {'GMACs':>8} {'val macro recall':>17}")
+    for row in r.rows:
+        mark = "  <- chosen" if r.chosen is not None and row["threshold"] == r.chosen["threshold"] else ""
+        cc.say(f"{row['threshold']:>10.3g} {row['params'] / 1e6:>11.3f} {row['macs'] / 1e9:>8.4f} {row['val_macro_recall']:>17.1f}{mark}")
+    if r.chosen is not None:
+        c = r.chosen
+        cc.say(f"largest model within {target / 1e6:.3g}M parameters: threshold {c['threshold']:.4g} ({c['params'] / 1e6:.3f}M); "
+               f"prune and fine-tune it with: python -m domgen.run prune --exp {cfg.exp} --preset {cfg.preset} --threshold {c['threshold']:.6g}")
+    cc.say(f"wrote {r.out_dir / 'curve.csv'}, curve.json and curve.png")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from domgen.export import export_model
+
+    r = export_model(args.run, args.format, out_dir=args.out)
+    cc.say(f"wrote {r.model_path} ({r.file_bytes / 1e6:.2f} MB) and {r.preprocessing_path}")
+    cc.say(f"{'pruned' if r.pruned else 'unpruned'} model: {r.params / 1e6:.3f}M parameters, {r.macs / 1e9:.4f} GMACs; "
+           f"outputs match PyTorch (max |diff| {r.max_abs_diff:.2g}); CPU latency {r.latency_ms:.2f} ms per image ({r.threads} thread{'s' if r.threads != 1 else ''})")
     return 0
 
 
@@ -256,12 +297,16 @@ DESCRIPTIONS = {
                "time in data, forward/backward, optimiser, evaluation and logging/checkpointing per epoch, with a "
                "torch.profiler trace for TensorBoard. Real runs are untouched.",
     "prune": "Prune experiment K's best model with discrimination-aware channel pruning and fine-tune it "
-             "(experiments U and V, Table 2's last rows). Trains K first if it is not done.",
+             "(experiments U and V, Table 2's last rows). Trains K first if it is not done. With --thresholds or "
+             "--target-params: the threshold-to-size curve from one channel selection, without fine-tuning.",
     "loo": "Leave one domain out (experiments O-T): the held-out source is removed from training and from model "
            "selection and evaluated like the others. Trains or reuses A, then CCSA.",
     "sampler": "Show the pair sampler's exact and empirical class probabilities, P(positive pair), the CCSA weights "
                "it implies and their expected size, and (once the warm start is trained) each weighted loss term and its "
                "gradient at the features on the first pair batches: for checking a configuration before training. Writes nothing.",
+    "export": "Write a finished run's model (pruned or not) as ONNX or TorchScript for deployment, with the "
+              "preprocessing it expects in preprocessing.json; checks the exported outputs against PyTorch and reports "
+              "file size, single-image CPU latency, parameters and MACs.",
     "table": "Build the paper's Table 2 (mean +/- std over seeds, per domain) from the results files under --runs. "
              "Reads results only.",
     "compare": "Paired, seed-matched difference between two experiments (e.g. K vs A), with a confidence interval.",
@@ -295,8 +340,17 @@ def parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=cmd_profile, out="runs/profile")
     pr = _sub(sub, "prune", "DCP-prune experiment K's model and fine-tune it (experiments U, V)")
     cc.add_run_options(pr)
-    pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (default: U 1e-4, V 1e-3)")
+    pr.add_argument("--threshold", type=float, default=None, help="DCP stopping threshold (U: 1e-4, V: 1e-3)")
+    pr.add_argument("--thresholds", default=None, metavar="T1,T2,...",
+                    help="instead of U/V: parameters, MACs and validation recall at each threshold (one selection, no fine-tuning), table + plot")
+    pr.add_argument("--target-params", default=None, metavar="N", help="with or without --thresholds: the threshold whose model is the largest within N parameters (e.g. 8.5M)")
+    pr.add_argument("--refine", type=int, default=4, help="--target-params: bisection steps between the bracketing thresholds")
     pr.set_defaults(func=cmd_prune, exp="U")
+    ex = _sub(sub, "export", "write a run's model as ONNX or TorchScript with its preprocessing, checked against PyTorch")
+    ex.add_argument("run", help="a run folder (with config.yaml and best.pt; pruned.pt too for U and V)")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="ONNX (checked with onnxruntime) or TorchScript")
+    ex.add_argument("--out", default=None, help="folder for the model and preprocessing.json (default: RUN/export)")
+    ex.set_defaults(func=cmd_export)
     lo = _sub(sub, "loo", "leave one domain out (experiments O-T): trains or reuses A, then CCSA")
     cc.add_run_options(lo, exp=False)
     lo.add_argument("--holdout", required=True, help="DMF, D7P, MSK, PH2, SON, UDA (or folder names), or all")

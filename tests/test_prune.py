@@ -4,22 +4,32 @@ removal with exact hand-computed parameter and MAC counts, save/load round trip,
 from __future__ import annotations
 
 import copy
+from collections import Counter
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from domgen.config import PruneConfig
+from domgen.engine.checkpoint import derive_seed
 from domgen.models import build_model
 from domgen.prune import (
+    AuxHead,
+    HeadFit,
     apply_selection,
     count_params_macs,
+    fit_aux_heads,
     load_pruned,
     prunable_units,
     prune_by_importance,
     prune_model,
     save_pruned,
     select_channels_dcp,
+    stratified_sample,
+    sweep_channels_dcp,
 )
+from domgen.prune.heads import stage_outputs
 
 R18_PARAMS_7 = 11_180_103  # 11,176,512 backbone + 512 * 7 + 7 head
 R18_PARAMS_1000 = 11_689_512  # torchvision's published count
@@ -305,3 +315,139 @@ def test_prune_model_dispatches_on_the_config_and_rejects_unknown_names():
         prune_by_importance(_model(), "magnitud", 0.3, torch.randn(1, *X_SHAPE))
     with pytest.raises(ValueError, match="subset"):
         apply_selection(_model(), {FIRST: [64]}, torch.randn(1, *X_SHAPE))
+
+
+# ---- calibration sample, auxiliary heads, threshold sweep (issue 10, section 4) -----------------------
+
+
+def test_calibration_sample_matches_the_pool_mix_where_manifest_order_would_not():
+    """A pool listed domain by domain (600 D7P, then 300 HAM, then 100 PH2, classes in blocks): its first
+    64 items are all D7P. The stratified sample of 64 has each (domain, class) stratum's share of the
+    pool, rounded by largest remainders: 64 * [0.36, 0.24, 0.24, 0.06, 0.06, 0.04] = 23.04, 15.36,
+    15.36, 3.84, 3.84, 2.56 -> floors 23+15+15+3+3+2 = 61, the 3 largest remainders (0.84, 0.84, 0.56)
+    get one more: 23, 15, 15, 4, 4, 3."""
+    domains = np.array(["D7P"] * 600 + ["HAM"] * 300 + ["PH2"] * 100)
+    classes = np.array(["nv"] * 360 + ["mel"] * 240 + ["nv"] * 240 + ["mel"] * 60 + ["nv"] * 60 + ["mel"] * 40)
+    strata = np.char.add(np.char.add(domains, "/"), classes)
+    assert set(domains[:64]) == {"D7P"}
+    sample = stratified_sample(strata, 64, seed=derive_seed(0, "prune-calibration"))
+    assert len(sample) == len(set(sample.tolist())) == 64
+    got = Counter(strata[sample].tolist())
+    assert got == {"D7P/nv": 23, "D7P/mel": 15, "HAM/nv": 15, "HAM/mel": 4, "PH2/nv": 4, "PH2/mel": 3}
+    assert Counter(domains[sample].tolist()) == {"D7P": 38, "HAM": 19, "PH2": 7}  # pool: 60/30/10 %
+    assert not np.array_equal(np.sort(sample[:32]), np.arange(32))  # shuffled, not manifest order
+    again = stratified_sample(strata, 64, seed=derive_seed(0, "prune-calibration"))
+    assert np.array_equal(sample, again)
+    assert not np.array_equal(sample, stratified_sample(strata, 64, seed=derive_seed(1, "prune-calibration")))
+    assert sorted(stratified_sample(strata, 5000, seed=0).tolist()) == list(range(1000))  # n >= pool: all of it
+
+
+def _learnable_batches(n: int = 2, size: int = 8, seed: int = 0):
+    """Labels 0/1 carried by the images' brightness: stage features can predict them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        y = torch.arange(size) % 2
+        x = torch.randn(size, *X_SHAPE, generator=g) + 2.0 * (2 * y - 1).float()[:, None, None, None]
+        out.append((x, y))
+    return out
+
+
+def test_aux_heads_are_fitted_on_the_calibration_data_with_the_model_frozen():
+    model, data = _model(8), _learnable_batches()
+    before = copy.deepcopy(model.state_dict())
+    fit = fit_aux_heads(model, data, steps=60, lr=1e-2, seed=3)
+    assert list(fit.heads) == ["g.layer1", "g.layer2", "g.layer3"]  # the last stage uses the model's logits
+    assert [h.fc.in_features for h in fit.heads.values()] == [64, 128, 256]
+    for stage, head in fit.heads.items():
+        # BatchNorm statistics: the mean over the calibration batches of the stage's output.
+        with torch.no_grad():
+            feats = torch.cat([stage_outputs(model, [stage], x)[stage] for x, _ in data])
+        torch.testing.assert_close(head.bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+        # Randomly initialised heads score like guessing among 7 classes (ln 7 = 1.95); fitted, they read
+        # the brightness off the features and the two classes are separated.
+        assert fit.loss_before[stage] > 1.0 and fit.loss_after[stage] < 0.01
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    unfitted = fit_aux_heads(model, data, steps=0, lr=1e-2, seed=3)
+    assert unfitted.loss_after == unfitted.loss_before == fit.loss_before
+    again = fit_aux_heads(model, data, steps=60, lr=1e-2, seed=3)
+    assert torch.equal(again.heads["g.layer2"].fc.weight, fit.heads["g.layer2"].fc.weight)  # seeded
+
+
+def test_stage_head_and_final_logits_pick_different_channels():
+    """layer1.0 with conv2 = 0 (the target is zero, so L_M is flat and only L_S ranks channels at W = 0).
+    Inner channel j is a constant 3 (BN scale 0, shift 3): large, but the same in every image; channel c
+    varies (BN scale 30), and each batch's labels are 1 for the half of its images where c is most active.
+    The stage head is set by hand to read one output channel with tiny weights of opposite sign for
+    classes 0 and 1, so its logits are near uniform and dL/d(feature) is +eps for y = 1 and -eps for
+    y = 0: over a balanced batch the constant channel's gradient cancels and c, the channel that
+    separates the labels, ranks first. The final logits see the constant channel's large shift through
+    three more stages and rank j first. (Gradient ratios with this seed: 6x and 9x.)"""
+    j, c = 21, 40
+    model = _model(3)
+    block = model.g.layer1[0]
+    with torch.no_grad():
+        block.conv2.weight.zero_()
+        others = [i for i in range(64) if i not in (j, c)]
+        block.bn1.weight[others] *= 0.1
+        block.bn1.bias[others] *= 0.1
+        block.bn1.weight[j], block.bn1.bias[j] = 0.0, 3.0
+        block.bn1.weight[c], block.bn1.bias[c] = 30.0, 0.0
+        x = torch.randn(16, *X_SHAPE, generator=torch.Generator().manual_seed(3))
+        act = torch.relu(block.bn1(block.conv1(stage_outputs(model, ["g.maxpool"], x)["g.maxpool"])))[:, c].sum((1, 2))
+    y = torch.cat([(act[i : i + 8] > act[i : i + 8].median()).long() for i in (0, 8)])
+    assert y.tolist().count(1) == 8 and y[:8].sum() == 4
+    data = [(x[:8], y[:8]), (x[8:], y[8:])]
+    head = AuxHead(64, 7).eval()
+    with torch.no_grad():
+        head.fc.weight.zero_()
+        head.fc.weight[0, 5], head.fc.weight[1, 5] = -1e-3, 1e-3
+    heads = HeadFit({"g.layer1": head})
+    picks = {}
+    for mode in ("aux", "final"):
+        cfg = PruneConfig(threshold=1e-3, disc_weight=1.0, disc_head=mode, batches=2)
+        picks[mode] = select_channels_dcp(copy.deepcopy(model), data, cfg, only=[FIRST], heads=heads)[FIRST]
+    assert picks == {"aux": [c], "final": [j]}
+    with pytest.raises(ValueError, match="disc_head"):
+        select_channels_dcp(_model(), data, PruneConfig(disc_head="stage"), only=[FIRST])
+
+
+SWEEP_UNITS = [FIRST, "g.layer1.1.conv1", "g.layer2.0.conv1", "g.layer3.0.conv1"]
+
+
+@pytest.fixture(scope="module")
+def sweep_run():
+    """One sweep over three thresholds with DCP's default (aux heads, lambda = 0.5), on four units."""
+    data = _batches(n=2, size=8, seed=9)
+    cfg = PruneConfig(threshold=0.0, aux_steps=10, batches=2)
+    heads = fit_aux_heads(_model(9), data, cfg.aux_steps, cfg.aux_lr, seed=0)
+    thresholds = [3e-2, 1e-2, 3e-3]
+    branches = sweep_channels_dcp(_model(9), data, cfg, thresholds, only=SWEEP_UNITS, heads=heads)
+    return {"data": data, "cfg": cfg, "heads": heads, "thresholds": thresholds, "branches": branches}
+
+
+def test_one_sweep_equals_separate_runs_at_each_threshold(sweep_run):
+    branches, cfg = sweep_run["branches"], sweep_run["cfg"]
+    assert sorted(branches, reverse=True) == sweep_run["thresholds"]
+    assert len({id(b.model) for b in branches.values()}) == 3  # the paths parted: the shortcut is not trivial
+    for eps in sweep_run["thresholds"]:
+        alone = _model(9)
+        kept = select_channels_dcp(alone, sweep_run["data"], replace(cfg, threshold=eps), only=SWEEP_UNITS,
+                                   heads=sweep_run["heads"])
+        assert kept == branches[eps].kept, eps
+        for name, module in alone.named_modules():
+            if isinstance(module, torch.nn.Conv2d):
+                assert torch.equal(module.weight, branches[eps].model.get_submodule(name).weight), (eps, name)
+
+
+def test_sweep_curve_is_monotone_smaller_threshold_keeps_more(sweep_run):
+    branches = sweep_run["branches"]
+    params = []
+    for eps in sweep_run["thresholds"]:  # largest threshold first
+        model = copy.deepcopy(branches[eps].model)
+        apply_selection(model, branches[eps].kept, torch.randn(1, *X_SHAPE))
+        params.append(count_params_macs(model, X_SHAPE)[0])
+    assert params[0] < params[1] < params[2] < R18_PARAMS_7
+    # The first unit's inputs never change: its selections are prefixes of one greedy order.
+    short, mid, long_ = (branches[eps].kept[FIRST] for eps in sweep_run["thresholds"])
+    assert long_[: len(mid)] == mid and mid[: len(short)] == short and len(short) < len(long_)

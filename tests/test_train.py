@@ -125,7 +125,8 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_metrics(smoke_cache, tm
     assert [t["dead_owner"]["pid"] for t in takeovers] == [proc.pid]
     full_dir = next((tmp_path / "full").glob("A-s0-*"))
     assert final_test(run_dir) == final_test(full_dir)
-    rows = lambda d: [(r["epoch"], r["split"], r["domain"], r["macro_recall"]) for r in read_results(d)]
+    # validation and test recalls, and each epoch's training losses: identical, none duplicated or lost
+    rows = lambda d: [(r["epoch"], r["split"], r["domain"], r.get("macro_recall", r.get("train_loss"))) for r in read_results(d)]
     assert rows(run_dir) == rows(full_dir)  # and no duplicated or lost lines
 
 

@@ -2,7 +2,8 @@
 
 Yoon et al. 2019 prune their best model (K: ResNet-18, weighted CCSA, nsec = a) with discrimination-
 aware channel pruning (Zhuang et al. 2018): threshold 1e-4 keeps recall at 8.5M parameters (U), 1e-3
-goes to 7.5M (V). The pruned architecture is saved as ``pruned.pt`` (torch-pruning's state-dict helpers)
+goes to 7.5M (V). DCP calibrates on a seeded sample of the training pool stratified by domain and
+class, with its auxiliary stage heads fitted there first (``prepare_selection``). The pruned architecture is saved as ``pruned.pt`` (torch-pruning's state-dict helpers)
 so a resumed or re-evaluated run rebuilds it; parameters, MACs and channels kept per block go into every
 result line.
 """
@@ -11,24 +12,41 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from domgen.config import RunConfig, save_yaml
-from domgen.engine.checkpoint import load_checkpoint
+from domgen.engine.checkpoint import derive_seed, load_checkpoint
 from domgen.engine.trainer import BEST, Hooks, Trainer
 from domgen.experiments.data import RunData
 from domgen.experiments.train import RunResult, finish_run, open_run, parent_config, run_context, run_train
 from domgen.models import build_model
-from domgen.prune import count_params_macs, load_pruned, prune_model, save_pruned
+from domgen.prune import count_params_macs, fit_aux_heads, load_pruned, prune_model, save_pruned, stratified_sample
 
 PRUNED = "pruned.pt"
 
 
-def calibration_batches(trainer: Trainer, data: RunData, n_batches: int):
-    """The first ``n_batches`` of the training pool, eval-transformed (deterministic), on the device."""
-    bs = trainer.cfg.optim.batch_size
-    order = data.pool[: n_batches * bs]
-    return list(itertools.islice(trainer.inputs.eval_batches(order, bs), n_batches))
+def calibration_positions(data: RunData, n: int, seed: int) -> np.ndarray:
+    """Manifest positions of a seeded sample of ``n`` pool images, stratified by (domain, class)
+    (``domgen.prune.calibration``); the pool's manifest order would show only the first sources."""
+    strata = data.manifest["domain"].to_numpy()[data.pool].astype(str) + "/" + data.labels[data.pool].astype(str)
+    return data.pool[stratified_sample(strata, n, seed)]
+
+
+def prepare_selection(cfg: RunConfig, probe: Trainer, data: RunData, model, hooks: Hooks):
+    """The calibration batches (``prune.batches`` of the stratified sample, eval-transformed, on the
+    device) and, for ``prune.disc_head=aux``, DCP's auxiliary heads fitted on them."""
+    bs = cfg.optim.batch_size
+    order = calibration_positions(data, cfg.prune.batches * bs, derive_seed(cfg.seed, "prune-calibration"))
+    batches = list(itertools.islice(probe.inputs.eval_batches(order, bs), cfg.prune.batches))
+    mix = data.manifest["domain"].iloc[order].value_counts()
+    hooks.log(f"[{cfg.exp} s{cfg.seed}] calibration sample: " + ", ".join(f"{d} {c}" for d, c in mix.items()))
+    heads = None
+    if cfg.prune.method == "dcp" and cfg.prune.disc_weight and cfg.prune.disc_head == "aux":
+        heads = fit_aux_heads(model, batches, cfg.prune.aux_steps, cfg.prune.aux_lr, derive_seed(cfg.seed, "prune-aux-heads"))
+        fits = ", ".join(f"{s.removeprefix('g.')} {heads.loss_before[s]:.3f} -> {heads.loss_after[s]:.3f}" for s in heads.heads)
+        hooks.log(f"[{cfg.exp} s{cfg.seed}] auxiliary heads fitted ({cfg.prune.aux_steps} steps), calibration cross-entropy: {fits}")
+    return batches, heads
 
 
 def _pruned_model(cfg: RunConfig, data: RunData, run_dir, hooks: Hooks, parent_state) -> tuple[torch.nn.Module, dict]:
@@ -43,11 +61,12 @@ def _pruned_model(cfg: RunConfig, data: RunData, run_dir, hooks: Hooks, parent_s
     size = (3, cfg.transform.size, cfg.transform.size)
     params0, macs0 = count_params_macs(model, size)
     example = torch.zeros((1, *size), device=probe.device)
-    batches = calibration_batches(probe, data, cfg.prune.batches)
-    kept = prune_model(model, cfg.prune, batches, example)
+    batches, heads = prepare_selection(cfg, probe, data, model, hooks)
+    kept = prune_model(model, cfg.prune, batches, example, heads=heads, seed=derive_seed(cfg.seed, "prune-aux-heads"))
     params, macs = count_params_macs(model, size)
     meta = {"params_before": params0, "macs_before": macs0, "params": params, "macs": macs, "channels_kept": kept,
-            "prune_method": cfg.prune.method, "prune_threshold": cfg.prune.threshold}
+            "prune_method": cfg.prune.method, "prune_threshold": cfg.prune.threshold,
+            "prune_disc_head": cfg.prune.disc_head if cfg.prune.method == "dcp" else None}
     save_pruned(model.cpu(), path, meta=meta)
     hooks.log(f"[{cfg.exp} s{cfg.seed}] pruned: {params0 / 1e6:.2f}M -> {params / 1e6:.2f}M params, {macs0 / 1e9:.3f} -> {macs / 1e9:.3f} GMACs")
     return model, meta

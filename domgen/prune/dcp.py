@@ -21,11 +21,18 @@ hooks ``conv2``/``conv3`` and uses ``nn.MSELoss`` (a mean over all entries, with
 scale of a per-entry squared error and of a cross-entropy; a 1/(2N) normalisation would make the
 cross-entropy vanish next to a sum over C x H x W entries.
 
-L_S is the discrimination-aware loss. DCP attaches an auxiliary classifier (BN-ReLU-avgpool-FC) after
-each of P stages and fine-tunes it first; we use the simplification common to reimplementations: L_S
-is the cross-entropy of the model's *own final logits* against the labels, with the unit's consumer
-weight set to W (so the unselected channels are masked out), averaged over the calibration batches.
-For ResNet-18's last stage this is exactly DCP's final loss L_f.
+L_S is the discrimination-aware loss: the cross-entropy against the labels of a classifier's logits,
+with the unit's consumer weight set to W (so the unselected channels are masked out), averaged over
+the calibration batches. ``prune.disc_head`` says which classifier:
+
+- ``aux`` (default): DCP as published (Eq. 4-5, Algorithm 1). An auxiliary head (BN-ReLU-avgpool-FC)
+  after each ResNet stage but the last, fitted first on the calibration data (``heads``), gives L_S^p
+  for every unit of stage p; the last stage uses the final logits (DCP's L_f). The default because
+  it is the method the paper ran: a stage's head asks what *that stage's* features must keep to stay
+  discriminative, where the final logits only see what survives the later, still unpruned stages,
+  and their gradient reaches early layers through all of them.
+- ``final``: the final logits for every unit (the shortcut of many reimplementations, and domgen's
+  earlier behaviour): no fitting, one less approximation to tune, but not DCP's objective.
 
 The greedy search (DCP Algorithm 2). Start from A = {} (W = 0). At step t compute G = dL/dW at W^t,
 add the channel j not in A with the largest ||G[:, j]||_F, re-fit W on the channels in A, and stop as
@@ -34,9 +41,12 @@ soon as the relative decrease of the objective falls below the threshold (DCP's 
     |L(W^{t-1}) - L(W^t)| / L(W^0) <= epsilon,
 
 keeping the channel just added (the check runs after it, as in Algorithm 2), so at least one channel
-stays. The data, not a ratio, decides how many channels each unit keeps. For a unit whose inputs are
-the same, a smaller epsilon only runs the same greedy sequence longer, so it keeps a superset; later
-units see inputs shaped by the earlier choices, so there it is the usual outcome, not a guarantee.
+stays. The data, not a ratio, decides how many channels each unit keeps. The greedy steps never
+depend on epsilon, only the stop does, so on one unit a smaller epsilon runs the same sequence longer
+and keeps a superset. ``sweep_channels_dcp`` uses this to run several thresholds at once: it reads
+every threshold's stopping point off one trajectory per unit, and parts the paths where stopping
+points differ, since later units then see differently pruned inputs (so across units a smaller
+epsilon keeping more is the usual outcome, not a guarantee).
 
 Re-fitting. DCP solves the sub-problem min_{W_A} L(W) by SGD. We re-fit by exact least squares on
 L_M over the selected channels (the re-fit of He et al., ICCV 2017 and ThiNet), which needs no step
@@ -55,6 +65,7 @@ the model's outputs.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Sequence
@@ -65,12 +76,11 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from domgen.config import PruneConfig
+from domgen.prune.greedy_ls import GreedyLeastSquares
+from domgen.prune.heads import DISC_HEADS, HeadFit, disc_logits, fit_aux_heads, stage_names, stage_of
 
 # progress(unit name, channels kept so far, channels in the unit, objective L(W^t))
 Progress = Callable[[str, int, int, float], None]
-
-_RIDGE = 1e-8  # relative to the mean diagonal of the Gram matrix; keeps the Cholesky factor defined
-
 
 @dataclass(frozen=True)
 class Unit:
@@ -103,30 +113,89 @@ def select_channels_dcp(
     cfg: PruneConfig,
     progress: Progress | None = None,
     only: Collection[str] | None = None,
+    heads: HeadFit | None = None,
+    seed: int = 0,
 ) -> dict[str, list[int]]:
     """Greedy DCP channel selection for every unit, in forward order; returns unit -> kept channels.
 
     ``batches`` yields ``(x, y, ...)``; the first ``cfg.batches`` are kept on the model's device for the
-    whole search. ``cfg.threshold`` is epsilon and ``cfg.disc_weight`` lambda (module docstring). Each
-    unit's consumer weight is re-fitted in place (zeros on the dropped channels), so later units see
-    inputs from the partially pruned model; their targets come from a frozen copy of the model as it
-    was on entry. ``only`` restricts the search to these unit names (the others are left whole)."""
+    whole search. ``cfg.threshold`` is epsilon, ``cfg.disc_weight`` lambda and ``cfg.disc_head`` where
+    L_S comes from (module docstring); ``heads``: auxiliary heads already fitted (else fitted here, with
+    ``seed``). Each unit's consumer weight is re-fitted in place (zeros on the dropped channels), so
+    later units see inputs from the partially pruned model; their targets come from a frozen copy of
+    the model as it was on entry. ``only`` restricts the search to these unit names."""
+    paths = sweep_channels_dcp(model, batches, cfg, [cfg.threshold], progress, only, heads, seed)
+    return paths[cfg.threshold].kept
+
+
+@dataclass
+class Branch:
+    """One threshold's outcome of a sweep: the model pruned (masked) for it and its selection."""
+
+    model: nn.Module
+    kept: dict[str, list[int]]
+    thresholds: list[float]  # the sweep's thresholds that share this model so far
+
+
+def sweep_channels_dcp(
+    model: nn.Module,
+    batches: Iterable[Sequence[torch.Tensor]],
+    cfg: PruneConfig,
+    thresholds: Sequence[float],
+    progress: Progress | None = None,
+    only: Collection[str] | None = None,
+    heads: HeadFit | None = None,
+    seed: int = 0,
+) -> dict[float, Branch]:
+    """DCP at several thresholds at once: threshold -> its masked model and selection, each exactly
+    what ``select_channels_dcp`` gives at that threshold alone.
+
+    Thresholds whose selections agree on every unit so far share one model, so each unit's greedy
+    sequence runs once per distinct model, as far as the smallest of its thresholds goes, and every
+    threshold's stopping point is read off that one trajectory (the greedy steps never depend on the
+    threshold, only the stop does). Where stopping points differ, the paths part: later units see
+    differently pruned inputs, so they need their own search. ``model`` itself becomes the model of
+    the smallest threshold; the others are copies."""
     device = next(model.parameters()).device
     data = [(b[0].to(device), b[1].to(device)) for b in itertools.islice(iter(batches), cfg.batches)]
     if not data:
         raise ValueError("select_channels_dcp needs at least one batch of (x, y)")
+    if cfg.disc_head not in DISC_HEADS:
+        raise ValueError(f"prune.disc_head must be one of {DISC_HEADS}, got {cfg.disc_head!r}")
     baseline = copy.deepcopy(model).eval()
     base_modules = dict(baseline.named_modules())
     was_training = model.training
     model.eval()
+    if cfg.disc_weight and cfg.disc_head == "aux" and heads is None:
+        heads = fit_aux_heads(model, data, cfg.aux_steps, cfg.aux_lr, seed)
+    stages = stage_names(model)
+    paths = [Branch(model, {}, sorted(set(thresholds)))]
     try:
-        kept = {}
-        for unit in _chosen_units(model, only):
-            target_conv = base_modules[unit.consumer_name]
-            kept[unit.name] = _select_unit(model, baseline, target_conv, unit, data, cfg, progress)
+        for name in [u.name for u in _chosen_units(model, only)]:
+            stage = stage_of(name, stages)
+            head = heads.heads.get(stage) if heads is not None and cfg.disc_head == "aux" else None
+            logits = functools.partial(disc_logits, stage=stage, head=head)
+            paths = [p for path in paths for p in _split(path, name, base_modules, data, cfg, logits, progress)]
     finally:
         model.train(was_training)
-    return kept
+    return {t: path for path in paths for t in path.thresholds}
+
+
+def _split(path: Branch, name: str, base_modules, data, cfg: PruneConfig, logits, progress) -> list[Branch]:
+    """Search unit ``name`` in ``path``'s model; one path per distinct stopping point."""
+    unit = next(u for u in prunable_units(path.model) if u.name == name)
+    baseline, target_conv = base_modules[""], base_modules[unit.consumer_name]
+    order, stops, search = _trajectory(path.model, baseline, target_conv, unit, data, cfg, path.thresholds,
+                                       logits, progress)
+    lengths = sorted(set(stops.values()), reverse=True)  # the longest (smallest threshold) keeps the model
+    models = [path.model] + [copy.deepcopy(path.model) for _ in lengths[1:]]
+    kk = unit.consumer.weight[0, 0].numel()
+    out = []
+    for length, model in zip(lengths, models):
+        consumer = model.get_submodule(unit.consumer_name)
+        consumer.weight.data.copy_(search.weights(length * kk).view_as(consumer.weight))
+        out.append(Branch(model, path.kept | {name: order[:length]}, [t for t in path.thresholds if stops[t] == length]))
+    return out
 
 
 def _chosen_units(model: nn.Module, only: Collection[str] | None) -> list[Unit]:
@@ -139,18 +208,20 @@ def _chosen_units(model: nn.Module, only: Collection[str] | None) -> list[Unit]:
     return [u for u in units if u.name in only]
 
 
-def _select_unit(model, baseline, target_conv, unit: Unit, data, cfg: PruneConfig, progress) -> list[int]:
+def _trajectory(model, baseline, target_conv, unit: Unit, data, cfg: PruneConfig, thresholds, logits, progress):
+    """DCP Algorithm 2 on one unit until the smallest threshold stops. Returns the channels in the
+    order picked, the number kept at each threshold, and the least-squares state (for prefix weights)."""
     conv = unit.consumer
     c_in = conv.in_channels
     kk = conv.weight[0, 0].numel()  # k*k columns of the unfolded input per channel
     gram, cross, phi, q = _reconstruction_stats(model, conv, baseline, target_conv, data)
-    search = _GreedyLeastSquares(gram, cross, kk)
+    search = GreedyLeastSquares(gram, cross, kk)
     lam = cfg.disc_weight
 
     conv.weight.data.zero_()  # W^0 = 0: no channel selected
-    ls, g_s = _disc_term(model, conv, data) if lam else (0.0, 0.0)
+    ls, g_s = _disc_term(model, conv, data, logits) if lam else (0.0, 0.0)
     l0 = float(phi) / (2 * q) + lam * ls
-    prev, selected = l0, []
+    prev, selected, stops = l0, [], {}
     grad = -search.residual / q + lam * g_s  # dL/dW at W^0, [C_out, C_in*k*k]
     while True:
         scores = grad.view(grad.shape[0], c_in, kk).pow(2).sum((0, 2))  # ||G[:, j]||_F^2 per channel
@@ -160,16 +231,18 @@ def _select_unit(model, baseline, target_conv, unit: Unit, data, cfg: PruneConfi
         selected.append(j)
         if lam:
             conv.weight.data.copy_(search.weights().view_as(conv.weight))
-            ls, g_s = _disc_term(model, conv, data)
+            ls, g_s = _disc_term(model, conv, data, logits)
         loss = search.loss(phi, q) + lam * ls
         if progress is not None:
             progress(unit.name, len(selected), c_in, loss)
-        if len(selected) == c_in or l0 <= 0 or abs(prev - loss) / l0 <= cfg.threshold:
-            break
+        last = len(selected) == c_in or l0 <= 0
+        for eps in thresholds:  # DCP's stopping rule; the check runs after the channel was added
+            if eps not in stops and (last or abs(prev - loss) / l0 <= eps):
+                stops[eps] = len(selected)
+        if len(stops) == len(thresholds):
+            return selected, stops, search
         prev = loss
         grad = -search.residual / q + lam * g_s
-    conv.weight.data.copy_(search.weights().view_as(conv.weight))
-    return selected
 
 
 def _reconstruction_stats(model, conv: nn.Conv2d, baseline, target_conv: nn.Conv2d, data):
@@ -228,9 +301,10 @@ def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor, want_input: b
     return got[0]
 
 
-def _disc_term(model: nn.Module, conv: nn.Conv2d, data) -> tuple[float, torch.Tensor]:
-    """L_S at the current consumer weight and its gradient dL_S/dW as [C_out, C_in*k*k] float64:
-    the cross-entropy of the final logits, averaged over the calibration batches."""
+def _disc_term(model: nn.Module, conv: nn.Conv2d, data, logits) -> tuple[float, torch.Tensor]:
+    """L_S at the current consumer weight and its gradient dL_S/dW as [C_out, C_in*k*k] float64: the
+    cross-entropy of ``logits(model, x)`` (the unit's stage head, or the final logits), averaged over
+    the calibration batches."""
     params = [p for p in model.parameters() if p.requires_grad and p is not conv.weight]
     for p in params:  # only W needs a gradient: no graph is kept for the other weights
         p.requires_grad_(False)
@@ -240,7 +314,7 @@ def _disc_term(model: nn.Module, conv: nn.Conv2d, data) -> tuple[float, torch.Te
     try:
         with torch.enable_grad():
             for x, y in data:
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(logits(model, x), y)
                 (g,) = torch.autograd.grad(loss, conv.weight)
                 total += float(loss.detach())
                 grad += g
@@ -249,71 +323,3 @@ def _disc_term(model: nn.Module, conv: nn.Conv2d, data) -> tuple[float, torch.Te
             p.requires_grad_(True)
         conv.weight.requires_grad_(w_grad)
     return total / len(data), grad.flatten(1).double() / len(data)
-
-
-class _GreedyLeastSquares:
-    """Least squares on a growing set of column groups (k*k columns per channel), by a block Cholesky
-    factor L of Gram[A, A] + ridge*I grown one group at a time.
-
-    Kept up to date per step, with m selected columns:  Y = L^{-1} cross[A] [m, C_out];  Z = L^{-1}
-    Gram[A, :] [m, D];  residual = cross^T - W_A Gram[A, :] = cross^T - Y^T Z [C_out, D], so that
-    dL_M/dW = -residual / Q and min L_M = (phi - ||Y||^2) / (2Q) (up to the ridge term)."""
-
-    def __init__(self, gram: torch.Tensor, cross: torch.Tensor, kk: int):
-        self.gram, self.cross, self.kk = gram, cross, kk
-        self.ridge = _RIDGE * float(gram.diagonal().mean()) + 1e-30
-        self.residual = cross.T.clone()
-        self.m = 0
-        self._reserve(min(gram.shape[0], 16 * kk))
-
-    def _reserve(self, rows: int) -> None:
-        """Room for ``rows`` selected columns; grown by doubling, since most units keep far fewer
-        than all of their D columns and a [D, D] float64 buffer is 170 MB for ResNet's layer4."""
-        d, m = self.gram.shape[0], self.m
-        chol, y, z, cols = (
-            self.gram.new_zeros(rows, rows),
-            self.gram.new_zeros(rows, self.cross.shape[1]),
-            self.gram.new_zeros(rows, d),
-            torch.zeros(rows, dtype=torch.long, device=self.gram.device),
-        )
-        if m:
-            chol[:m, :m], y[:m], z[:m], cols[:m] = self.chol[:m, :m], self.y[:m], self.z[:m], self.cols[:m]
-        self.chol, self.y, self.z, self.cols = chol, y, z, cols
-
-    def add(self, channel: int) -> None:
-        m, kk = self.m, self.kk
-        if m + kk > self.chol.shape[0]:
-            self._reserve(min(self.gram.shape[0], 2 * self.chol.shape[0]))
-        cols = torch.arange(channel * kk, (channel + 1) * kk, device=self.gram.device)
-        rows = self.gram[cols]  # Gram[j, :]  [kk, D]
-        b = torch.linalg.solve_triangular(self.chol[:m, :m], rows[:, self.cols[:m]].T, upper=False)  # [m, kk]
-        schur = rows[:, cols] - b.T @ b
-        c = _cholesky(schur, self.ridge)
-        self.chol[m : m + kk, :m] = b.T
-        self.chol[m : m + kk, m : m + kk] = c
-        y = torch.linalg.solve_triangular(c, self.cross[cols] - b.T @ self.y[:m], upper=False)  # [kk, C_out]
-        z = torch.linalg.solve_triangular(c, rows - b.T @ self.z[:m], upper=False)  # [kk, D]
-        self.y[m : m + kk], self.z[m : m + kk], self.cols[m : m + kk] = y, z, cols
-        self.residual -= y.T @ z
-        self.m = m + kk
-
-    def loss(self, phi: float, q: int) -> float:
-        return (phi - float(self.y[: self.m].pow(2).sum())) / (2 * q)
-
-    def weights(self) -> torch.Tensor:
-        """W [C_out, D]: the least-squares weights on the selected columns, zeros elsewhere."""
-        m = self.m
-        w_a = torch.linalg.solve_triangular(self.chol[:m, :m].T, self.y[:m], upper=True)  # [m, C_out]
-        w = self.cross.new_zeros(self.cross.shape[1], self.cross.shape[0])
-        w[:, self.cols[:m]] = w_a.T
-        return w
-
-
-def _cholesky(a: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Cholesky factor of a + ridge*I, adding more jitter when round-off makes it indefinite."""
-    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    for scale in (1.0, 1e2, 1e4, 1e6):
-        factor, info = torch.linalg.cholesky_ex(a + ridge * scale * eye)
-        if int(info) == 0:
-            return factor
-    raise FloatingPointError("Gram block is not positive definite even with jitter")

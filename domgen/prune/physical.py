@@ -28,6 +28,7 @@ from torch import nn
 from domgen.config import PruneConfig
 from domgen.models import build_model
 from domgen.prune.dcp import Progress, prunable_units, select_channels_dcp
+from domgen.prune.heads import HeadFit
 from domgen.registry import Registry
 from domgen.atomic import atomic_path
 
@@ -132,12 +133,15 @@ def prune_model(
     batches: Iterable[Sequence[torch.Tensor]],
     example_input: torch.Tensor,
     progress: Progress | None = None,
+    heads: HeadFit | None = None,
+    seed: int = 0,
 ) -> dict[str, int]:
-    """``cfg.method`` = "dcp": DCP selection (threshold, disc_weight) then physical removal; any
-    importance name: ``prune_by_importance`` with ``cfg.ratio``. Uses the first ``cfg.batches`` batches.
-    Returns unit -> channels kept; the model is pruned in place."""
+    """``cfg.method`` = "dcp": DCP selection (threshold, disc_weight, disc_head; ``heads`` and ``seed``
+    as in ``select_channels_dcp``) then physical removal; any importance name: ``prune_by_importance``
+    with ``cfg.ratio``. Uses the first ``cfg.batches`` batches. Returns unit -> channels kept; the
+    model is pruned in place."""
     if cfg.method == "dcp":
-        kept = select_channels_dcp(model, batches, cfg, progress)
+        kept = select_channels_dcp(model, batches, cfg, progress, heads=heads, seed=seed)
         apply_selection(model, kept, example_input)
         return {name: len(idx) for name, idx in kept.items()}
     return prune_by_importance(
