@@ -54,7 +54,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         hooks.profile = RunProfile()
     result = run_train(cfg, hooks, **cc.folder_options(args))
     s = result.summary
-    cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir} (best epoch {s['best_epoch']}, validation score {s['best_val_score']:.2f})")
     cc.say("test macro recall: " + "  ".join(f"{d} {v:.1f}" for d, v in s["test_macro_recall"].items()))
     if args.profile and not result.skipped:
@@ -91,7 +90,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cc.check_weights(cfg)
     result = run_prune(cfg, cc.cli_hooks(), **cc.folder_options(args))
     s = result.summary
-    cc.say(f"data: {s['data']}")
     cc.say(f"run: {result.run_dir}: {s['params_before'] / 1e6:.2f}M -> {s['params'] / 1e6:.2f}M parameters, "
            f"{s['macs_before'] / 1e9:.3f} -> {s['macs'] / 1e9:.3f} GMACs at {cfg.transform.size}px")
     cc.say("channels kept: " + ", ".join(f"{k.replace('g.', '').replace('.conv1', '')} {v}" for k, v in s["channels_kept"].items()))
@@ -137,7 +135,6 @@ def cmd_loo(args: argparse.Namespace) -> int:
         overrides.append(f"model.weights={args.weights}")
     cc.check_weights(cc.build_config(args, exp="O"))
     results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), **cc.folder_options(args))
-    cc.say(f"data: {results[0].summary['data']}")
     cc.say(format_loo(results))
     return 0
 

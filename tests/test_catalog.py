@@ -21,7 +21,10 @@ def _root_with_real_ham(tmp_path: Path, shared_data: Path) -> Path:
 
 
 def test_only_ham_present_loads_it_and_reports_the_six_absent(tmp_path, shared_data):
-    catalog = load_catalog(DataConfig(root=str(_root_with_real_ham(tmp_path, shared_data)), cache_dir=str(tmp_path / "c")))
+    root = _root_with_real_ham(tmp_path, shared_data)
+    catalog = load_catalog(DataConfig(root=str(root), cache_dir=str(tmp_path / "c")))
+    # the line that opens every run on this root
+    assert catalog.describe() == f"{root.resolve()} (1 of 7 sources loaded; skipped Dermofit, Derm7pt, MSK, UDA, PH2, SONIC)"
     assert not catalog.synthetic and catalog.domains == ["HAM"]
     assert sorted(catalog.absent) == ["Derm7pt", "Dermofit", "MSK", "PH2", "SONIC", "UDA"]
     assert catalog.counts().loc["HAM"].to_dict() == {c: 10 for c in CLASSES}  # the sample holds 10 real images per class

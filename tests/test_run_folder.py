@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from domgen.data.catalog import load_catalog
 from domgen.engine.logging import read_results
 from domgen.engine.trainer import Hooks
 from domgen.errors import CheckpointError, RunFolderError, RunInterrupted, RunLocked
@@ -164,6 +165,8 @@ def test_restart_moves_the_unfinished_run_aside_and_force_moves_a_finished_one(s
     aside = sorted(tmp_path.glob("A-s0-*.abandoned-*"))
     assert len(aside) == 1 and (aside[0] / "last.pt").exists() and not (aside[0] / "done").exists()
     assert any("--restart: moved the unfinished run (validated up to epoch 2)" in line for line in lines)
+    # a run's first line names the data
+    assert lines[0] == f"data: {load_catalog(cfg.data).identity} (the synthetic benchmark: no --data-root or $DOMGEN_DATA given)"
     assert sorted({r["epoch"] for r in read_results(done.run_dir) if r["stage"] == "val"}) == [1, 2]
     run_train(cfg, Hooks(), force=True)
     aside = sorted(tmp_path.glob("A-s0-*.abandoned-*"))

@@ -5,7 +5,8 @@ Each quoted output sits between ``<!-- readme-output: NAME -->`` and ``<!-- /rea
 - ``list``: ``python -m domgen.run list``, verbatim.
 - ``summary``: ``python -m domgen.run summary`` on the synthetic default (the cache path shown as ~).
 - ``main-job``: ``loo --holdout PH2 --preset quick``; the README abbreviates the epoch lines, so only the
-  lines from ``data:`` on are compared (minutes on a CPU; skipped with --quick).
+  opening ``data:`` line and the table (from its ``exp`` header on) are compared (minutes on a CPU;
+  skipped with --quick).
 - ``table``: ``table`` over the main job's runs (needs main-job; skipped with --quick).
 
 Usage: ``tools/readme_outputs.sh [--quick] [--write]``; exit status 1 when a quote differs. The package
@@ -76,15 +77,22 @@ def current(quick: bool) -> dict[str, str]:
     if not quick:
         with tempfile.TemporaryDirectory() as runs:
             job = domgen("loo", "--holdout", "PH2", "--preset", "quick", "--out", runs).splitlines()
-            outputs["main-job"] = "\n".join(job[next(i for i, l in enumerate(job) if l.startswith("data:")):])
+            outputs["main-job"] = "\n".join(job)
             outputs["table"] = domgen("table", "--runs", runs).rstrip("\n")
     return outputs
 
 
+def main_job_key(text: str) -> str:
+    """The main job's lines the README must quote exactly: the opening data line and the table."""
+    lines = text.splitlines()
+    data = [l for l in lines if l.startswith("data:")][:1]
+    table = lines[next((i for i, l in enumerate(lines) if l.startswith("exp ")), len(lines)):]
+    return "\n".join(data + table)
+
+
 def compare(name: str, quoted: str, now: str) -> list[str]:
-    if name == "main-job":  # the README abbreviates the epoch lines: compare from the data line on
-        lines = quoted.splitlines()
-        quoted = "\n".join(lines[next((i for i, l in enumerate(lines) if l.startswith("data:")), 0):])
+    if name == "main-job":  # the README abbreviates the epoch lines
+        quoted, now = main_job_key(quoted), main_job_key(now)
     return list(difflib.unified_diff(quoted.splitlines(), now.splitlines(), f"README {name}", f"now {name}", lineterm=""))
 
 

@@ -34,6 +34,18 @@ class Catalog:
         """What the data is, for run hashes and result files: "synthetic" or the resolved root."""
         return f"{SYNTHETIC}:{self.root.name}" if self.synthetic else str(self.root.resolve())
 
+    def describe(self) -> str:
+        """The ``data:`` line that opens every run: the identity, and what was skipped or dropped."""
+        if self.synthetic:
+            return f"{self.identity} (the synthetic benchmark: no --data-root or $DOMGEN_DATA given)"
+        notes = [f"{len(self.results)} of {len(DOMAIN_CODES)} sources loaded"]
+        if self.absent:
+            notes.append("skipped " + ", ".join(self.absent))
+        dropped = {d: len(r.missing) for d, r in self.results.items() if r.missing}
+        if dropped:
+            notes.append("images dropped " + ", ".join(f"{d} {n}" for d, n in dropped.items()))
+        return f"{self.identity} ({'; '.join(notes)})"
+
     @property
     def domains(self) -> list[str]:
         return [d for d in DOMAINS if d in self.results]

@@ -33,10 +33,14 @@ class RunData:
         return np.flatnonzero(mask.to_numpy())
 
 
-def prepare_data(cfg: DataConfig, bar=None, catalog: Catalog | None = None) -> RunData:
+def prepare_data(cfg: DataConfig, bar=None, catalog: Catalog | None = None, log=None) -> RunData:
     """``catalog``: the sources already loaded for this data section (a warm-started run hands its own
-    to its parent, whose config differs only in ``nsec``/``holdout``), so images are not re-validated."""
-    catalog = catalog or load_catalog(cfg, bar=bar)
+    to its parent, whose config differs only in ``nsec``/``holdout``), so images are not re-validated.
+    ``log`` gets the ``data:`` line when the sources are loaded here (a run's first line)."""
+    if catalog is None:
+        catalog = load_catalog(cfg, bar=bar)
+        if log is not None:
+            log(f"data: {catalog.describe()}")
     manifest = load_or_build_manifest(catalog.records(), cache_dir(cfg), seed=cfg.split_seed).reset_index(drop=True)
     holdout = [domain_code(d) for d in cfg.holdout]
     if PRIMARY_DOMAIN in holdout:

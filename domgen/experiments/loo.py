@@ -24,6 +24,7 @@ def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: H
             restart: bool = False, wait: bool = False) -> list[RunResult]:
     cfgs = [resolve_config(exp, preset, seed, overrides) for exp in loo_experiments(holdout)]
     catalog = load_catalog(cfgs[0].data, bar=hooks.bar)  # the experiments differ only in what they hold out
+    hooks.log(f"data: {catalog.describe()}")
     return [run_train(cfg, hooks, resume=resume, force=force, catalog=catalog, restart=restart, wait=wait) for cfg in cfgs]
 
 

@@ -103,7 +103,7 @@ def run_prune_curve(cfg: RunConfig, thresholds: Sequence[float] = DEFAULT_THRESH
         raise ValueError(f"thresholds must be positive, got {list(thresholds)}")
     if cfg.prune.method != "dcp":
         raise ValueError(f"a threshold curve needs prune.method=dcp, not {cfg.prune.method!r} (which prunes by a ratio)")
-    data = prepare_data(cfg.data, bar=hooks.bar)
+    data = prepare_data(cfg.data, bar=hooks.bar, log=hooks.log)
     parent = run_train(parent_config(cfg), hooks, catalog=data.catalog, wait=True)
     out_dir = curve_dir(cfg, data.identity)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,7 @@ def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: C
              restart: bool = False, wait: bool = False):
     """``with open_run(...) as (data, run_dir, finished)``: the data, the run folder (locked until the
     block ends) and the finished result when there is nothing to do. ``catalog``: see ``prepare_data``."""
-    data = prepare_data(cfg.data, bar=hooks.bar, catalog=catalog)
+    data = prepare_data(cfg.data, bar=hooks.bar, catalog=catalog, log=hooks.log)
     run_dir = run_dir_for(cfg, data.identity)
     tag = f"[{cfg.exp} s{cfg.seed}]"
     lock = RunLock(run_dir, wait=wait, on_wait=lambda o: hooks.log(f"{tag} waiting for {describe(o)} to release {run_dir}"),
