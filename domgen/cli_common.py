@@ -1,6 +1,8 @@
 """Shared pieces of the command line: options every subcommand takes, hooks that print, config building.
 
-Only ``domgen.run`` and this module print or parse arguments.
+Only ``domgen.run`` and this module print or parse arguments. Importing this module and building the
+parser import neither torch nor tqdm nor pandas (``tests/test_cli_help.py`` checks it), so ``list`` and
+every ``--help`` answer at once; a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import errno
 import shlex
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from domgen.config import RunConfig
-from domgen.engine.trainer import Hooks
 from domgen.errors import DomgenError, RunFolderError, RunInterrupted
 from domgen.experiments.registry import PRESETS, resolve_config
+
+if TYPE_CHECKING:
+    from domgen.config import RunConfig
+    from domgen.engine.trainer import Hooks
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -86,10 +89,16 @@ def build_config(args: argparse.Namespace, exp: str | None = None) -> RunConfig:
 
 
 def say(line: str = "") -> None:
+    from tqdm import tqdm  # written through tqdm so that a progress bar on screen is not broken
+
     tqdm.write(line, file=sys.stdout)
 
 
 def cli_hooks() -> Hooks:
+    from tqdm import tqdm
+
+    from domgen.engine.trainer import Hooks  # imports torch: only for a command that trains
+
     return Hooks(log=say, progress=lambda it, **kw: tqdm(it, dynamic_ncols=True, **kw), bar=lambda **kw: tqdm(dynamic_ncols=True, **kw))
 
 

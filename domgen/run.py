@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 from domgen import cli_common as cc
-from domgen.config import DataConfig, apply_overrides
-from domgen.engine.metrics import jsonable
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from domgen.config import DataConfig, apply_overrides
     from domgen.data.catalog import dropped_report, load_catalog, summary_table
     from domgen.data.labels import CLASSES
 
@@ -140,6 +139,7 @@ def cmd_loo(args: argparse.Namespace) -> int:
 
 
 def cmd_sampler(args: argparse.Namespace) -> int:
+    from domgen.engine.metrics import jsonable
     from domgen.experiments.sampler_report import format_sampler_report, sampler_report
 
     report = sampler_report(cc.build_config(args), n_pairs=args.pairs, bar=cc.cli_hooks().bar)
@@ -239,6 +239,7 @@ def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, cache_dir
+    from domgen.engine.metrics import jsonable
 
     root = Path(args.root) if args.root else cache_dir(DataConfig()) / "bench"
     if args.what == "pipeline":
@@ -390,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `... | head` closed the pipe: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
+        return 0
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("DOMGEN_DEBUG"):
             raise
