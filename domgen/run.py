@@ -148,8 +148,8 @@ def cmd_sampler(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from domgen.sweep.collect import collect, select
-    from domgen.sweep.tables import plot_table, pruning_report, table2
+    from domgen.results.collect import collect, select
+    from domgen.results.tables import plot_table, pruning_report, table2
 
     df = collect(Path(args.runs))
     if args.preset:
@@ -165,8 +165,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from domgen.sweep.collect import collect, select
-    from domgen.sweep.compare import format_compare
+    from domgen.results.collect import collect, select
+    from domgen.results.compare import format_compare
 
     df = collect(Path(args.runs))
     if args.preset:
@@ -182,8 +182,9 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from domgen.sweep.launch import SlurmOptions, format_plan, format_report, format_status, launch, sweep_status
+    from domgen.sweep.launch import SlurmOptions, launch
     from domgen.sweep.plan import plan_sweep
+    from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
     seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)

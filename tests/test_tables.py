@@ -15,9 +15,9 @@ import pytest
 from scipy import stats
 
 from domgen.data.labels import TABLE2_DOMAINS
-from domgen.sweep.collect import collect, run_status, select
-from domgen.sweep.compare import compare, format_compare
-from domgen.sweep.tables import plot_table, pruning_report, table2, table2_frame
+from domgen.results.collect import collect, run_status, select
+from domgen.results.compare import compare, format_compare
+from domgen.results.tables import plot_table, pruning_report, table2, table2_frame
 
 EXP_META = {  # exp -> (nsec, loss, weighted_cls, weighted_align, holdout)
     "A": ("0", "ce", True, None, ()),  # the baselines' cross-entropy is weighted (Table 2's "w")

@@ -26,7 +26,7 @@ from domgen.errors import CheckpointError
 from domgen.engine.loop import predict, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.profile import NoProfile, RunProfile
-from domgen.experiments.data import RunData
+from domgen.data.run_data import RunData
 from domgen.models import build_model
 from domgen.progress import lazy_bar
 from domgen.threads import thread_budget

@@ -31,7 +31,7 @@ from domgen.engine.checkpoint import derive_seed, load_checkpoint
 from domgen.engine.loop import predict
 from domgen.engine.metrics import evaluate_domains
 from domgen.engine.trainer import BEST, Hooks, Trainer
-from domgen.experiments.data import RunData, prepare_data
+from domgen.data.run_data import RunData, prepare_data
 from domgen.experiments.prune import prepare_selection
 from domgen.experiments.train import parent_config, run_train
 from domgen.models import build_model

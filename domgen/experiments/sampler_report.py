@@ -13,7 +13,7 @@ from domgen.data.labels import CLASSES
 from domgen.engine.algorithms import make_algorithm
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.inputs import Inputs
-from domgen.experiments.data import RunData, prepare_data
+from domgen.data.run_data import RunData, prepare_data
 from domgen.models import build_model
 
 TERMS = ("cls", "align", "sep", "gn_cls", "gn_align", "gn_sep")

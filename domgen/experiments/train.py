@@ -26,7 +26,7 @@ from domgen.engine.trainer import BEST, LAST, PREV, Hooks, Trainer
 from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
 from domgen.data.catalog import Catalog
-from domgen.experiments.data import RunData, prepare_data
+from domgen.data.run_data import RunData, prepare_data
 from domgen.experiments.registry import resolve_config
 
 
