@@ -19,7 +19,7 @@ import torch
 from domgen.config import RunConfig, to_dict
 from domgen.data.labels import CLASSES, DOMAINS
 from domgen.engine.algorithms import make_algorithm
-from domgen.engine.checkpoint import derive_seed, load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
+from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
@@ -29,6 +29,7 @@ from domgen.engine.profile import NoProfile, RunProfile
 from domgen.data.run_data import RunData
 from domgen.models import build_model
 from domgen.progress import lazy_bar
+from domgen.seeds import derive_seed
 from domgen.threads import thread_budget
 
 LAST, BEST = "last.pt", "best.pt"

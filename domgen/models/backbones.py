@@ -31,9 +31,6 @@ class Classifier(nn.Module):
         self.h = nn.Linear(feat_dim, num_classes)
         self.feat_dim = feat_dim
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.g(x)  # [B, D]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.h(self.g(x))  # [B, K]
 
