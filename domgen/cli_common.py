@@ -51,7 +51,8 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
                    help="sizes: paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
                         "given with --weights), quick (CPU, minutes), smoke (seconds, for checks)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data splits have their own, data.split_seed)")
-    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's)")
+    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's); "
+                   "for an experiment warm-started from A (F-V), the weights A starts from")
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
