@@ -27,7 +27,7 @@ from domgen.engine.loop import predict, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.profile import NoProfile, RunProfile
 from domgen.data.run_data import RunData
-from domgen.models import build_model
+from domgen.models import build_model, input_normalization
 from domgen.progress import lazy_bar
 from domgen.seeds import derive_seed
 from domgen.threads import thread_budget
@@ -84,7 +84,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         m = data.manifest
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
-        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar)
+        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar, norm=input_normalization(cfg.model.arch))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
