@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from domgen.config import RunConfig, from_dict, to_dict
 from domgen.engine.logging import is_done
 from domgen.errors import LaunchError, RunLocked
-from domgen.lock import RunLock
-from domgen.sweep.status import FAILED, RUNNING, claim_alive, clear_claim, clear_failure, read_json, read_state, write_claim, write_failure
+from domgen.lock import RunLock, clear_claim, read_json, write_claim
+from domgen.sweep.status import FAILED, RUNNING, claim_alive, clear_failure, read_state, write_failure
 from domgen.threads import usable_cores
 
 if TYPE_CHECKING:  # the job process imports this module: keep it light (no torch until training)

@@ -28,7 +28,7 @@ from typing import Any
 from domgen import lock
 from domgen.config import write_atomic
 from domgen.engine.logging import is_done
-from domgen.lock import clear_claim, pid_alive, read_json, write_claim  # noqa: F401  (re-exported)
+from domgen.lock import read_json
 
 RUNNING = lock.LOCK
 FAILED = "failed.json"
