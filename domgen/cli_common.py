@@ -1,6 +1,8 @@
 """Shared pieces of the command line: options every subcommand takes, hooks that print, config building.
 
-Only ``domgen.run`` and this module print or parse arguments.
+Only ``domgen.run`` and this module print or parse arguments. Importing this module and building the
+parser import neither torch nor tqdm nor pandas (``tests/test_cli_help.py`` checks it), so ``list`` and
+every ``--help`` answer at once; a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import errno
 import shlex
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from domgen.config import RunConfig
-from domgen.engine.trainer import Hooks
 from domgen.errors import DomgenError, RunFolderError, RunInterrupted
 from domgen.experiments.registry import PRESETS, resolve_config
+
+if TYPE_CHECKING:
+    from domgen.config import RunConfig
+    from domgen.engine.trainer import Hooks
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -48,7 +51,8 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
                    help="sizes: paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
                         "given with --weights), quick (CPU, minutes), smoke (seconds, for checks)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data splits have their own, data.split_seed)")
-    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's)")
+    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's); "
+                   "for an experiment warm-started from A (F-V), the weights A starts from")
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
@@ -86,10 +90,16 @@ def build_config(args: argparse.Namespace, exp: str | None = None) -> RunConfig:
 
 
 def say(line: str = "") -> None:
+    from tqdm import tqdm  # written through tqdm so that a progress bar on screen is not broken
+
     tqdm.write(line, file=sys.stdout)
 
 
 def cli_hooks() -> Hooks:
+    from tqdm import tqdm
+
+    from domgen.engine.trainer import Hooks  # imports torch: only for a command that trains
+
     return Hooks(log=say, progress=lambda it, **kw: tqdm(it, dynamic_ncols=True, **kw), bar=lambda **kw: tqdm(dynamic_ncols=True, **kw))
 
 

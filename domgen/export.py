@@ -26,9 +26,8 @@ from torch import nn
 from domgen.atomic import atomic_path, write_text_atomic
 from domgen.config import RunConfig, load_yaml
 from domgen.data.labels import CLASSES
-from domgen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from domgen.engine.checkpoint import load_checkpoint
-from domgen.models import build_model
+from domgen.models import build_model, input_normalization
 from domgen.prune import count_params_macs, load_pruned
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -70,7 +69,7 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, bool]:
 
 def preprocessing(cfg: RunConfig) -> dict[str, Any]:
     """The evaluation transform of ``domgen.data.transforms.reference_eval_transform`` as data."""
-    t = cfg.transform
+    t, norm = cfg.transform, input_normalization(cfg.model.arch)
     return {
         "input_size": [3, t.size, t.size],
         "layout": "NCHW, RGB, float32",
@@ -78,8 +77,8 @@ def preprocessing(cfg: RunConfig) -> dict[str, Any]:
                   "divide by 255", "subtract mean, divide by std (per channel)"],
         "resize": [t.resize, t.resize],
         "center_crop": [t.size, t.size],
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(norm.mean),  # the backbone's own (ImageNet's for the ResNets)
+        "std": list(norm.std),
         "class_names": list(CLASSES),
         "output": "logits [N, num_classes]; softmax gives probabilities",
         "arch": cfg.model.arch,

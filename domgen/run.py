@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 from domgen import cli_common as cc
-from domgen.config import DataConfig, apply_overrides
-from domgen.engine.metrics import jsonable
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from domgen.config import DataConfig, apply_overrides
     from domgen.data.catalog import dropped_report, load_catalog, summary_table
     from domgen.data.labels import CLASSES
 
@@ -140,6 +139,7 @@ def cmd_loo(args: argparse.Namespace) -> int:
 
 
 def cmd_sampler(args: argparse.Namespace) -> int:
+    from domgen.engine.metrics import jsonable
     from domgen.experiments.sampler_report import format_sampler_report, sampler_report
 
     report = sampler_report(cc.build_config(args), n_pairs=args.pairs, bar=cc.cli_hooks().bar)
@@ -148,8 +148,8 @@ def cmd_sampler(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from domgen.sweep.collect import collect, select
-    from domgen.sweep.tables import plot_table, pruning_report, table2
+    from domgen.results.collect import collect, select
+    from domgen.results.tables import plot_table, pruning_report, table2
 
     df = collect(Path(args.runs))
     if args.preset:
@@ -165,8 +165,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from domgen.sweep.collect import collect, select
-    from domgen.sweep.compare import format_compare
+    from domgen.results.collect import collect, select
+    from domgen.results.compare import format_compare
 
     df = collect(Path(args.runs))
     if args.preset:
@@ -182,8 +182,9 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from domgen.sweep.launch import SlurmOptions, format_plan, format_report, format_status, launch, sweep_status
+    from domgen.sweep.launch import SlurmOptions, launch
     from domgen.sweep.plan import plan_sweep
+    from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
     seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
@@ -239,6 +240,7 @@ def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, cache_dir
+    from domgen.engine.metrics import jsonable
 
     root = Path(args.root) if args.root else cache_dir(DataConfig()) / "bench"
     if args.what == "pipeline":
@@ -390,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `... | head` closed the pipe: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
+        return 0
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("DOMGEN_DEBUG"):
             raise

@@ -56,3 +56,23 @@ def test_unavailable_imagenet_weights_fail_in_one_line_before_any_folder(smoke_c
     assert run.main(argv[:4] + [str(tmp_path / "nope.pth")] + argv[5:]) == 2
     assert f"--weights {tmp_path / 'nope.pth'}: no such file" in capsys.readouterr().err
     assert not out.exists()
+
+
+HEAVY = ("torch", "torchvision", "timm", "pandas", "numpy", "scipy", "sklearn", "matplotlib", "tqdm", "submitit")
+
+
+def test_building_the_parser_and_running_list_import_no_heavy_library():
+    """`list` and every `--help` must answer at once: the CLI edge imports torch, pandas, ... only inside the
+    command that needs them. Checked in a fresh interpreter, where nothing is imported yet."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import io, contextlib, json, sys; import domgen.run as r; p = r.parser()\n"
+            "[a.choices[c].format_help() for a in p._actions if hasattr(a, 'choices') and isinstance(a.choices, dict) for c in a.choices]\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out: r.main(['list'])\n"
+            f"print(json.dumps([sorted(m for m in {HEAVY!r} if m in sys.modules), out.getvalue().splitlines()[0]]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy, first_line = json.loads(done.stdout)
+    assert heavy == []
+    assert first_line.split()[:3] == ["A", "resnet18", "nsec=0"]

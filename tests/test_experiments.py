@@ -13,7 +13,7 @@ import torch
 
 from domgen.data.labels import CLASSES
 from domgen.engine.logging import read_results
-from domgen.experiments.data import prepare_data
+from domgen.data.run_data import prepare_data
 from domgen.experiments.loo import format_loo, loo_experiments, run_loo
 from domgen.experiments.registry import resolve_config
 from domgen.experiments.sampler_report import sampler_report

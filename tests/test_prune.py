@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from domgen.config import PruneConfig
-from domgen.engine.checkpoint import derive_seed
+from domgen.seeds import derive_seed
 from domgen.models import build_model
 from domgen.prune import (
     AuxHead,

@@ -22,7 +22,7 @@ from domgen.errors import CheckpointError, RunFolderError, RunInterrupted, RunLo
 from domgen.experiments.registry import resolve_config
 from domgen.experiments.train import run_train
 from domgen.lock import LOCK, TAKEOVERS, RunLock
-from domgen.sweep.collect import collect
+from domgen.results.collect import collect
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONUNBUFFERED": "1"}

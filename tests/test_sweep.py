@@ -19,7 +19,8 @@ import pytest
 from domgen.experiments.train import parent_config, run_dir_for
 from domgen.sweep.launch import SlurmOptions, launch, run_job
 from domgen.sweep.plan import DataSize, estimate_gpu_hours, parse_exps, plan_sweep
-from domgen.sweep.status import FAILED, RUNNING, STALE_S, format_plan, format_status, read_state, status_counts, sweep_status
+from domgen.sweep.report import format_plan, format_status, status_counts, sweep_status
+from domgen.sweep.status import FAILED, RUNNING, STALE_S, read_state
 
 IDENTITY = "synthetic:test"
 SIZES = DataSize(pool=1000, val=300, test=600)
@@ -310,9 +311,9 @@ def test_local_sweep_trains_for_real(tmp_path, monkeypatch):
         assert not (job.run_dir / RUNNING).exists() and not (job.run_dir / FAILED).exists()
     assert launch(plan, max_parallel=2).submitted == {}
     # table and compare read these results: per-domain means over both seeds and seed-matched differences.
-    from domgen.sweep.collect import collect
-    from domgen.sweep.compare import compare
-    from domgen.sweep.tables import table2_frame
+    from domgen.results.collect import collect
+    from domgen.results.compare import compare
+    from domgen.results.tables import table2_frame
 
     df = collect(tmp_path / "runs")
     ham = {(j.cfg.exp, j.cfg.seed): next(r["macro_recall"] for r in read_results(j.run_dir)

@@ -143,7 +143,7 @@ def test_ccsa_warm_starts_from_reused_parent(finished, smoke_cache):
 
 def test_cached_and_reference_inputs_give_the_same_eval_batches(smoke_cache, tmp_path):
     from domgen.engine.inputs import Inputs
-    from domgen.experiments.data import prepare_data
+    from domgen.data.run_data import prepare_data
 
     cfg = smoke_cfg(smoke_cache, tmp_path)
     data = prepare_data(cfg.data)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from domgen.config import load_yaml
 from domgen.engine.logging import read_results
-from domgen.experiments.data import prepare_data
+from domgen.data.run_data import prepare_data
 from domgen.experiments.sampler_report import warm_start_terms
 
 

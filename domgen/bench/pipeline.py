@@ -3,10 +3,12 @@
 (a) reference: :class:`ImageFolderDataset` with :func:`reference_train_transform` in a DataLoader, the
     way the paper's recipe (Yoon et al., MICCAI 2019, Sec. 3) is usually run: decode, resize to 650,
     centre crop 300, random resized crop 224, flips, rot90, normalize, Cutout, for every image every epoch;
-(b) domgen: :func:`build_cache` once, then :class:`CachedImages` in a DataLoader (same workers) gathering
-    uint8 batches and :class:`BatchAugment` on ``device``.
+(b) domgen: :func:`build_cache` once (``workers`` processes decode), then ``Inputs.train_batches`` as
+    training runs it: a prefetch thread reads one sorted memmap gather per batch (no worker processes)
+    and :class:`BatchAugment` runs on ``device``.
 
-Both loaders use the same batch size, workers, shuffling and ``drop_last``. Timing starts when the first
+Both read the same images in shuffled batches of one size; (a) decodes in ``workers`` DataLoader
+processes, (b) uses torch's threads as training sets them. Timing starts when the first
 batch arrives (worker start-up excluded) and covers the next ``n_batches`` batches. Memory is the peak
 resident set (``getrusage`` maxrss) of this process and of its reaped children; it includes file-backed
 pages of the memmap, which are shared, reclaimable page cache. The cache build's Python/numpy heap peak

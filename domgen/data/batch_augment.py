@@ -1,7 +1,7 @@
 """The paper's training augmentation, applied to a whole uint8 batch on its own device.
 
-Input is the channels-last uint8 batch gathered from :class:`domgen.data.cache.CachedImages`
-(``[B, H, W, 3]``, the resized + centre-cropped images). Per sample it draws the same random choices as
+Input is a channels-last uint8 batch read from the image cache (:mod:`domgen.data.cache`;
+``[B, H, W, 3]``, the resized + centre-cropped images). Per sample it draws the same random choices as
 :func:`domgen.data.transforms.reference_train_transform` (Yoon et al., MICCAI 2019, Sec. 3):
 
 - a random resized crop with torchvision's ``RandomResizedCrop.get_params`` distribution
@@ -203,7 +203,3 @@ class BatchAugment(torch.nn.Module):
         if key not in self._scratch or self._scratch[key].device != device:
             self._scratch[key] = _dihedral_index(out, device)
         return self._scratch[key]
-
-    def eval_batch(self, x: torch.Tensor, out: int | None = None, resize: int | None = None) -> torch.Tensor:
-        """Centre crop + normalize with this module's mean/std (see :func:`eval_batch`)."""
-        return eval_batch(x, out or self.out, self.mean.flatten().tolist(), self.std.flatten().tolist(), resize)

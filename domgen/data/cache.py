@@ -23,13 +23,10 @@ import hashlib
 import json
 import multiprocessing
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from domgen.atomic import atomic_path, write_text_atomic
 from domgen.data.transforms import load_rgb, resize_centre_crop
@@ -164,39 +161,3 @@ def open_cache(data_path: Path) -> np.memmap:
         raise FileNotFoundError(f"no complete image cache at {data_path} (run build_cache first)")
     meta = json.loads(_sidecar(data_path).read_text())
     return np.memmap(data_path, dtype=np.dtype(meta["dtype"]), mode="r", shape=tuple(meta["shape"]))
-
-
-class CachedImages(Dataset):
-    """``(uint8 [crop, crop, 3] tensor, label)`` items from a built cache.
-
-    The tensor is a zero-copy view of the read-only memmap: do not modify it in place (the default
-    collate copies it into the batch). The memmap opens lazily in each process, so the dataset pickles
-    cheaply into DataLoader workers instead of copying the array.
-    """
-
-    def __init__(self, data_path: Path, labels: Sequence[int]):
-        self.data_path = Path(data_path)
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
-        self._mm: np.memmap | None = None
-        n = len(self.images)
-        if n != len(self.labels):
-            raise ValueError(f"cache holds {n} images but {len(self.labels)} labels were given")
-
-    @property
-    def images(self) -> np.memmap:
-        if self._mm is None:
-            self._mm = open_cache(self.data_path)
-        return self._mm
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_mm": None}
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with warnings.catch_warnings():
-            # torch warns that the buffer is not writable; the view is read-only by design.
-            warnings.simplefilter("ignore", UserWarning)
-            img = torch.from_numpy(self.images[i])
-        return img, self.labels[i]

@@ -60,10 +60,6 @@ class Catalog:
         table = class_availability(self.records()).reindex(self.domains, fill_value=0)
         return table.rename_axis(index=None, columns=None)
 
-    def availability(self) -> pd.DataFrame:
-        """Domain x class booleans: which classes each source has at all (SONIC is all nv)."""
-        return self.counts() > 0
-
 
 def resolve_root(cfg: DataConfig, bar=None) -> tuple[Path, bool]:
     """(root, is_synthetic). ``data.root`` wins, then ``$DOMGEN_DATA``, then the synthetic benchmark."""

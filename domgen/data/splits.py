@@ -20,6 +20,7 @@ import pandas as pd
 
 from domgen.atomic import atomic_path
 from domgen.data.labels import CLASS_INDEX, CLASSES, DOMAINS, PRIMARY_DOMAIN
+from domgen.seeds import derive_seed
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # order of ``fractions``
 # Order in which partitions win ties and are filled for classes with fewer than three groups:
@@ -32,10 +33,8 @@ MANIFEST_COLUMNS = ["path", "domain", "label", "group", "split", "image_id"]
 NSEC_MAX = 5
 
 
-def _stream_seed(*parts: object) -> int:
-    """A 64-bit seed from ``parts``, stable across processes and Python versions (unlike ``hash``)."""
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+# The manifest's seeds (domgen.seeds, "|"-joined, all 64 bits): changing them would re-split every dataset.
+_SPLIT_SEED = {"sep": "|", "bits": 64}
 
 
 def _check_fractions(fractions: Iterable[float]) -> np.ndarray:
@@ -110,7 +109,7 @@ def assign_splits(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS)
     groups = _group_table(rec).sort_values(["domain", "label", "group"], kind="mergesort")
     split_of_group: dict[tuple[str, str], str] = {}
     for (domain, label), cls in groups.groupby(["domain", "label"], sort=True):
-        rng = np.random.default_rng(_stream_seed(seed, domain, label))
+        rng = np.random.default_rng(derive_seed(seed, domain, label, **_SPLIT_SEED))
         order = rng.permutation(len(cls))
         # Stable sort after the shuffle: big groups first, equal sizes in the seeded random order.
         cls = cls.iloc[order].sort_values("size", ascending=False, kind="mergesort")
@@ -217,7 +216,7 @@ def _row_keys(paths: pd.Series, domains: pd.Series, seed: int) -> np.ndarray:
     """A seeded pseudo-random uint64 per row, from its own (domain, path) only: the order it induces
     within a class does not depend on row order or on which other images are present."""
     return np.array(
-        [_stream_seed("nsec", seed, d, p) for d, p in zip(domains, paths)], dtype=np.uint64
+        [derive_seed("nsec", seed, d, p, **_SPLIT_SEED) for d, p in zip(domains, paths)], dtype=np.uint64
     )
 
 

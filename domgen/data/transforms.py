@@ -3,13 +3,14 @@
 The paper's recipe (Yoon, Hamarneh & Garbi, MICCAI 2019, Sec. 3 "Implementation"): resize every image to
 650x650, centre crop 300x300, then for training a random resized crop to 224x224 (torchvision defaults
 scale=(0.08, 1), ratio=(3/4, 4/3)), random horizontal and vertical flips, rotation by a random multiple of
-90 degrees, Cutout with one 64x64 hole (DeVries & Taylor, arXiv:1708.04552, 2017) and ImageNet
-normalization. Evaluation: resize 650x650 and centre crop 224x224.
+90 degrees, Cutout with one 64x64 hole (DeVries & Taylor, arXiv:1708.04552, 2017) and normalization
+by the mean and std the backbone expects (ImageNet's for the paper's ResNets; see
+:func:`domgen.models.input_normalization`). Evaluation: resize 650x650 and centre crop 224x224.
 
 Smaller presets scale the four sizes together, so every builder takes ``resize, crop, out, cutout``.
 
 Cutout fill: as in DeVries & Taylor's code, the hole is applied to the *normalized* tensor and set to 0,
-i.e. the hole shows the ImageNet mean colour in pixel space. Its centre is uniform over the image and the
+i.e. the hole shows the normalization's mean colour in pixel space. Its centre is uniform over the image and the
 hole is clipped at the borders; it spans ``[c - L//2, c - L//2 + L)`` so it is exactly ``L`` wide when
 unclipped (DeVries' ``[c - L//2, c + L//2)`` is one pixel narrower for odd L; identical for even L).
 
@@ -20,6 +21,7 @@ part, so cached pixels equal this pipeline's ``resize -> centre crop`` output ex
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -30,6 +32,17 @@ from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x - mean) / std`` on the 0..1 scale, as the backbone's pretrained weights expect."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 # Bilinear (antialiased on PIL), the torchvision default for Resize and RandomResizedCrop.
 INTERPOLATION = v2.InterpolationMode.BILINEAR
 
@@ -81,11 +94,11 @@ class Cutout(torch.nn.Module):
         return x
 
 
-def _to_normalized_tensor() -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _to_normalized_tensor(norm: Normalization) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(norm.mean, norm.std)]
 
 
-def reference_train_transform(resize: int, crop: int, out: int, cutout: int) -> v2.Compose:
+def reference_train_transform(resize: int, crop: int, out: int, cutout: int, norm: Normalization = IMAGENET) -> v2.Compose:
     """Per-image training transform on a PIL image -> float ``[3, out, out]`` (the paper's recipe).
 
     ``transforms[:2]`` is the deterministic part (resize, centre crop) that the cache stores.
@@ -98,17 +111,17 @@ def reference_train_transform(resize: int, crop: int, out: int, cutout: int) -> 
             v2.RandomResizedCrop(out, interpolation=INTERPOLATION),
             v2.RandomHorizontalFlip(p=0.5),
             v2.RandomVerticalFlip(p=0.5),
-            *_to_normalized_tensor(),
+            *_to_normalized_tensor(norm),
             RandomRot90(),
             Cutout(cutout),
         ]
     )
 
 
-def reference_eval_transform(resize: int, out: int) -> v2.Compose:
+def reference_eval_transform(resize: int, out: int, norm: Normalization = IMAGENET) -> v2.Compose:
     """Per-image evaluation transform: resize ``resize x resize``, centre crop ``out``, normalize."""
     return v2.Compose(
-        [v2.Resize((resize, resize), interpolation=INTERPOLATION), v2.CenterCrop(out), *_to_normalized_tensor()]
+        [v2.Resize((resize, resize), interpolation=INTERPOLATION), v2.CenterCrop(out), *_to_normalized_tensor(norm)]
     )
 
 

@@ -10,7 +10,6 @@ checkpoint found corrupt later (an emptied or overwritten file) falls back to it
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import random
@@ -105,9 +104,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A stable 63-bit seed from parts (seed, epoch, purpose): the same on every machine and run."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1

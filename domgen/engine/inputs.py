@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from domgen.config import DataConfig, TransformConfig, cache_dir
 from domgen.data.batch_augment import BatchAugment, eval_batch
 from domgen.data.cache import build_cache, open_cache
-from domgen.data.transforms import ImageFolderDataset, reference_eval_transform, reference_train_transform
+from domgen.data.transforms import IMAGENET, ImageFolderDataset, Normalization, reference_eval_transform, reference_train_transform
 from domgen.threads import thread_budget
 
 
@@ -37,12 +37,15 @@ def _gather(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[to
 
 
 class Inputs:
-    """uint8 cache of every manifest image plus device-side augmentation."""
+    """uint8 cache of every manifest image plus device-side augmentation.
 
-    def __init__(self, paths: list[str], labels: np.ndarray, tcfg: TransformConfig, dcfg: DataConfig, device, progress=None):
+    ``norm``: the mean/std the model expects (:func:`domgen.models.input_normalization` of its arch)."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, tcfg: TransformConfig, dcfg: DataConfig, device, progress=None,
+                 norm: Normalization = IMAGENET):
         budget = thread_budget(dcfg.cached, dcfg.workers)  # workers never exceed the usable cores
-        self.t, self.device, self.workers = tcfg, torch.device(device), budget.loader_workers
-        self.augment = BatchAugment(out=tcfg.size, cutout=tcfg.cutout).to(self.device)
+        self.t, self.device, self.workers, self.norm = tcfg, torch.device(device), budget.loader_workers, norm
+        self.augment = BatchAugment(out=tcfg.size, cutout=tcfg.cutout, mean=norm.mean, std=norm.std).to(self.device)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.cached = dcfg.cached
         if self.cached:
@@ -57,7 +60,8 @@ class Inputs:
             batches_u8 = (_gather(self.images, self.labels, idx) for idx in batches)
             return prefetch(((x.pin_memory(), y.pin_memory()) if pin else (x, y) for x, y in batches_u8))
         t = self.t
-        tf = reference_train_transform(t.resize, t.crop, t.size, t.cutout) if train else reference_eval_transform(t.resize, t.size)
+        tf = (reference_train_transform(t.resize, t.crop, t.size, t.cutout, self.norm) if train
+              else reference_eval_transform(t.resize, t.size, self.norm))
         ds = ImageFolderDataset(self.paths, self.labels, tf)
         g = torch.Generator().manual_seed(seed)  # seeds each worker's transforms, so epochs replay exactly
         return DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers, generator=g,
@@ -67,7 +71,9 @@ class Inputs:
         x = x.to(self.device, non_blocking=True)
         if not self.cached:
             return x
-        return self.augment(x, generator=gen) if gen is not None else eval_batch(x, self.t.size, resize=self.t.resize)
+        if gen is not None:
+            return self.augment(x, generator=gen)
+        return eval_batch(x, self.t.size, self.norm.mean, self.norm.std, resize=self.t.resize)
 
     @staticmethod
     def _generator(seed: int) -> torch.Generator:

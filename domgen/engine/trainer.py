@@ -19,16 +19,17 @@ import torch
 from domgen.config import RunConfig, to_dict
 from domgen.data.labels import CLASSES, DOMAINS
 from domgen.engine.algorithms import make_algorithm
-from domgen.engine.checkpoint import derive_seed, load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
+from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
 from domgen.engine.loop import predict, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.profile import NoProfile, RunProfile
-from domgen.experiments.data import RunData
-from domgen.models import build_model
+from domgen.data.run_data import RunData
+from domgen.models import build_model, input_normalization
 from domgen.progress import lazy_bar
+from domgen.seeds import derive_seed
 from domgen.threads import thread_budget
 
 LAST, BEST = "last.pt", "best.pt"
@@ -83,7 +84,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         m = data.manifest
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
-        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar)
+        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar, norm=input_normalization(cfg.model.arch))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)

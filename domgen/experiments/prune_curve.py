@@ -27,15 +27,16 @@ import torch
 
 from domgen.atomic import atomic_path, write_text_atomic
 from domgen.config import RunConfig, config_hash, to_dict
-from domgen.engine.checkpoint import derive_seed, load_checkpoint
+from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.loop import predict
 from domgen.engine.metrics import evaluate_domains
 from domgen.engine.trainer import BEST, Hooks, Trainer
-from domgen.experiments.data import RunData, prepare_data
+from domgen.data.run_data import RunData, prepare_data
 from domgen.experiments.prune import prepare_selection
 from domgen.experiments.train import parent_config, run_train
 from domgen.models import build_model
 from domgen.prune import apply_selection, count_params_macs, sweep_channels_dcp
+from domgen.seeds import derive_seed
 
 DEFAULT_THRESHOLDS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 

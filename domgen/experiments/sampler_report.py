@@ -13,8 +13,8 @@ from domgen.data.labels import CLASSES
 from domgen.engine.algorithms import make_algorithm
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.inputs import Inputs
-from domgen.experiments.data import RunData, prepare_data
-from domgen.models import build_model
+from domgen.data.run_data import RunData, prepare_data
+from domgen.models import build_model, input_normalization
 
 TERMS = ("cls", "align", "sep", "gn_cls", "gn_align", "gn_sep")
 
@@ -74,7 +74,8 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) ->
     model.train()  # the first training step sees batch statistics
     pairs = sampler.epoch_draw(0)
     n = n_batches * cfg.optim.batch_size
-    inputs = Inputs(data.manifest["path"].tolist(), data.labels, cfg.transform, cfg.data, torch.device("cpu"), bar)
+    inputs = Inputs(data.manifest["path"].tolist(), data.labels, cfg.transform, cfg.data, torch.device("cpu"), bar,
+                    norm=input_normalization(cfg.model.arch))
     batches = inputs.pair_batches(data.pool[pairs.idx1[:n]], data.pool[pairs.idx2[:n]], cfg.optim.batch_size, 0, pairs.positive[:n])
     sums, seen = dict.fromkeys(TERMS, 0.0), 0
     a = cfg.loss.alpha

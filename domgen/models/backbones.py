@@ -2,10 +2,15 @@
 
 ``g`` maps an image batch [B, 3, H, W] to penultimate features [B, D] (D = 512 for ResNet-18) and
 ``h`` is one linear layer to the logits [B, K]. CCSA (Yoon et al., eq. 3-4) aligns ``g``'s output.
+
+Each backbone says what input it expects (:func:`input_normalization`): ImageNet's mean and std for the
+torchvision ResNets, and for a timm model its own pretrained config (``timm.data.resolve_data_config``;
+e.g. mean = std = 0.5 for the ViTs), as timm's own training and inference scripts do.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from domgen.data.transforms import IMAGENET, Normalization
 from domgen.errors import DomgenError
 from domgen.registry import Registry
 
@@ -30,9 +36,6 @@ class Classifier(nn.Module):
         self.g = g
         self.h = nn.Linear(feat_dim, num_classes)
         self.feat_dim = feat_dim
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.g(x)  # [B, D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.h(self.g(x))  # [B, K]
@@ -83,6 +86,24 @@ def _timm_backbone(model_name: str, weights: str) -> tuple[nn.Module, int]:
             f"be downloaded ({err}). Pass --weights PATH with a local state dict, or --weights none."
         ) from err
     return net, net.num_features
+
+
+@functools.lru_cache(maxsize=None)
+def input_normalization(arch: str) -> Normalization:
+    """The mean and std (0..1 scale) that ``arch``'s weights were trained with; the same whether the
+    run starts from them, from a local file or from random init, so one arch always sees one input."""
+    if not arch.startswith("timm:"):
+        BACKBONES.get(arch)  # an unknown name fails here, with suggestions
+        return IMAGENET
+    import timm.data  # imported here: only timm models need it (seconds to import)
+    from timm.models import get_pretrained_cfg
+
+    name = arch.split(":", 1)[1]
+    pretrained = get_pretrained_cfg(name)  # read from timm's registry; no model is built, nothing downloaded
+    if pretrained is None:
+        raise KeyError(f"unknown timm model {name!r} (timm.list_models() lists the known ones)")
+    resolved = timm.data.resolve_data_config({}, pretrained_cfg=pretrained.to_dict())
+    return Normalization(tuple(resolved["mean"]), tuple(resolved["std"]))
 
 
 def build_model(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:

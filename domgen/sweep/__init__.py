@@ -1,6 +1,7 @@
-"""Sweeps: planning and launching runs (plan, launch), and reading their results back (collect, tables,
-compare).
+"""Sweeps: planning runs and their dependencies (plan), launching them (launch), what each run is doing
+(status) and the tables the CLI prints about a sweep (report). Results are read back by
+:mod:`domgen.results`.
 
-Submodules are imported explicitly (``from domgen.sweep.tables import table2``) so that importing one
-piece never pulls in pandas, scipy, matplotlib or submitit for another.
+Submodules are imported explicitly (``from domgen.sweep.plan import plan_sweep``) so that importing one
+piece never pulls in pandas or submitit for another.
 """

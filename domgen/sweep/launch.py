@@ -26,22 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from domgen.config import RunConfig, from_dict, to_dict
 from domgen.engine.logging import is_done
 from domgen.errors import LaunchError, RunLocked
-from domgen.lock import RunLock
-from domgen.sweep.status import (  # noqa: F401  (format_*, sweep_status: re-exported for the CLI)
-    FAILED,
-    RUNNING,
-    claim_alive,
-    clear_claim,
-    clear_failure,
-    format_plan,
-    format_report,
-    format_status,
-    read_json,
-    read_state,
-    sweep_status,
-    write_claim,
-    write_failure,
-)
+from domgen.lock import RunLock, clear_claim, read_json, write_claim
+from domgen.sweep.status import FAILED, RUNNING, claim_alive, clear_failure, read_state, write_failure
+from domgen.threads import usable_cores
 
 if TYPE_CHECKING:  # the job process imports this module: keep it light (no torch until training)
     from domgen.sweep.plan import Plan, SweepJob
@@ -234,7 +221,7 @@ def launch(
     ``launcher="local"`` blocks until all are finished: one process per GPU when there are GPUs (each
     sees only its own through ``CUDA_VISIBLE_DEVICES``; ``max_parallel`` caps how many), else
     ``max_parallel`` CPU processes (default 1). ``launcher="slurm"`` submits and returns; follow with
-    :func:`sweep_status`. ``dry_run`` only reports what would be launched. ``job_fn`` replaces
+    :func:`domgen.sweep.report.sweep_status`. ``dry_run`` only reports what would be launched. ``job_fn`` replaces
     :func:`train_run` inside the job; it must pickle (a module-level function).
     """
     if launcher not in ("local", "slurm"):
@@ -311,7 +298,7 @@ def run_local(plan: Plan, todo: list[SweepJob], task: SweepTask, folder: Path, m
 
     slots = _local_slots(max_parallel)
     if slots[0] is None:  # CPU jobs share the cores instead of each taking all of them
-        task.cpu_share = max(1, (os.cpu_count() or 1) // len(slots))
+        task.cpu_share = max(1, usable_cores() // len(slots))  # the thread rule's cores, not os.cpu_count()
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     waiting, running = list(todo), {}

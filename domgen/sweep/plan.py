@@ -49,7 +49,7 @@ class DataSize:
 
 def data_size(cfg: DataConfig) -> DataSize:
     """The real numbers for this data config (loads the catalog and the cached split manifest)."""
-    from domgen.experiments.data import prepare_data
+    from domgen.data.run_data import prepare_data
 
     data = prepare_data(cfg)
     return DataSize(int(data.pool.size), int(data.positions("val").size), int(data.positions("test").size),

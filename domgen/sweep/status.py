@@ -11,7 +11,9 @@ Besides the trainer's ``done`` marker, a sweep leaves two small JSON files in a 
 
 A run is then ``done`` (marker), ``running`` (a live claim), ``failed`` or ``interrupted`` (a record,
 or a claim whose process is gone), else ``pending``. Interrupted runs are resumable and are relaunched
-by a plain re-run of the sweep; failed ones only with ``retry_failed``.
+by a plain re-run of the sweep; failed ones only with ``retry_failed``. The tables built from a plan's
+states are in :mod:`domgen.sweep.report`, so that this module, which the plan and the launcher use,
+imports neither of them.
 """
 
 from __future__ import annotations
@@ -21,18 +23,12 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import pandas as pd
+from typing import Any
 
 from domgen import lock
 from domgen.config import write_atomic
 from domgen.engine.logging import is_done
-from domgen.lock import clear_claim, pid_alive, read_json, write_claim  # noqa: F401  (re-exported)
-
-if TYPE_CHECKING:
-    from domgen.sweep.launch import LaunchReport
-    from domgen.sweep.plan import Plan
+from domgen.lock import read_json
 
 RUNNING = lock.LOCK
 FAILED = "failed.json"
@@ -113,94 +109,3 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     watcher.update()
     # "CANCELLED by 123" -> "CANCELLED"; ids sacct does not know (yet) come back as UNKNOWN (= live)
     return {j: watcher.get_state(j, mode="cache").split()[0].upper() for j in job_ids}
-
-
-# ---- tables --------------------------------------------------------------------------------------
-def sweep_status(plan: "Plan") -> pd.DataFrame:
-    """One row per run of the plan, states re-read from disk. A pending or interrupted run whose parent
-    failed (or is itself blocked) shows as ``blocked``: it cannot start until the parent is retried."""
-    plan.refresh()
-    state = {}
-    for job in plan.jobs:  # parents come first
-        s = job.state
-        if s in ("pending", "interrupted") and any(state[p] in ("failed", "blocked") for p in job.parents):
-            s = "blocked"
-        state[job.name] = s
-    rows = []
-    for job in plan.jobs:
-        rec = job.record
-        rows.append(
-            {
-                "run": job.name, "exp": job.cfg.exp, "seed": job.cfg.seed, "state": state[job.name],
-                "requested": job.requested, "after": ",".join(job.parents),
-                "job_id": rec.get("slurm_job_id") or rec.get("job_id") or "", "host": rec.get("host") or "",
-                "error": rec.get("error", "") if state[job.name] != "running" else "",
-                "log": rec.get("stderr") or "", "run_dir": str(job.run_dir),
-            }
-        )
-    return pd.DataFrame(rows, columns=["run", "exp", "seed", "state", "requested", "after", "job_id",
-                                       "host", "error", "log", "run_dir"])
-
-
-def status_counts(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Experiment x state counts (columns in ``STATES`` order, plus total), and an ``all`` row."""
-    table = pd.crosstab(jobs["exp"], jobs["state"]).reindex(columns=list(STATES), fill_value=0)
-    table = table.reindex(list(dict.fromkeys(jobs["exp"])))  # plan order: parents' experiments first
-    table["total"] = table.sum(axis=1)
-    table.loc["all"] = table.sum(axis=0)
-    table.columns.name, table.index.name = None, "exp"
-    return table.astype(int)
-
-
-def format_status(jobs: pd.DataFrame) -> str:
-    """Counts per experiment, then one line per run that needs attention (failed, interrupted, blocked)
-    or is running, with where to look."""
-    lines = [status_counts(jobs).to_string(), ""]
-    for row in jobs.itertuples():
-        if row.state == "running":
-            where = f"job {row.job_id}" + (f" on {row.host}" if row.host else "")
-            lines.append(f"running      {row.run}  ({where})")
-        elif row.state in ("failed", "interrupted"):
-            lines.append(f"{row.state:<12} {row.run}  {row.error}")
-            lines.append(f"{'':<12} record: {Path(row.run_dir) / FAILED}" + (f"  log: {row.log}" if row.log else ""))
-        elif row.state == "blocked":
-            lines.append(f"blocked      {row.run}  (waits for {row.after})")
-    done = int((jobs["state"] == "done").sum())
-    lines.append(f"{done}/{len(jobs)} runs done")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def format_plan(plan: "Plan") -> str:
-    """What ``--dry-run`` shows: every run with its state, what it waits for and its estimated GPU-hours."""
-    from domgen.sweep.plan import GPU_HOURS_ASSUMPTION
-
-    rows = [
-        {"run": j.name, "state": j.state, "wave": j.depth, "after": ",".join(j.parents) or "-",
-         "requested": "yes" if j.requested else "parent", "gpu_h": f"{j.gpu_hours:.2f}"}
-        for j in plan.jobs
-    ]
-    todo = [j for j in plan.jobs if j.state != "done"]
-    head = (
-        f"sweep: {len(plan.jobs)} runs ({sum(j.requested for j in plan.jobs)} requested, "
-        f"{sum(not j.requested for j in plan.jobs)} added parents), preset {plan.preset}, data {plan.identity}, out {plan.out}"
-    )
-    total = sum(j.gpu_hours for j in plan.jobs)
-    left = sum(j.gpu_hours for j in todo)
-    tail = f"estimated GPU-hours: {total:.1f} in all, {left:.1f} for the {len(todo)} runs not done\n({GPU_HOURS_ASSUMPTION})"
-    return "\n".join([head, pd.DataFrame(rows).to_string(index=False), tail]) + "\n"
-
-
-def format_report(report: "LaunchReport") -> str:
-    """What one launch did: runs launched (or, on a dry run, that would be), skipped and blocked."""
-    verb = "would launch" if report.dry_run else "launched"
-    lines = [f"{verb} {len(report.planned)} run(s)" + (":" if report.planned else "")]
-    lines += [f"  {name}" + (f"  job {report.submitted[name]}" if name in report.submitted else "") for name in report.planned]
-    if report.outcomes:
-        ended = pd.Series(report.outcomes).value_counts()
-        lines.append("ended: " + ", ".join(f"{n} {state}" for state, n in ended.items()))
-    reasons = pd.Series(report.skipped, dtype=object).str.split(r"[:( ]", n=1, regex=True).str[0].value_counts()
-    if len(reasons):
-        lines.append("skipped: " + ", ".join(f"{n} {why}" for why, n in reasons.items()))
-    lines += [f"  failed   {name}: {why.split(': ', 1)[1]}" for name, why in report.skipped.items() if why.startswith("failed:")]
-    lines += [f"  blocked  {name}: {why}" for name, why in report.blocked.items()]
-    return "\n".join(lines) + "\n"

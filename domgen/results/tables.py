@@ -21,7 +21,7 @@ import pandas as pd
 
 from domgen.data.labels import TABLE2_DOMAINS
 from domgen.experiments.registry import EXPERIMENTS
-from domgen.sweep.collect import check_one_run_per_seed, collect, select, unfinished_runs
+from domgen.results.collect import check_one_run_per_seed, collect, select, unfinished_runs
 
 AVG = "avg"
 COLUMNS: tuple[str, ...] = (*TABLE2_DOMAINS, AVG)

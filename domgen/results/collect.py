@@ -8,7 +8,6 @@ subfolders work) and each run's ``done`` marker sets ``finished``. Torn last lin
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,7 +18,6 @@ from domgen.engine.logging import RESULTS, is_done, read_results
 # Columns always present, even when nothing was found, so callers can filter an empty frame.
 BASE_COLUMNS = ("run", "run_dir", "finished", "exp", "seed", "preset", "data", "synthetic", "config_hash",
                 "stage", "split", "domain", "epoch")
-_RUN_NAME = re.compile(r"^(?P<exp>.+)-s(?P<seed>\d+)-(?P<hash>[0-9a-f]+)$")
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:
@@ -56,7 +54,7 @@ def collect(runs_dir: Path, stages: Iterable[str] = ("final",), splits: Iterable
     ``finished`` is True when the run's ``done`` marker exists; unfinished runs are kept here and left
     out by the tables (see :func:`select`). Runs without matching rows (killed mid-training) contribute
     no rows; ``df.attrs["unfinished"]`` names every run without ``done`` so that tables can still say
-    what they left out (:func:`run_status` has the details). If a row was written twice, the last wins.
+    what they left out. If a row was written twice, the last wins.
     """
     runs_dir = Path(runs_dir)
     stages, splits = tuple(stages), tuple(splits)
@@ -79,23 +77,6 @@ def collect(runs_dir: Path, stages: Iterable[str] = ("final",), splits: Iterable
     df["finished"] = df["finished"].astype(bool)
     return df
 
-
-def run_status(runs_dir: Path) -> pd.DataFrame:
-    """One row per run folder: run, run_dir, exp, seed, finished, final_test_rows (0 = nothing to table).
-
-    Experiment and seed come from the result lines, else from the folder name ``<EXP>-s<SEED>-<HASH>``.
-    """
-    runs_dir = Path(runs_dir)
-    out = []
-    for rd in run_dirs(runs_dir):
-        rows = read_results(rd)
-        exp, seed = (rows[0].get("exp"), rows[0].get("seed")) if rows else (None, None)
-        if exp is None and (m := _RUN_NAME.match(rd.name)):
-            exp, seed = m["exp"], int(m["seed"])
-        n_final = sum(r.get("stage") == "final" and r.get("split") == "test" for r in rows)
-        out.append({"run": _run_name(rd, runs_dir), "run_dir": str(rd), "exp": exp, "seed": seed,
-                    "finished": is_done(rd), "final_test_rows": n_final})
-    return pd.DataFrame(out, columns=["run", "run_dir", "exp", "seed", "finished", "final_test_rows"])
 
 
 def select(

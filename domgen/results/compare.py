@@ -1,6 +1,6 @@
 """Paired comparison of two experiments across seeds, so that a one-point gap is shown for what it is.
 
-For each Table 2 column (HAM..UDA and avg, see :mod:`domgen.sweep.tables`) the runs of experiments
+For each Table 2 column (HAM..UDA and avg, see :mod:`domgen.results.tables`) the runs of experiments
 ``a`` and ``b`` are matched by seed (the same seed fixes the same data split and initial draw, so the
 difference a - b removes that shared noise); only seeds present in both count. Reported: the mean
 difference, its 95% confidence interval from the t distribution (mean +/- t_{0.975, n-1} sd / sqrt(n)),
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from domgen.sweep.tables import COLUMNS, per_seed
+from domgen.results.tables import COLUMNS, per_seed
 
 STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "seeds")
 
