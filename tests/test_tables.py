@@ -22,7 +22,7 @@ from domgen.sweep.tables import plot_table, pruning_report, table2, table2_frame
 EXP_META = {  # exp -> (nsec, loss, weighted_cls, weighted_align, holdout)
     "A": ("0", "ce", True, None, ()),  # the baselines' cross-entropy is weighted (Table 2's "w")
     "D": ("5", "ce", True, None, ()),
-    "E": ("a", "ce", False, None, ()),  # as if run with loss.weighted_cls=false
+    "E": ("a", "ce", False, None, ()),  # as if run with loss.weighted=false
     "K": ("a", "ccsa", True, True, ()),
     "N": ("a", "ccsa", False, False, ()),
     "O": ("a", "ccsa", True, True, ("DMF",)),

@@ -1,4 +1,5 @@
-"""CCSA training steps per second with the full input pipeline vs on tensors already on the device.
+"""Training steps per second (weighted CCSA by default) with the full input pipeline vs on tensors already
+on the device.
 
 The ceiling of a training run is the model alone: the step on batches that already sit on the device.
 ``bench_train`` measures both on the same model, optimizer and loss, so the ratio says how much the
@@ -18,9 +19,9 @@ import torch
 
 from domgen.bench.contention import busy_processes, conditions
 from domgen.bench.pipeline import IMAGE_SIZE, _machine, make_synthetic_tree
+from domgen.algorithms import ALGORITHMS, make_algorithm
 from domgen.config import DataConfig, TransformConfig
-from domgen.data.pair_sampler import PairSampler
-from domgen.engine.algorithms import CCSA
+from domgen.data.samplers import TrainPool
 from domgen.engine.inputs import Inputs
 from domgen.engine.loop import train_epoch
 from domgen.engine.trainer import pick_device
@@ -52,23 +53,22 @@ def _steps_per_s(model, batches, algorithm, optimizer, device, n_steps: int) -> 
     return n_steps / (time.perf_counter() - t0)
 
 
-def _both(model, inputs, sampler, algorithm, optimizer, dev, labels, batch_size: int, size: int, n_steps: int) -> dict:
+def _both(model, inputs, algorithm, optimizer, dev, batch_size: int, n_steps: int) -> dict:
     """Steps/s through the full input path and on resident tensors, under the current load."""
-    need = (n_steps + 2) * batch_size
-    i1, i2 = (np.resize(a, need) for a in sampler.epoch_pairs(0))
-    piped = _steps_per_s(model, inputs.pair_batches(i1, i2, batch_size, seed=0), algorithm, optimizer, dev, n_steps)
-    x = torch.randn(batch_size, 3, size, size, device=dev)
-    y = torch.as_tensor(labels[:batch_size], device=dev)
-    resident = itertools.repeat((x, y, x.flip(0), y.flip(0), y == y.flip(0)))
+    epochs = (algorithm.batches(e, batch_size) for e in itertools.count())
+    draws = list(itertools.islice(itertools.chain.from_iterable(epochs), n_steps + 2))
+    piped = _steps_per_s(model, inputs.batches(draws, seed=0), algorithm, optimizer, dev, n_steps)
+    resident = itertools.repeat(next(inputs.batches(draws[:1], seed=0)))  # one batch, already on the device
     model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps)
     return {"pipeline_steps_per_s": piped, "model_only_steps_per_s": model_only, "ratio": piped / model_only}
 
 
 def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(650, 300, 224, 64), n_steps: int = 30,
                 arch: str = "resnet18", workers: int = 2, device: str = "auto", quick: bool = False,
-                contention: int = 0) -> dict:
-    """Steps/s of weighted CCSA (pairs of ``batch_size``) with the cached pipeline and on device tensors;
-    ``contention > 0`` measures both again beside that many busy processes (under ``"contended"``)."""
+                contention: int = 0, algorithm: str = "ccsa") -> dict:
+    """Steps/s of ``algorithm`` at its defaults (batches of ``batch_size`` sampled units: CCSA's pairs) with
+    the cached pipeline and on device tensors; ``contention > 0`` measures both again beside that many busy
+    processes (under ``"contended"``)."""
     if quick:
         n_images, sizes, batch_size, n_steps = QUICK["n_images"], QUICK["sizes"], QUICK["batch_size"], QUICK["n_steps"]
     dev = pick_device(device)
@@ -82,21 +82,23 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
-    sampler = PairSampler(labels, domains, seed=0)
-    algorithm = CCSA(margin=50.0, weights={k: v.to(dev) for k, v in sampler.loss_weights().items()})
+    pool = TrainPool.of(labels, domains, num_classes=7, seed=0, primary="HAM")
+    method = make_algorithm(ALGORITHMS.get(algorithm).Hparams(), device=dev).build(pool)
     out: dict = {}
     with tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache:
         t0 = time.perf_counter()
-        inputs = Inputs(paths, labels, TransformConfig(*sizes), DataConfig(cache_dir=cache, workers=workers), dev)
+        inputs = Inputs(paths, labels, TransformConfig(*sizes), DataConfig(cache_dir=cache, workers=workers), dev,
+                        domains=pool.domain_index(domains))
         build_s = time.perf_counter() - t0
         for name, n_busy in conditions(contention).items():
             with busy_processes(n_busy):
-                out[name] = _both(model, inputs, sampler, algorithm, optimizer, dev, labels, batch_size, sizes[2], n_steps)
+                out[name] = _both(model, inputs, method, optimizer, dev, batch_size, n_steps)
             out[name]["busy_processes"] = n_busy
     return {
         **out.pop("idle"), **out,
         "cache_build_s": build_s,
         "arch": arch,
+        "algorithm": algorithm,
         "batch_pairs": batch_size,
         "sizes": list(sizes),
         "n_steps": n_steps,

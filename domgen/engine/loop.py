@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -17,14 +17,40 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
+def feature_grad_norms(terms: Mapping[str, torch.Tensor], z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``gn_<name>``: the norm of d term / d z over the batch, for each term's contribution to the loss.
+
+    Each gradient stops at the features, so it costs a backward pass through the head only. It shows
+    which term drives the backbone: a separation term whose gradient is 100x the classification's
+    will move the features for its own sake.
+    """
+    out = {}
+    for name, term in terms.items():
+        (g,) = torch.autograd.grad(term, z, retain_graph=True, allow_unused=True)
+        out[f"gn_{name}"] = torch.zeros((), device=z.device) if g is None else torch.linalg.vector_norm(g.float()).detach()
+    return out
+
+
+def step_values(step) -> dict[str, torch.Tensor]:
+    """What a training step logs: ``loss``, the algorithm's own scalars, and ``gn_<term>`` for each term it
+    names, whenever the features it gives are part of a graph (training, not ``no_grad``)."""
+    values = {"loss": step.loss, **step.logs}
+    z = step.features
+    if step.terms and z is not None and torch.is_grad_enabled() and z.requires_grad:
+        values |= feature_grad_norms(step.terms, z)
+    return values
+
+
 def train_epoch(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, ...]],
+    batches: Iterable,
     algorithm,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
 ) -> dict[str, float]:
-    """Train over ``batches``; return the mean of every loss component (weighted by batch size).
+    """Train over ``batches`` (``domgen.algorithms.Batch``); return the mean of every logged value,
+    weighted by the images in each batch. The engine never asks which algorithm it runs: the algorithm
+    gives a :class:`domgen.algorithms.Step`, the engine backpropagates ``step.loss`` and steps.
 
     Components are summed on the device and read once at the end: a per-step ``.item()`` would make
     the host wait for the GPU every step and leave it idle while the next batch is prepared.
@@ -34,12 +60,12 @@ def train_epoch(
     seen = 0
     for batch in batches:
         with autocast(device):
-            out = algorithm.loss(model, batch)
+            values = step_values(algorithm.loss(model, batch))
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        values["loss"].backward()
         optimizer.step()
-        n = batch[0].shape[0]
-        for k, v in out.items():
+        n = batch.y.shape[0]
+        for k, v in values.items():
             sums[k] = sums.get(k, 0) + v.detach().float() * n
         seen += n
     return {k: float(v) / max(seen, 1) for k, v in sums.items()}
