@@ -109,6 +109,8 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch; 0 = domgen.threads.thread_budget decides
     warm_start: str = ""  # experiment whose best checkpoint initialises this one ("" = none)
     val_all_domains: bool = False  # validate every domain after each epoch, not only the selection domains
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    channels_last: str = "auto"  # auto (on CUDA) | on | off: the model's memory format
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -286,6 +288,10 @@ def _problems(cfg: RunConfig):
         yield "transform", f"{t.resize}/{t.crop}/{t.size}", "needs size <= crop <= resize"
     if cfg.device not in ("auto", "cpu", "cuda", "mps") and not cfg.device.startswith("cuda:"):
         yield "device", cfg.device, "auto, cpu, cuda, cuda:N or mps"
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        yield "precision", cfg.precision, "auto, bf16 or fp32"
+    if cfg.channels_last not in ("auto", "on", "off"):
+        yield "channels_last", cfg.channels_last, "auto, on or off"
     yield from _loss_problems(loss)
     yield from _algorithm_problems(cfg.algorithm)
     if p.method not in ("dcp", "magnitude", "taylor", "bn"):

@@ -10,11 +10,27 @@ import torch
 from torch import nn
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (Hopper/Ampere run it natively), full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA (Ampere/Hopper run it natively), ``fp32`` elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The forward pass's autocast context: bf16 autocast on ``device`` or none (full precision)."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: str = "auto") -> nn.Module:
+    """``model`` on ``device``, in channels_last memory format when asked (``auto``: on CUDA, where
+    cuDNN's NHWC convolutions are faster under bf16; on CPU it is usually slower)."""
+    model = model.to(device)
+    if channels_last == "on" or (channels_last == "auto" and device.type == "cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def feature_grad_norms(terms: Mapping[str, torch.Tensor], z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -47,6 +63,7 @@ def train_epoch(
     algorithm,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Train over ``batches`` (``domgen.algorithms.Batch``); return the mean of every logged value,
     weighted by the images in each batch. The engine never asks which algorithm it runs: the algorithm
@@ -59,7 +76,7 @@ def train_epoch(
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     for batch in batches:
-        with autocast(device):
+        with autocast(device, precision):
             values = step_values(algorithm.loss(model, batch))
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
@@ -73,13 +90,14 @@ def train_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, features=False
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, features=False,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Softmax probabilities [N, K], labels [N] and, if asked, penultimate features [N, D]."""
     model.eval()
     probs, labels, feats = [], [], []
     for x, y in batches:
-        with autocast(device):
+        with autocast(device, precision):
             logits, z = model.forward_both(x)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(y.cpu())

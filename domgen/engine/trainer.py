@@ -24,7 +24,7 @@ from domgen.engine.checkpoint import derive_seed, load_checkpoint, previous, rng
 from domgen.engine.inputs import Inputs
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
-from domgen.engine.loop import predict, train_epoch
+from domgen.engine.loop import predict, prepare_model, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.profile import NoProfile, RunProfile
 from domgen.experiments.data import RunData
@@ -85,9 +85,7 @@ class Trainer:
             model = build_model(cfg.model.arch, weights, len(CLASSES))
         if init_state is not None:
             model.load_state_dict(init_state)
-        self.model = model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        self.model = prepare_model(model, self.device, cfg.channels_last)
         m = data.manifest
         pool = train_pool(data, cfg.seed)
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
@@ -187,7 +185,7 @@ class Trainer:
         batches = self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
         batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
-        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device)
+        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return losses
@@ -214,7 +212,8 @@ class Trainer:
         if domains is not None:
             mask &= m["domain"].isin(domains)
         pos = np.flatnonzero(mask.to_numpy())
-        probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features)
+        probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
+                                 self.cfg.precision)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl)
         return rows, cms, (feats, y, doms, spl)
