@@ -60,18 +60,26 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    """Classification loss and CCSA (see ``domgen.losses.ccsa`` for both conventions and their sources)."""
+class AlgorithmConfig:
+    """Names the training algorithm and its sampler. Each algorithm in ``domgen.algorithms`` declares its
+    hyperparameters as a subclass of this (``algorithm.margin`` is CCSA's); ``algorithm.name`` switches the
+    section to that class's defaults, and a key the class does not declare is an error listing its keys."""
 
-    name: str = "ce"  # "ce" | "ccsa"
-    margin: float = 50.0
-    alpha: float = 0.1  # (1 - alpha) classification + alpha alignment; authors' code 0.1, paper's text "equal" 0.5
-    weight_norm: str = "max"  # "max": authors' code, rarest = 1, weighted-mean CE; "mean": mean 1 under the sampler, mean(w CE)
-    p_same: float = 0.25  # share of positive pairs
-    pairs: str = "exclusive"  # negatives of another class | "branch": authors' code, labelled by branch | "uniform"
-    exclude_own_domain: bool = False  # draw x2's secondary among domains other than x1's
-    weighted_cls: bool = True  # inverse-frequency class weights (baselines: of the pool; CCSA: of each stream)
-    weighted_align: bool = True
+    name: str = "erm"  # a registered algorithm: erm | ccsa | ...
+    sampler: str = "uniform"  # a registered sampler the algorithm accepts: uniform | domain_balanced | class_balanced | pairs
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The classification loss every algorithm uses, weighted by the inverse probabilities of the classes
+    its sampler draws (see ``domgen.losses.ce`` and ``domgen.losses.ccsa`` for the conventions and sources)."""
+
+    name: str = "ce"  # a registered classification loss (domgen.losses.LOSSES)
+    weighted: bool = True  # inverse-probability class weights (ERM: of the pool; CCSA: of each stream)
+    # How every inverse-probability weight of a run is normalised (the class weights here and CCSA's pair
+    # weights): "max": authors' code, rarest = 1; "mean": mean 1 under the sampler (domgen 0.1).
+    weight_norm: str = "max"
+    reduction: str = "auto"  # "weighted_mean" | "mean" | "auto": weighted_mean with max weights, mean with mean ones
 
 
 @dataclass(frozen=True)
@@ -101,10 +109,13 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch; 0 = domgen.threads.thread_budget decides
     warm_start: str = ""  # experiment whose best checkpoint initialises this one ("" = none)
     val_all_domains: bool = False  # validate every domain after each epoch, not only the selection domains
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    channels_last: str = "auto"  # auto (on CUDA) | on | off: the model's memory format
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
 
@@ -124,12 +135,22 @@ def from_dict(d: dict, cls: type = RunConfig) -> Any:
             continue
         value = d[f.name]
         sub = _dataclass_type(f)
+        if sub is AlgorithmConfig:  # the section's class is the named algorithm's hyperparameters
+            sub = algorithm_hparams(value.get("name", AlgorithmConfig.name))
         if sub is not None:
             value = from_dict(value, sub)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def algorithm_hparams(name: str) -> type:
+    """The hyperparameter dataclass of the registered algorithm ``name`` (imports ``domgen.algorithms``,
+    and so torch, only when asked); an unknown name fails listing the known ones."""
+    from domgen.algorithms import ALGORITHMS
+
+    return ALGORITHMS.get(name).Hparams
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:
@@ -159,8 +180,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any]) -> Any:
     """``["optim.lr=1e-3", "data.nsec=a"]`` -> a new config. Values are parsed by the field's type;
-    an unknown key fails and lists the valid ones."""
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    an unknown key fails and lists the valid ones. ``algorithm.name`` is applied first, so that the
+    named algorithm's hyperparameters can follow it in any order."""
+    items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides))
+    items.sort(key=lambda kv: not kv[0].endswith("algorithm.name"))  # stable: the rest keep their order
     for key, value in items:
         cfg = _set(cfg, key.split("."), value, key)
     return cfg
@@ -176,6 +199,11 @@ def _split(item: str) -> tuple[str, str]:
 def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
     names = {f.name: f for f in fields(cfg)}
     if path[0] not in names:
+        if isinstance(cfg, AlgorithmConfig):
+            from domgen.errors import ConfigError
+
+            raise ConfigError(f"unknown config key {full!r}: algorithm {cfg.name!r} has no hyperparameter {path[0]!r}; "
+                              f"its keys: {', '.join(sorted(names))} (set algorithm.name first to use another algorithm's)")
         valid = ", ".join(sorted(flatten(to_dict(cfg))))
         raise KeyError(f"unknown config key {full!r}; valid keys: {valid}")
     current = getattr(cfg, path[0])
@@ -183,6 +211,8 @@ def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
         if not is_dataclass(current):
             raise KeyError(f"config key {full!r}: {path[0]!r} has no sub-keys")
         return replace(cfg, **{path[0]: _set(current, path[1:], value, full)})
+    if isinstance(cfg, AlgorithmConfig) and path[0] == "name" and value != cfg.name:
+        return algorithm_hparams(str(value))()  # another algorithm: its own hyperparameters, at their defaults
     return replace(cfg, **{path[0]: _parse(value, current, full)})
 
 
@@ -241,7 +271,7 @@ def _problems(cfg: RunConfig):
     o, t, d, loss, p = cfg.optim, cfg.transform, cfg.data, cfg.loss, cfg.prune
     positive = {"optim.epochs": o.epochs, "optim.batch_size": o.batch_size, "optim.lr": o.lr, "optim.lr_step": o.lr_step,
                 "transform.resize": t.resize, "transform.crop": t.crop, "transform.size": t.size,
-                "data.synthetic_scale": d.synthetic_scale, "prune.batches": p.batches, "loss.margin": loss.margin}
+                "data.synthetic_scale": d.synthetic_scale, "prune.batches": p.batches}
     for key, value in positive.items():
         if not value > 0:
             yield key, value, "must be > 0"
@@ -250,8 +280,6 @@ def _problems(cfg: RunConfig):
     for key, value in nonneg.items():
         if not value >= 0:
             yield key, value, "must be >= 0"
-    if not 0 <= loss.p_same <= 1:
-        yield "loss.p_same", loss.p_same, "a probability: must be in [0, 1]"
     if not 0 <= p.ratio < 1:
         yield "prune.ratio", p.ratio, "a fraction of channels to remove: must be in [0, 1)"
     if not o.lr_gamma > 0:
@@ -260,15 +288,32 @@ def _problems(cfg: RunConfig):
         yield "transform", f"{t.resize}/{t.crop}/{t.size}", "needs size <= crop <= resize"
     if cfg.device not in ("auto", "cpu", "cuda", "mps") and not cfg.device.startswith("cuda:"):
         yield "device", cfg.device, "auto, cpu, cuda, cuda:N or mps"
-    if loss.name not in ("ce", "ccsa") and not _registered_loss(loss.name):
-        yield "loss.name", loss.name, "a registered algorithm: ce, ccsa, ..."
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        yield "precision", cfg.precision, "auto, bf16 or fp32"
+    if cfg.channels_last not in ("auto", "on", "off"):
+        yield "channels_last", cfg.channels_last, "auto, on or off"
+    yield from _loss_problems(loss)
+    yield from _algorithm_problems(cfg.algorithm)
     if p.method not in ("dcp", "magnitude", "taylor", "bn"):
         yield "prune.method", p.method, "dcp, magnitude, taylor or bn"
     if not (str(d.nsec).strip().lower() in ("a", "all") or (str(d.nsec).strip().isdigit() and int(d.nsec) <= 5)):
         yield "data.nsec", d.nsec, "0..5 or a"
 
 
-def _registered_loss(name: str) -> bool:
-    from domgen.engine.algorithms import ALGORITHMS  # imports torch: only for a name beyond the built-in two
+def _loss_problems(loss: LossConfig):
+    from domgen.losses import LOSSES, REDUCTIONS, WEIGHT_NORMS  # imports torch
 
-    return name in ALGORITHMS.names()
+    if loss.name not in LOSSES:
+        yield "loss.name", loss.name, f"a registered classification loss: {', '.join(LOSSES.names())}"
+    if loss.weight_norm not in WEIGHT_NORMS:
+        yield "loss.weight_norm", loss.weight_norm, " or ".join(WEIGHT_NORMS)
+    if loss.reduction not in REDUCTIONS:
+        yield "loss.reduction", loss.reduction, ", ".join(REDUCTIONS)
+
+
+def _algorithm_problems(hp: AlgorithmConfig):
+    """The algorithm's own checks of its hyperparameters (``Algorithm.problems``), keyed ``algorithm.<field>``."""
+    from domgen.algorithms import ALGORITHMS
+
+    for key, value, why in ALGORITHMS.get(hp.name).problems(hp):
+        yield f"algorithm.{key}", value, why

@@ -252,24 +252,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                   ("domgen (cached + batched), batches/s", "cached_batches_per_s", ".2f"),
                                   ("ratio", "ratio", ".1f")])
         lines.append(f"cache build (one-off): {r['cache_build_s']:.1f} s")
+    elif args.matrix:
+        return _bench_matrix(args, root)
     else:
         from domgen.bench.train import bench_train
 
         r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, contention=args.contention,
+                        arch=args.arch, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                         **({"n_steps": args.steps} if args.steps else {}))
         lines = _side_by_side(r, [("CCSA steps/s with the full pipeline", "pipeline_steps_per_s", ".3f"),
                                   ("CCSA steps/s on device tensors", "model_only_steps_per_s", ".3f"),
                                   ("ratio", "ratio", ".2f")])
-        lines.append(f"({r['precision']}, {r['arch']}, {r['batch_pairs']} pairs/step)")
+        lines.append(f"({r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compiled'] else ''}, "
+                     f"{r['arch']}, {r['batch_pairs']} pairs/step)")
     if args.json:
         print(json.dumps(jsonable(r)))
     else:
         m = r.get("machine", r)
         print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs "
                                  f"({m['usable_cores']} usable), {m['torch_threads']} torch threads, torch {m['torch']}"]))
-        extra = {k: v for k, v in r.items() if "rss" in k or "peak" in k}
+        extra = {k: v for k, v in r.items() if ("rss" in k or "peak" in k) and v is not None}
         if extra:
             print("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in extra.items()))
+    return 0
+
+
+def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
+    """``bench train --matrix``: each architecture x precision x memory format (x compiled), one line each."""
+    from domgen.bench.train import bench_matrix
+
+    rows = bench_matrix(root, archs=tuple(args.archs.split(",")), compile=args.compile, workers=args.workers,
+                        quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))
+    if args.json:
+        print(json.dumps(jsonable(rows)))
+        return 0
+    print(f"{'arch':<16}{'precision':<10}{'NHWC':<6}{'compiled':<10}{'pipeline':>10}{'model only':>12}{'ratio':>7}{'peak MB':>9}")
+    for r in rows:
+        peak = f"{r['peak_gpu_mem_mb']:.0f}" if r["peak_gpu_mem_mb"] is not None else "-"
+        print(f"{r['arch']:<16}{r['precision']:<10}{'on' if r['channels_last'] else 'off':<6}{'yes' if r['compiled'] else 'no':<10}"
+              f"{r['pipeline_steps_per_s']:>10.3f}{r['model_only_steps_per_s']:>12.3f}{r['ratio']:>7.2f}{peak:>9}")
+    m = rows[0]
+    print(f"steps/s of CCSA, {m['batch_pairs']} pairs per step; machine: {m['device']} ({m['device_name'] or 'CPU'}), torch {m['torch']}")
     return 0
 
 
@@ -381,6 +404,16 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--contention", type=int, default=0, metavar="N",
                     help="also measure beside N busy processes of our own (stopped at the end), reported next to idle")
     be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
+    be.add_argument("--arch", default="resnet18", help="bench train: the backbone")
+    be.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="bench train: auto = bf16 autocast on CUDA, fp32 elsewhere, as training does")
+    be.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                    help="bench train: the model's memory format (auto = on for CUDA)")
+    be.add_argument("--compile", action="store_true", help="bench train: run the backbone under torch.compile")
+    be.add_argument("--matrix", action="store_true",
+                    help="bench train: every --archs x precision (bf16, fp32) x channels_last (on, off), plus compiled "
+                         "with --compile; steps/s, ratio and peak GPU memory per line")
+    be.add_argument("--archs", default="resnet18", help="bench train --matrix: comma-separated backbones")
     be.set_defaults(func=cmd_bench)
     _sub(sub, "list", "the registered experiments").set_defaults(func=cmd_list)
     return p

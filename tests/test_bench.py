@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from domgen.bench.train import QUICK, bench_train
+from domgen.bench.train import QUICK, bench_matrix, bench_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,15 @@ def test_bench_train_quick_compares_pipeline_with_model_only(tmp_path):
     assert r["precision"] == "fp32" and r["device"] == "cpu"
     assert len(list((tmp_path / "images").glob("*.jpg"))) == QUICK["n_images"]
     assert "contended" not in r  # no busy processes unless asked
+    assert r["channels_last"] is False and r["compiled"] is False and r["peak_gpu_mem_mb"] is None  # CPU: no GPU memory
+
+
+def test_bench_matrix_covers_every_precision_and_memory_format_in_order(tmp_path):
+    rows = bench_matrix(tmp_path, archs=("resnet18",), quick=True, workers=0, device="cpu", n_steps=1)
+    assert [(r["arch"], r["precision"], r["channels_last"], r["compiled"]) for r in rows] == [
+        ("resnet18", "bf16", True, False), ("resnet18", "bf16", False, False),
+        ("resnet18", "fp32", True, False), ("resnet18", "fp32", False, False)]
+    assert all(r["pipeline_steps_per_s"] > 0 and r["model_only_steps_per_s"] > 0 for r in rows)
 
 
 def test_bench_pipeline_cli_json_idle_and_contended(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from domgen.config import LossConfig
 from domgen.losses import LOSSES, CCSALoss, CrossEntropy
 
 LN3 = math.log(3.0)
@@ -36,9 +37,11 @@ def batch(requires_grad: bool = False) -> dict[str, torch.Tensor]:
 
 
 def test_registry_names():
-    assert LOSSES.get("ccsa") is CCSALoss and LOSSES.get("ce") is CrossEntropy
-    with pytest.raises(KeyError, match="ccsa"):
-        LOSSES.get("cssa")
+    # LOSSES holds classification losses only: CCSA's pairwise terms are the CCSA algorithm's, not a choice
+    # of loss.name that an ERM run could make.
+    assert LOSSES.get("ce") is CrossEntropy and "ccsa" not in LOSSES
+    with pytest.raises(KeyError, match="did you mean 'ce'"):
+        LOSSES.get("cee")
 
 
 def test_cross_entropy_by_hand():
@@ -218,16 +221,25 @@ class _IdentityFeatures(torch.nn.Module):
 
 
 def test_ccsa_algorithm_reports_each_terms_gradient_at_the_features():
-    from domgen.engine.algorithms import CCSA
+    from domgen.algorithms import Batch, CCSA, CCSAHparams
+    from domgen.engine.loop import step_values
 
     t = batch()
     x1, x2 = t["z1"].clone().requires_grad_(True), t["z2"].clone().requires_grad_(True)
-    algo = CCSA(margin=50.0, weights={"class_w1": None, "class_w2": None, "pair_w": None}, alpha=0.1)
-    out = algo.loss(_IdentityFeatures(), (x1, t["y1"], x2, t["y2"], t["y1"] == t["y2"]))
+    algo = CCSA(CCSAHparams(weighted_align=False), LossConfig(weighted=False))
+    algo.class_w1 = algo.class_w2 = algo.pair_w = None  # unweighted, as built on a pool with weighting off
+    y = torch.cat([t["y1"], t["y2"]])
+    b = Batch(torch.cat([x1, x2]), y, torch.zeros_like(y), {"positive": t["y1"] == t["y2"]})
+    step = algo.loss(_IdentityFeatures(), b)
+    out = step_values(step)  # the engine's generic per-term gradients at the features the algorithm names
     # align (pair 0): d/dz of 0.1 (1/2) ||z1 - z2||^2 = +-0.1 (-3, -4) on z1, z2: norm 0.1 sqrt(50).
     assert out["gn_align"].item() == pytest.approx(0.1 * math.sqrt(50))
     # sep (pair 1): +-0.1 (27, 36): norm 0.1 sqrt(2 (27^2 + 36^2)).
     assert out["gn_sep"].item() == pytest.approx(0.1 * math.sqrt(2 * (27**2 + 36**2)))
     assert out["gn_cls"].item() > 0
-    out["loss"].backward()  # the main backward still works after the per-term gradients
+    # the logged terms are the loss's, unweighted by alpha: align = 25 / 2, sep = 2025 / 2
+    assert out["align"].item() == pytest.approx(12.5) and out["sep"].item() == pytest.approx(1012.5)
+    step.loss.backward()  # the main backward still works after the per-term gradients
     assert x1.grad is not None
+    with torch.no_grad():  # outside training nothing asks for gradients
+        assert not any(k.startswith("gn_") for k in step_values(algo.loss(_IdentityFeatures(), b)))

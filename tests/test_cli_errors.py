@@ -37,12 +37,15 @@ def errors(text: str) -> list[str]:
     ("optim.epochs=0", "optim.epochs=0 (must be > 0)"),
     ("optim.batch_size=0", "optim.batch_size=0 (must be > 0)"),
     ("optim.lr=-1", "optim.lr=-1.0 (must be > 0)"),
-    ("loss.p_same=1.5", "loss.p_same=1.5 (a probability: must be in [0, 1])"),
-    ("loss.name=triplet", "loss.name='triplet' (a registered algorithm"),
+    ("algorithm.p_same=1.5", "algorithm.p_same=1.5 (a probability: must be in [0, 1])"),
+    ("loss.name=triplet", "loss.name='triplet' (a registered classification loss: ce"),
+    ("algorithm.name=triplet", "unknown algorithm 'triplet' (known: ccsa, erm"),
+    ("algorithm.margn=5", "algorithm 'ccsa' has no hyperparameter 'margn'; its keys: alpha, exclude_own_domain, margin,"),
+    ("algorithm.sampler=uniform", "algorithm.sampler='uniform' (draws 1 image(s) per sample; ccsa needs 2)"),
 ])
 def test_bad_config_values_fail_in_one_line_before_any_folder_exists(smoke_cache, tmp_path, capsys, override, says):
     out = tmp_path / "runs"
-    assert run.main(train_args(smoke_cache, out, "--set", override)) == 2
+    assert run.main(train_args(smoke_cache, out, "--exp", "K", "--set", override)) == 2
     lines = errors(capsys.readouterr().err)
     assert len(lines) == 1 and says in lines[0]
     assert not out.exists()

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # Upward imports allowed, each inside a function (never at import time), with the reason.
 ALLOWED_UPWARD = {
-    ("domgen.config", "domgen.engine.algorithms"): "validate() asks the algorithm registry whether loss.name exists",
+    ("domgen.config", "domgen.algorithms"): "validate() and --set check algorithm.* against the algorithm's declared hyperparameters",
+    ("domgen.config", "domgen.losses"): "validate() asks the loss registry whether loss.name exists",
 }
 
 

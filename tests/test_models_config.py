@@ -56,9 +56,9 @@ def test_weights_errors_name_the_file(tmp_path, monkeypatch):
 
 
 def test_overrides_are_typed_and_unknown_keys_fail():
-    cfg = apply_overrides(RunConfig(), ["optim.lr=3e-4", "data.nsec=a", "data.holdout=PH2,UDA", "loss.weighted_cls=false", "optim.epochs=7"])
+    cfg = apply_overrides(RunConfig(), ["optim.lr=3e-4", "data.nsec=a", "data.holdout=PH2,UDA", "loss.weighted=false", "optim.epochs=7"])
     assert cfg.optim.lr == 3e-4 and cfg.data.nsec == "a" and cfg.data.holdout == ("PH2", "UDA")
-    assert cfg.loss.weighted_cls is False and cfg.optim.epochs == 7
+    assert cfg.loss.weighted is False and cfg.optim.epochs == 7
     with pytest.raises(KeyError, match="optim.lr"):
         apply_overrides(RunConfig(), ["optim.lrr=1"])
     with pytest.raises(ValueError, match="expects int"):
@@ -79,7 +79,7 @@ def test_paper_preset_is_the_papers_recipe():
     a, k = resolve_config("A", "paper"), resolve_config("K", "paper")
     assert (a.transform.resize, a.transform.crop, a.transform.size, a.transform.cutout) == (650, 300, 224, 64)
     assert (a.optim.lr, a.optim.weight_decay, a.optim.batch_size, a.optim.epochs, a.optim.lr_step) == (1e-4, 1e-3, 32, 135, 45)
-    assert (k.optim.epochs, k.optim.lr_step, k.loss.margin, k.loss.p_same, k.warm_start) == (20, 10, 50.0, 0.25, "A")
+    assert (k.optim.epochs, k.optim.lr_step, k.algorithm.margin, k.algorithm.p_same, k.warm_start) == (20, 10, 50.0, 0.25, "A")
     assert [EXPERIMENTS.get(e).nsec for e in "FGHIJK"] == ["1", "2", "3", "4", "5", "a"]
     assert [EXPERIMENTS.get(e).holdout for e in "OPQRST"] == [("DMF",), ("D7P",), ("MSK",), ("PH2",), ("SON",), ("UDA",)]
     assert (resolve_config("U").prune.threshold, resolve_config("V").prune.threshold) == (1e-4, 1e-3)

@@ -24,13 +24,13 @@ def test_list_output_is_quoted_verbatim(capsys):
     assert capsys.readouterr().out.rstrip("\n") == QUOTED["list"]
 
 
-def _write_run(root: Path, exp: str, holdout: list[str], nsec: str, loss: str, recalls: dict[str, float]) -> None:
+def _write_run(root: Path, exp: str, holdout: list[str], nsec: str, algorithm: str, recalls: dict[str, float]) -> None:
     run_dir = root / f"{exp}-s0-0123456789"
     run_dir.mkdir(parents=True)
-    weighted = True if loss == "ccsa" else None
+    align = {"weighted_align": True} if algorithm == "ccsa" else {}  # what CCSA's describe() records
     ctx = dict(exp=exp, seed=0, preset="quick", config_hash="0123456789", data="synthetic:x", synthetic=True,
-               arch="resnet18", nsec=nsec, loss=loss, weighted_cls=weighted, weighted_align=weighted, holdout=holdout,
-               train_domains=["HAM"])
+               arch="resnet18", nsec=nsec, algorithm=algorithm, loss="ce", weighted_cls=True, holdout=holdout,
+               train_domains=["HAM"]) | align
     rows = [ctx | dict(epoch=1, stage="final", split="test", domain=d, n=10, macro_recall=v) for d, v in recalls.items()]
     (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run_dir / "done").write_text("{}\n")
@@ -41,7 +41,7 @@ def test_table_captions_and_header_are_quoted(tmp_path, capsys):
     header = next(i for i, line in enumerate(quoted) if line.startswith("| Exp"))
     domains = [c.strip() for c in quoted[header].split("|")[7:14]]
     # the main job's two runs (A, and R holding out PH2), one seed of the quick preset on synthetic data
-    _write_run(tmp_path, "A", [], "0", "ce", {d: 50.0 for d in domains})
+    _write_run(tmp_path, "A", [], "0", "erm", {d: 50.0 for d in domains})
     _write_run(tmp_path, "R", ["PH2"], "a", "ccsa", {d: 60.0 for d in domains})
     assert run.main(["table", "--runs", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.splitlines()

@@ -19,10 +19,10 @@ from domgen.results.collect import collect, select
 from domgen.results.compare import compare, format_compare
 from domgen.results.tables import plot_table, pruning_report, table2, table2_frame
 
-EXP_META = {  # exp -> (nsec, loss, weighted_cls, weighted_align, holdout)
-    "A": ("0", "ce", True, None, ()),  # the baselines' cross-entropy is weighted (Table 2's "w")
-    "D": ("5", "ce", True, None, ()),
-    "E": ("a", "ce", False, None, ()),  # as if run with loss.weighted_cls=false
+EXP_META = {  # exp -> (nsec, algorithm, weighted_cls, weighted_align, holdout); ERM records no weighted_align
+    "A": ("0", "erm", True, None, ()),  # the baselines' cross-entropy is weighted (Table 2's "w")
+    "D": ("5", "erm", True, None, ()),
+    "E": ("a", "erm", False, None, ()),  # as if run with loss.weighted=false
     "K": ("a", "ccsa", True, True, ()),
     "N": ("a", "ccsa", False, False, ()),
     "O": ("a", "ccsa", True, True, ("DMF",)),
@@ -33,12 +33,12 @@ EXP_META = {  # exp -> (nsec, loss, weighted_cls, weighted_align, holdout)
 def write_run(root: Path, exp: str, seed: int, values: dict[str, float], *, done: bool = True,
               synthetic: bool = True, preset: str = "smoke", extra: dict | None = None, tag: str = "") -> Path:
     """A run folder as the trainer leaves it: val-epoch rows, final val + test rows, ``done``."""
-    nsec, loss, wc, wa, holdout = EXP_META[exp]
+    nsec, algorithm, wc, wa, holdout = EXP_META[exp]
     run = root / f"{exp}-s{seed}-{(tag or 'abc').ljust(10, '0')}"
     run.mkdir(parents=True)
     ctx = dict(exp=exp, seed=seed, preset=preset, config_hash="abc", data="synthetic:/x" if synthetic else "/data",
-               synthetic=synthetic, arch="resnet18", nsec=nsec, loss=loss, weighted_cls=wc, weighted_align=wa,
-               holdout=list(holdout), train_domains=["HAM"])
+               synthetic=synthetic, arch="resnet18", nsec=nsec, algorithm=algorithm, loss="ce", weighted_cls=wc,
+               holdout=list(holdout), train_domains=["HAM"]) | ({} if wa is None else {"weighted_align": wa})
     rows = [ctx | dict(epoch=1, stage="val", split="val", domain=d, n=10, macro_recall=1.0) for d in values]
     rows += [ctx | dict(epoch=1, stage="final", split="val", domain=d, n=10, macro_recall=2.0) for d in values]
     rows += [ctx | dict(epoch=1, stage="final", split="test", domain=d, n=10, macro_recall=v) | (extra or {})

@@ -136,7 +136,7 @@ def test_ccsa_warm_starts_from_reused_parent(finished, smoke_cache):
     child = run_train(smoke_cfg(smoke_cache, out, exp="F"))
     assert (result.run_dir / "best.pt").stat().st_mtime == parent_mtime  # A was reused, not retrained
     rows = [r for r in read_results(child.run_dir) if r["stage"] == "final"]
-    assert rows and all(r["loss"] == "ccsa" and r["nsec"] == "1" for r in rows)
+    assert rows and all(r["algorithm"] == "ccsa" and r["loss"] == "ce" and r["nsec"] == "1" for r in rows)
     # Model selection averages the validation recall over every domain in the training pool.
     assert sorted(child.summary["train_domains"]) == sorted(["HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON"])
 

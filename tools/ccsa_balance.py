@@ -28,7 +28,7 @@ def balance(run_dir: Path) -> dict:
         raise SystemExit(f"{run_dir}: {ws['status']}")
     rows = [r for r in read_results(run_dir) if r.get("stage") == "train"]
     epochs = [r["train_cls"] for r in sorted(rows, key=lambda r: r["epoch"])]
-    return {"run": run_dir.name, "seed": cfg.seed, "warm_cls": ws["cls"] / (1 - cfg.loss.alpha), "epochs": epochs}
+    return {"run": run_dir.name, "seed": cfg.seed, "warm_cls": ws["cls"] / (1 - cfg.algorithm.alpha), "epochs": epochs}
 
 
 def main() -> None:

@@ -1,9 +1,13 @@
-"""CCSA training steps per second with the full input pipeline vs on tensors already on the device.
+"""Training steps per second (weighted CCSA by default) with the full input pipeline vs on tensors already
+on the device.
 
 The ceiling of a training run is the model alone: the step on batches that already sit on the device.
 ``bench_train`` measures both on the same model, optimizer and loss, so the ratio says how much the
-input pipeline (memmap gather, transfer, batched augmentation) costs. On a GPU it runs in bf16 autocast
-with channels_last, as training does; the target there is a ratio >= 0.9.
+input pipeline (memmap gather, transfer, batched augmentation) costs. It runs as training does
+(``precision`` and ``channels_last`` default to ``auto``: bf16 autocast and channels_last on CUDA, fp32
+elsewhere); the target on a GPU is a ratio >= 0.9. ``bench_matrix`` repeats it for every precision x
+memory format (and, with ``compile``, under ``torch.compile``) and each architecture, with the peak GPU
+memory of each (``torch.cuda.max_memory_allocated``; None on a CPU).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import torch
 
 from domgen.bench.contention import busy_processes, conditions
 from domgen.bench.pipeline import IMAGE_SIZE, _machine, make_synthetic_tree
+from domgen.algorithms import ALGORITHMS, make_algorithm
 from domgen.config import DataConfig, TransformConfig
-from domgen.data.pair_sampler import PairSampler
-from domgen.engine.algorithms import CCSA
+from domgen.data.samplers import TrainPool
 from domgen.engine.inputs import Inputs
-from domgen.engine.loop import train_epoch
+from domgen.engine.loop import prepare_model, resolve_precision, train_epoch
 from domgen.engine.trainer import pick_device
 from domgen.models import build_model
 from domgen.threads import thread_budget
@@ -40,35 +44,40 @@ def _pool(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return labels, domains
 
 
-def _steps_per_s(model, batches, algorithm, optimizer, device, n_steps: int) -> float:
+def _steps_per_s(model, batches, algorithm, optimizer, device, n_steps: int, precision: str = "auto") -> float:
     it = iter(batches)
-    train_epoch(model, itertools.islice(it, 2), algorithm, optimizer, device)  # warm-up: allocator, cudnn, workers
+    train_epoch(model, itertools.islice(it, 2), algorithm, optimizer, device, precision)  # warm-up: allocator, cudnn, compile
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    train_epoch(model, itertools.islice(it, n_steps), algorithm, optimizer, device)
+    train_epoch(model, itertools.islice(it, n_steps), algorithm, optimizer, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return n_steps / (time.perf_counter() - t0)
 
 
-def _both(model, inputs, sampler, algorithm, optimizer, dev, labels, batch_size: int, size: int, n_steps: int) -> dict:
-    """Steps/s through the full input path and on resident tensors, under the current load."""
-    need = (n_steps + 2) * batch_size
-    i1, i2 = (np.resize(a, need) for a in sampler.epoch_pairs(0))
-    piped = _steps_per_s(model, inputs.pair_batches(i1, i2, batch_size, seed=0), algorithm, optimizer, dev, n_steps)
-    x = torch.randn(batch_size, 3, size, size, device=dev)
-    y = torch.as_tensor(labels[:batch_size], device=dev)
-    resident = itertools.repeat((x, y, x.flip(0), y.flip(0), y == y.flip(0)))
-    model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps)
-    return {"pipeline_steps_per_s": piped, "model_only_steps_per_s": model_only, "ratio": piped / model_only}
+def _both(model, inputs, algorithm, optimizer, dev, batch_size: int, n_steps: int, precision: str = "auto") -> dict:
+    """Steps/s through the full input path and on resident tensors, under the current load, and the
+    peak device memory over both (CUDA only)."""
+    epochs = (algorithm.batches(e, batch_size) for e in itertools.count())
+    draws = list(itertools.islice(itertools.chain.from_iterable(epochs), n_steps + 2))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    piped = _steps_per_s(model, inputs.batches(draws, seed=0), algorithm, optimizer, dev, n_steps, precision)
+    resident = itertools.repeat(next(inputs.batches(draws[:1], seed=0)))  # one batch, already on the device
+    model_only = _steps_per_s(model, resident, algorithm, optimizer, dev, n_steps, precision)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return {"pipeline_steps_per_s": piped, "model_only_steps_per_s": model_only, "ratio": piped / model_only,
+            "peak_gpu_mem_mb": peak}
 
 
 def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(650, 300, 224, 64), n_steps: int = 30,
                 arch: str = "resnet18", workers: int = 2, device: str = "auto", quick: bool = False,
-                contention: int = 0) -> dict:
-    """Steps/s of weighted CCSA (pairs of ``batch_size``) with the cached pipeline and on device tensors;
-    ``contention > 0`` measures both again beside that many busy processes (under ``"contended"``)."""
+                contention: int = 0, algorithm: str = "ccsa", precision: str = "auto", channels_last: str = "auto",
+                compile: bool = False) -> dict:
+    """Steps/s of ``algorithm`` at its defaults (batches of ``batch_size`` sampled units: CCSA's pairs) with
+    the cached pipeline and on device tensors; ``contention > 0`` measures both again beside that many busy
+    processes (under ``"contended"``)."""
     if quick:
         n_images, sizes, batch_size, n_steps = QUICK["n_images"], QUICK["sizes"], QUICK["batch_size"], QUICK["n_steps"]
     dev = pick_device(device)
@@ -78,29 +87,44 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
     root = Path(root)
     paths = make_synthetic_tree(root, n_images, IMAGE_SIZE)
     labels, domains = _pool(n_images)
-    model = build_model(arch, "none").to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(build_model(arch, "none"), dev, channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
-    sampler = PairSampler(labels, domains, seed=0)
-    algorithm = CCSA(margin=50.0, weights={k: v.to(dev) for k, v in sampler.loss_weights().items()})
+    pool = TrainPool.of(labels, domains, num_classes=7, seed=0, primary="HAM")
+    method = make_algorithm(ALGORITHMS.get(algorithm).Hparams(), device=dev).build(pool)
+    if compile:  # in place, so forward_both's call of the backbone runs compiled and state_dict keys stay
+        model.g.compile()
     out: dict = {}
     with tempfile.TemporaryDirectory(dir=root, prefix="cache_") as cache:
         t0 = time.perf_counter()
-        inputs = Inputs(paths, labels, TransformConfig(*sizes), DataConfig(cache_dir=cache, workers=workers), dev)
+        inputs = Inputs(paths, labels, TransformConfig(*sizes), DataConfig(cache_dir=cache, workers=workers), dev,
+                        domains=pool.domain_index(domains))
         build_s = time.perf_counter() - t0
         for name, n_busy in conditions(contention).items():
             with busy_processes(n_busy):
-                out[name] = _both(model, inputs, sampler, algorithm, optimizer, dev, labels, batch_size, sizes[2], n_steps)
+                out[name] = _both(model, inputs, method, optimizer, dev, batch_size, n_steps, precision)
             out[name]["busy_processes"] = n_busy
     return {
         **out.pop("idle"), **out,
         "cache_build_s": build_s,
         "arch": arch,
+        "algorithm": algorithm,
         "batch_pairs": batch_size,
         "sizes": list(sizes),
         "n_steps": n_steps,
         "workers": workers,
-        "precision": "bf16 autocast, channels_last" if dev.type == "cuda" else "fp32",
+        "precision": resolve_precision(precision, dev),
+        "channels_last": channels_last == "on" or (channels_last == "auto" and dev.type == "cuda"),
+        "compiled": compile,
         **_machine(dev), "usable_cores": budget.cores,
     }
+
+
+def bench_matrix(root: Path, archs=("resnet18",), precisions=("bf16", "fp32"), channels_last=("on", "off"),
+                 compile: bool = False, **kw) -> list[dict]:
+    """``bench_train`` for every architecture x precision x memory format (x compiled, when ``compile``):
+    one row each, in that order. On a GPU this is the table the README asks for (steps/s, ratio and peak
+    memory per architecture at batch 32); on a CPU bf16 runs through CPU autocast."""
+    rows = []
+    for arch, prec, cl, comp in itertools.product(archs, precisions, channels_last, (False, True) if compile else (False,)):
+        rows.append(bench_train(root, arch=arch, precision=prec, channels_last=cl, compile=comp, **kw))
+    return rows

@@ -42,9 +42,10 @@ import torch
 from torch.utils.data import Sampler
 
 from domgen.data.labels import CLASSES, NUM_CLASSES, PRIMARY_DOMAIN
+from domgen.data.samplers import SAMPLERS, Draw, TrainPool, chunks
+from domgen.losses.weights import WEIGHT_NORMS, inverse_probability_weights  # noqa: F401 (WEIGHT_NORMS: re-exported)
 
 PAIR_MODES = ("exclusive", "branch", "uniform")
-WEIGHT_NORMS = ("max", "mean")
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,28 +68,6 @@ class Pairs(NamedTuple):
     positive: np.ndarray  # [N] bool: the branch flag (branch mode) or y1 == y2
 
 
-def inverse_probability_weights(p: np.ndarray, norm: str = "max") -> np.ndarray:
-    """Inverse-probability weights w = 1 / p, normalised.
-
-    ``max`` (the authors' code, chrisjmyoon/iccsa ``agents/base.py::_get_cb``): ``cb = sum / count``
-    divided by its maximum, so the rarest class (or class pair) has weight 1 and the common ones less;
-    a class never drawn takes the rarest one's weight (the code replaces a zero count by the smallest
-    nonzero one), which never matters since it never occurs. ``mean`` (domgen 0.1): w = 1 / p scaled so
-    that sum(p * w) = 1, the expected weight of a drawn example; a class never drawn gets 0.
-    """
-    if norm not in WEIGHT_NORMS:
-        raise ValueError(f"weight normalisation must be one of {', '.join(WEIGHT_NORMS)}, got {norm!r}")
-    p = np.asarray(p, dtype=np.float64)
-    nonzero = p > 0
-    if not nonzero.any():
-        raise ValueError("every probability is zero: nothing to weight")
-    if norm == "max":
-        return np.where(nonzero, p[nonzero].min() / np.where(nonzero, p, 1.0), 1.0)
-    w = np.zeros_like(p)
-    w[nonzero] = 1.0 / p[nonzero]
-    return w / float((p * w).sum())
-
-
 class PairSampler(Sampler):
     """Yields ``(i1, i2)`` pool indices: every image once per epoch as x1, x2 from a secondary domain.
 
@@ -109,6 +88,8 @@ class PairSampler(Sampler):
     that epoch. Drawing an epoch is O(N) vectorised numpy: indices are pre-sorted by (domain, class), so
     a draw is a source row from a small table, an offset and ``Generator.integers`` below a group size.
     """
+
+    images_per_sample = 2  # x1 and its partner: a batch of B pairs holds 2B images
 
     def __init__(
         self,
@@ -217,6 +198,14 @@ class PairSampler(Sampler):
         positive = branch if self.mode == "branch" else self.labels[idx2] == y1
         return Pairs(idx1, idx2, positive)
 
+    def epoch_batches(self, epoch: int, batch_size: int) -> list[Draw]:
+        """The epoch's pairs in batches of ``batch_size`` pairs (the sampler interface of
+        ``domgen.data.samplers``): each batch's indices are its x1s, then their partners, so that one
+        forward pass sees both streams; the pair labels [B] are ``extras["positive"]``."""
+        pairs = self.epoch_draw(epoch)
+        parts = zip(chunks(pairs.idx1, batch_size), chunks(pairs.idx2, batch_size), chunks(pairs.positive, batch_size))
+        return [Draw(np.concatenate([a, b]), {"positive": pos}) for a, b, pos in parts]
+
     def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(idx1, idx2) of :meth:`epoch_draw`, each [N] int64 pool indices."""
         pairs = self.epoch_draw(epoch)
@@ -283,6 +272,11 @@ class PairSampler(Sampler):
         """Alignment weights [K, K]: 1 / P(y1 = i, y2 = j), normalised by ``norm``."""
         return inverse_probability_weights(self.exact_probabilities().joint, norm)
 
+    def class_probabilities(self) -> np.ndarray:
+        """[K] P(y = c) of a drawn image, over both streams (the sampler interface)."""
+        probs = self.exact_probabilities()
+        return (probs.p1 + probs.p2) / 2
+
     def loss_weights(self, norm: str = "max", dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """The weights as tensors keyed like the CCSA loss arguments: class_w1, class_w2, pair_w."""
         w1, w2 = self.class_weights(norm)
@@ -291,6 +285,15 @@ class PairSampler(Sampler):
             "class_w2": torch.as_tensor(w2, dtype=dtype),
             "pair_w": torch.as_tensor(self.pair_weights(norm), dtype=dtype),
         }
+
+
+@SAMPLERS.register("pairs")
+class PoolPairSampler(PairSampler):
+    """The pair sampler as the sampler family builds it: from a training pool, seeded by the pool's seed."""
+
+    def __init__(self, pool: TrainPool, p_same: float = 0.25, mode: str = "exclusive", exclude_own_domain: bool = False):
+        super().__init__(pool.labels, pool.domain_labels, primary=pool.primary, p_same=p_same, seed=pool.seed,
+                         num_classes=pool.num_classes, mode=mode, exclude_own_domain=exclude_own_domain)
 
 
 def _cdf(table: np.ndarray) -> np.ndarray:

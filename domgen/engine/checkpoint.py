@@ -1,7 +1,8 @@
 """Checkpoints as plain state dicts: written atomically, verified loadable, read with ``weights_only=True``.
 
 A checkpoint holds model, optimizer, scheduler, epoch, best score so far, every RNG state (python,
-numpy, torch CPU and CUDA) and the pair sampler's state, so ``--resume`` continues exactly.
+numpy, torch CPU and CUDA) and the algorithm's state (its sampler's, and anything it learns beside the model), so
+``--resume`` continues exactly.
 
 A new checkpoint is read back before it replaces the old one, and with ``keep_previous`` the old one
 stays as ``<name>.prev.pt`` (a hard link, so it costs nothing until the new file replaces it): a

@@ -15,15 +15,17 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from domgen.algorithms.base import Batch
 from domgen.config import DataConfig, TransformConfig, cache_dir
 from domgen.data.batch_augment import BatchAugment, eval_batch
 from domgen.data.cache import build_cache, open_cache
+from domgen.data.samplers import Draw, chunks
 from domgen.data.transforms import IMAGENET, ImageFolderDataset, Normalization, reference_eval_transform, reference_train_transform
 from domgen.threads import thread_budget
 
@@ -39,14 +41,16 @@ def _gather(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[to
 class Inputs:
     """uint8 cache of every manifest image plus device-side augmentation.
 
-    ``norm``: the mean/std the model expects (:func:`domgen.models.input_normalization` of its arch)."""
+    ``norm``: the mean/std the model expects (:func:`domgen.models.input_normalization` of its arch);
+    ``domains``: [N] int64 domain index of every image, carried by each training batch (default 0)."""
 
     def __init__(self, paths: list[str], labels: np.ndarray, tcfg: TransformConfig, dcfg: DataConfig, device, progress=None,
-                 norm: Normalization = IMAGENET):
+                 norm: Normalization = IMAGENET, domains: np.ndarray | None = None):
         budget = thread_budget(dcfg.cached, dcfg.workers)  # workers never exceed the usable cores
         self.t, self.device, self.workers, self.norm = tcfg, torch.device(device), budget.loader_workers, norm
         self.augment = BatchAugment(out=tcfg.size, cutout=tcfg.cutout, mean=norm.mean, std=norm.std).to(self.device)
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.domains = np.zeros(len(self.labels), dtype=np.int64) if domains is None else np.asarray(domains, dtype=np.int64)
         self.cached = dcfg.cached
         if self.cached:
             path = build_cache(paths, tcfg.resize, tcfg.crop, cache_dir(dcfg), progress=progress, num_workers=budget.cache_workers)
@@ -80,27 +84,23 @@ class Inputs:
         # CPU generator: BatchAugment draws its choices on the CPU, so results do not depend on the device.
         return torch.Generator().manual_seed(seed)
 
-    def train_batches(self, order: np.ndarray, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``order``: manifest positions in epoch order. Yields augmented (x [B, 3, s, s], y [B])."""
+    def batches(self, draws: Iterable[Draw], seed: int) -> Iterator[Batch]:
+        """Training batches for ``draws`` (manifest positions in epoch order) -> augmented
+        :class:`domgen.algorithms.Batch` (x [B, 3, s, s], y [B], domain [B], the draw's extras as tensors)."""
+        draws = list(draws)
         gen = self._generator(seed)
-        for x, y in self._loader(_chunks(order, batch_size), True, seed):
-            yield self._to_device(x, gen), y.to(self.device)
-
-    def pair_batches(self, idx1: np.ndarray, idx2: np.ndarray, batch_size: int, seed: int, positive: np.ndarray | None = None):
-        """Pairs of positions in epoch order -> (x1, y1, x2, y2, positive), both streams augmented
-        independently; ``positive`` [N] bool is the sampler's pair label (None: y1 == y2)."""
-        gen = self._generator(seed)
-        chunks = [np.concatenate([a, b]) for a, b in zip(_chunks(idx1, batch_size), _chunks(idx2, batch_size))]
-        flags = _chunks(np.asarray(positive, dtype=bool), batch_size) if positive is not None else None
-        for i, (x, y) in enumerate(self._loader(chunks, True, seed)):
-            b = len(y) // 2
+        for draw, (x, y) in zip(draws, self._loader([d.idx for d in draws], True, seed)):
             x = self._to_device(x, gen)
-            y = y.to(self.device)
-            pos = torch.from_numpy(flags[i]).to(self.device) if flags is not None else y[:b] == y[b:]
-            yield x[:b], y[:b], x[b:], y[b:], pos
+            domain = torch.from_numpy(self.domains[draw.idx]).to(self.device)
+            extras = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in draw.extras.items()}
+            yield Batch(x, y.to(self.device), domain, extras)
+
+    def train_batches(self, order: np.ndarray, batch_size: int, seed: int) -> Iterator[Batch]:
+        """``order``: manifest positions in epoch order, in consecutive batches of ``batch_size``."""
+        return self.batches([Draw(c) for c in chunks(order, batch_size)], seed)
 
     def eval_batches(self, positions: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self._loader(_chunks(positions, batch_size, drop_single=False), False, 0):
+        for x, y in self._loader(chunks(positions, batch_size, drop_single=False), False, 0):
             yield self._to_device(x, None), y.to(self.device)
 
 
@@ -141,11 +141,3 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def _chunks(order: np.ndarray, batch_size: int, drop_single: bool = True) -> list[np.ndarray]:
-    """Consecutive batches; in training a trailing batch of one is dropped (BatchNorm cannot train on it)."""
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks.pop()
-    return chunks

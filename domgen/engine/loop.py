@@ -3,28 +3,71 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (Hopper/Ampere run it natively), full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA (Ampere/Hopper run it natively), ``fp32`` elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The forward pass's autocast context: bf16 autocast on ``device`` or none (full precision)."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: str = "auto") -> nn.Module:
+    """``model`` on ``device``, in channels_last memory format when asked (``auto``: on CUDA, where
+    cuDNN's NHWC convolutions are faster under bf16; on CPU it is usually slower)."""
+    model = model.to(device)
+    if channels_last == "on" or (channels_last == "auto" and device.type == "cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def feature_grad_norms(terms: Mapping[str, torch.Tensor], z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``gn_<name>``: the norm of d term / d z over the batch, for each term's contribution to the loss.
+
+    Each gradient stops at the features, so it costs a backward pass through the head only. It shows
+    which term drives the backbone: a separation term whose gradient is 100x the classification's
+    will move the features for its own sake.
+    """
+    out = {}
+    for name, term in terms.items():
+        (g,) = torch.autograd.grad(term, z, retain_graph=True, allow_unused=True)
+        out[f"gn_{name}"] = torch.zeros((), device=z.device) if g is None else torch.linalg.vector_norm(g.float()).detach()
+    return out
+
+
+def step_values(step) -> dict[str, torch.Tensor]:
+    """What a training step logs: ``loss``, the algorithm's own scalars, and ``gn_<term>`` for each term it
+    names, whenever the features it gives are part of a graph (training, not ``no_grad``)."""
+    values = {"loss": step.loss, **step.logs}
+    z = step.features
+    if step.terms and z is not None and torch.is_grad_enabled() and z.requires_grad:
+        values |= feature_grad_norms(step.terms, z)
+    return values
 
 
 def train_epoch(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, ...]],
+    batches: Iterable,
     algorithm,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    precision: str = "auto",
 ) -> dict[str, float]:
-    """Train over ``batches``; return the mean of every loss component (weighted by batch size).
+    """Train over ``batches`` (``domgen.algorithms.Batch``); return the mean of every logged value,
+    weighted by the images in each batch. The engine never asks which algorithm it runs: the algorithm
+    gives a :class:`domgen.algorithms.Step`, the engine backpropagates ``step.loss`` and steps.
 
     Components are summed on the device and read once at the end: a per-step ``.item()`` would make
     the host wait for the GPU every step and leave it idle while the next batch is prepared.
@@ -33,13 +76,13 @@ def train_epoch(
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     for batch in batches:
-        with autocast(device):
-            out = algorithm.loss(model, batch)
+        with autocast(device, precision):
+            values = step_values(algorithm.loss(model, batch))
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        values["loss"].backward()
         optimizer.step()
-        n = batch[0].shape[0]
-        for k, v in out.items():
+        n = batch.y.shape[0]
+        for k, v in values.items():
             sums[k] = sums.get(k, 0) + v.detach().float() * n
         seen += n
     return {k: float(v) / max(seen, 1) for k, v in sums.items()}
@@ -47,13 +90,14 @@ def train_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, features=False
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, features=False,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Softmax probabilities [N, K], labels [N] and, if asked, penultimate features [N, D]."""
     model.eval()
     probs, labels, feats = [], [], []
     for x, y in batches:
-        with autocast(device):
+        with autocast(device, precision):
             logits, z = model.forward_both(x)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(y.cpu())

@@ -16,14 +16,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from domgen.algorithms import Algorithm, make_algorithm
 from domgen.config import RunConfig, to_dict
-from domgen.data.labels import CLASSES, DOMAINS
-from domgen.engine.algorithms import make_algorithm
+from domgen.data.labels import CLASSES, DOMAINS, PRIMARY_DOMAIN
+from domgen.data.samplers import TrainPool
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
-from domgen.engine.loop import predict, train_epoch
+from domgen.engine.loop import predict, prepare_model, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.profile import NoProfile, RunProfile
 from domgen.data.run_data import RunData
@@ -59,6 +60,12 @@ def _domain_order(row: dict) -> int:
     return DOMAINS.index(row["domain"]) if row["domain"] in DOMAINS else len(DOMAINS)
 
 
+def train_pool(data: RunData, seed: int) -> TrainPool:
+    """The training pool as algorithms see it: labels and domains of ``data.pool``, the run's seed."""
+    domains = data.manifest["domain"].to_numpy()[data.pool]
+    return TrainPool.of(data.labels[data.pool], domains, num_classes=len(CLASSES), seed=seed, primary=PRIMARY_DOMAIN)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,26 +86,21 @@ class Trainer:
             model = build_model(cfg.model.arch, weights, len(CLASSES))
         if init_state is not None:
             model.load_state_dict(init_state)
-        self.model = model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        self.model = prepare_model(model, self.device, cfg.channels_last)
         m = data.manifest
+        pool = train_pool(data, cfg.seed)
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
-        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar, norm=input_normalization(cfg.model.arch))
+        self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar,
+                             norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
-        self.sampler, self.algorithm = self._make_algorithm()
+        self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
         self.profile = hooks.profile or NoProfile()
         self.profile.watch(self.optimizer)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
         self.saved_epoch = 0  # epochs safely in last.pt (what a Ctrl-C keeps)
         self.tb: TensorBoard | None = None
-
-    def _make_algorithm(self):
-        data = self.data
-        domains = data.manifest["domain"].to_numpy()[data.pool]
-        return make_algorithm(self.cfg.loss, data.labels[data.pool], domains, self.cfg.seed, self.device)
 
     # ---- state -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -110,7 +112,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "rng": rng_state(),
-            "sampler": self.sampler.state_dict(position=0) if self.sampler is not None else {},
+            "algorithm": self.algorithm.state_dict(),
             "config": to_dict(self.cfg),
         }
 
@@ -152,8 +154,7 @@ class Trainer:
         self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         self.saved_epoch = self.epoch
         set_rng_state(state["rng"])
-        if self.sampler is not None and state["sampler"]:
-            self.sampler.load_state_dict(state["sampler"])
+        self.algorithm.load_state_dict(state["algorithm"])
         truncate_results(self.run_dir, after_epoch=self.epoch)
         return True
 
@@ -178,27 +179,20 @@ class Trainer:
             self.saved_epoch = self.epoch
 
     def _train_one(self, epoch: int) -> dict[str, float]:
-        cfg, data = self.cfg, self.data
-        seed = derive_seed(cfg.seed, epoch, "augment")
+        cfg, pool = self.cfg, self.data.pool
         bs = cfg.optim.batch_size
-        if self.sampler is None:
-            order = data.pool[np.random.default_rng(derive_seed(cfg.seed, epoch, "order")).permutation(len(data.pool))]
-            batches, n = self.inputs.train_batches(order, bs, seed), len(order)
-        else:
-            with self.profile.phase("data"):
-                self.sampler.set_epoch(epoch)
-                pairs = self.sampler.epoch_draw(epoch)
-            batches = self.inputs.pair_batches(data.pool[pairs.idx1], data.pool[pairs.idx2], bs, seed, pairs.positive)
-            n = len(pairs.idx1)
+        with self.profile.phase("data"):
+            draws = [d._replace(idx=pool[d.idx]) for d in self.algorithm.batches(epoch, bs)]  # pool -> manifest
+        batches = self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
-        batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=math.ceil(n / bs), leave=False)
-        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device)
+        batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
+        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return losses
 
     def _log_epoch(self, losses: dict[str, float], score: float, rows: list[dict]) -> None:
-        # The epoch's mean loss terms (and, for CCSA, each term's gradient norm at the features) go into
+        # The epoch's mean loss terms (and each named term's gradient norm at the features) go into
         # results.jsonl too, so which term drove training can be read back without TensorBoard.
         append_results(self.run_dir, [self.context | {"epoch": self.epoch, "stage": "train", "split": "train", "domain": "pool"}
                                      | {f"train_{k}": v for k, v in losses.items()}])
@@ -207,7 +201,7 @@ class Trainer:
         self.tb.scalars({"selection_score": score}, self.epoch, prefix="val/")
         per_domain = " ".join(f"{r['domain']} {r['macro_recall']:.1f}" for r in sorted(rows, key=_domain_order))
         loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "lr" and not k.startswith("gn_"))
-        if "gn_cls" in losses:
+        if any(k.startswith("gn_") for k in losses):
             loss += " | grad at features: " + " ".join(f"{k[3:]} {v:.3g}" for k, v in losses.items() if k.startswith("gn_"))
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
@@ -219,7 +213,8 @@ class Trainer:
         if domains is not None:
             mask &= m["domain"].isin(domains)
         pos = np.flatnonzero(mask.to_numpy())
-        probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features)
+        probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
+                                 self.cfg.precision)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl)
         return rows, cms, (feats, y, doms, spl)
@@ -246,7 +241,7 @@ class Trainer:
             state = load_checkpoint(self.run_dir / BEST, self.device)
             self.model.load_state_dict(state["model"])
         with prof.phase("evaluation"):
-            rows, cms, embed = self._evaluate(("val", "test"), features=self.cfg.loss.name == "ccsa")
+            rows, cms, embed = self._evaluate(("val", "test"), features=self.algorithm.shapes_features)
         rows = [self.context | {"epoch": self.best_epoch, "stage": "final"} | r for r in rows]
         with prof.phase("logging_checkpointing"):
             append_results(self.run_dir, rows)

@@ -1,10 +1,12 @@
 """Experiments A-V of the paper as registry entries, and presets that scale every size together.
 
-Table 2 of Yoon et al.: A-C ResNet-18/50/152 on HAM only; D, E with nsec = 5 / a (A-E: cross-entropy
-weighted by the pool's inverse class frequencies, Table 2's "w" in the Cl column; ``loss.weighted_cls=false``
+Table 2 of Yoon et al.: A-C ResNet-18/50/152 on HAM only; D, E with nsec = 5 / a (A-E: ERM, cross-entropy
+weighted by the pool's inverse class frequencies, Table 2's "w" in the Cl column; ``loss.weighted=false``
 for plain cross-entropy);
 F-K weighted CCSA with nsec = 1..5, a (warm start from A); L-N unweighted classification / alignment /
-both; O-T leave one domain out (nsec = a); U, V DCP pruning of K at thresholds 1e-4 and 1e-3.
+both (``loss.weighted=false``, ``algorithm.weighted_align=false``); O-T leave one domain out (nsec = a);
+U, V DCP pruning of K at thresholds 1e-4 and 1e-3. An experiment names its algorithm and the ``--set``
+overrides that define it; the user's own overrides come after.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 from domgen.config import validate
 from domgen.config import (
     DataConfig,
-    LossConfig,
     ModelConfig,
     OptimConfig,
     PruneConfig,
@@ -32,11 +33,11 @@ class Preset:
     transform: TransformConfig
     weights: str
     lr: float  # baseline stage
-    lr_ccsa: float  # CCSA stage and pruning fine-tune: the paper uses 1e-4 for both stages
+    lr_ccsa: float  # warm-started stage (CCSA, F-T) and pruning fine-tune: the paper uses 1e-4 for both stages
     batch_size: int
     epochs_base: int  # baseline (A-E): 135 epochs, lr / 10 every 45
     step_base: int
-    epochs_ccsa: int  # CCSA stage (F-T, and pruning fine-tune): 20 epochs, lr / 10 after 10
+    epochs_ccsa: int  # warm-started stage (CCSA, F-T, and pruning fine-tune): 20 epochs, lr / 10 after 10
     step_ccsa: int
     synthetic_scale: float
     prune_batches: int
@@ -59,18 +60,18 @@ class Experiment:
     description: str
     arch: str = "resnet18"
     nsec: str = "0"
-    loss: str = "ce"
-    weighted_cls: bool = True
-    weighted_align: bool = True
+    algorithm: str = "erm"  # a registered algorithm (domgen.algorithms)
     holdout: tuple[str, ...] = ()
     warm_start: str = ""  # parent experiment whose best checkpoint initialises this one
     prune_threshold: float | None = None  # set for the pruning experiments
+    overrides: tuple[str, ...] = ()  # --set items that define the experiment (L-N: the weighting switched off)
 
     @property
     def stage(self) -> str:
+        """``base`` (from scratch, A-E), ``warm`` (from a parent's best checkpoint, F-T) or ``prune`` (U, V)."""
         if self.prune_threshold is not None:
             return "prune"
-        return "ccsa" if self.loss == "ccsa" else "base"
+        return "warm" if self.warm_start else "base"
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
@@ -80,25 +81,22 @@ def _add(exp: Experiment) -> None:
     EXPERIMENTS.add(exp.name, exp)
 
 
+UNWEIGHTED_CLS, UNWEIGHTED_ALIGN = "loss.weighted=false", "algorithm.weighted_align=false"
 for _name, _arch in (("A", "resnet18"), ("B", "resnet50"), ("C", "resnet152")):
     _add(Experiment(_name, f"{_arch} on HAM10000 only (nsec=0), weighted cross-entropy", arch=_arch))
 _add(Experiment("D", "resnet18, nsec=5 from every other source, weighted cross-entropy", nsec="5"))
 _add(Experiment("E", "resnet18, nsec=a (all training data), weighted cross-entropy", nsec="a"))
 for _name, _nsec in zip("FGHIJK", ("1", "2", "3", "4", "5", "a")):
-    _add(Experiment(_name, f"weighted CCSA, nsec={_nsec}", nsec=_nsec, loss="ccsa", warm_start="A"))
-_add(Experiment("L", "CCSA, unweighted classification", nsec="a", loss="ccsa", weighted_cls=False, warm_start="A"))
-_add(Experiment("M", "CCSA, unweighted alignment", nsec="a", loss="ccsa", weighted_align=False, warm_start="A"))
-_add(
-    Experiment(
-        "N", "CCSA, both unweighted", nsec="a", loss="ccsa", weighted_cls=False, weighted_align=False, warm_start="A"
-    )
-)
+    _add(Experiment(_name, f"weighted CCSA, nsec={_nsec}", nsec=_nsec, algorithm="ccsa", warm_start="A"))
+_add(Experiment("L", "CCSA, unweighted classification", nsec="a", algorithm="ccsa", warm_start="A", overrides=(UNWEIGHTED_CLS,)))
+_add(Experiment("M", "CCSA, unweighted alignment", nsec="a", algorithm="ccsa", warm_start="A", overrides=(UNWEIGHTED_ALIGN,)))
+_add(Experiment("N", "CCSA, both unweighted", nsec="a", algorithm="ccsa", warm_start="A", overrides=(UNWEIGHTED_CLS, UNWEIGHTED_ALIGN)))
 for _name, _dom in zip("OPQRST", ("DMF", "D7P", "MSK", "PH2", "SON", "UDA")):
     _add(
-        Experiment(_name, f"weighted CCSA, nsec=a, {_dom} held out", nsec="a", loss="ccsa", holdout=(_dom,), warm_start="A")
+        Experiment(_name, f"weighted CCSA, nsec=a, {_dom} held out", nsec="a", algorithm="ccsa", holdout=(_dom,), warm_start="A")
     )
-_add(Experiment("U", "DCP pruning of K, threshold 1e-4", nsec="a", loss="ccsa", warm_start="K", prune_threshold=1e-4))
-_add(Experiment("V", "DCP pruning of K, threshold 1e-3", nsec="a", loss="ccsa", warm_start="K", prune_threshold=1e-3))
+_add(Experiment("U", "DCP pruning of K, threshold 1e-4", nsec="a", algorithm="ccsa", warm_start="K", prune_threshold=1e-4))
+_add(Experiment("V", "DCP pruning of K, threshold 1e-3", nsec="a", algorithm="ccsa", warm_start="K", prune_threshold=1e-3))
 
 LOO_EXPERIMENT = {exp.holdout[0]: name for name in EXPERIMENTS.names() if (exp := EXPERIMENTS.get(name)).holdout}
 
@@ -109,7 +107,7 @@ def resolve_config(exp_name: str, preset: str = "paper", seed: int = 0, override
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    ccsa = exp.stage != "base"
+    warm = exp.stage != "base"  # the second stage's schedule: F-T and the pruning fine-tune
     cfg = RunConfig(
         exp=exp.name,
         preset=preset,
@@ -119,15 +117,16 @@ def resolve_config(exp_name: str, preset: str = "paper", seed: int = 0, override
         transform=p.transform,
         model=ModelConfig(arch=exp.arch, weights=p.weights),
         optim=OptimConfig(
-            lr=p.lr_ccsa if ccsa else p.lr,
+            lr=p.lr_ccsa if warm else p.lr,
             batch_size=p.batch_size,
-            epochs=p.epochs_ccsa if ccsa else p.epochs_base,
-            lr_step=p.step_ccsa if ccsa else p.step_base,
+            epochs=p.epochs_ccsa if warm else p.epochs_base,
+            lr_step=p.step_ccsa if warm else p.step_base,
         ),
-        loss=LossConfig(name=exp.loss, weighted_cls=exp.weighted_cls, weighted_align=exp.weighted_align),
         prune=PruneConfig(
             threshold=exp.prune_threshold or PruneConfig.threshold,
             batches=p.prune_batches,
         ),
     )
+    # the experiment's definition, then the user's overrides (which may switch the algorithm again)
+    cfg = apply_overrides(cfg, [f"algorithm.name={exp.algorithm}", *exp.overrides])
     return validate(apply_overrides(cfg, list(overrides)))

@@ -8,24 +8,35 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from domgen.algorithms import Algorithm, make_algorithm
 from domgen.config import RunConfig
 from domgen.data.labels import CLASSES
-from domgen.engine.algorithms import make_algorithm
+from domgen.data.pair_sampler import PairSampler
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.inputs import Inputs
+from domgen.engine.loop import step_values
+from domgen.engine.trainer import train_pool
 from domgen.data.run_data import RunData, prepare_data
 from domgen.models import build_model, input_normalization
 
 TERMS = ("cls", "align", "sep", "gn_cls", "gn_align", "gn_sep")
 
 
+def pair_algorithm(cfg: RunConfig, data: RunData) -> Algorithm:
+    """The run's algorithm built on its pool (on the CPU); it must draw pairs."""
+    algorithm = make_algorithm(cfg.algorithm, cfg.loss).build(train_pool(data, cfg.seed))
+    if not isinstance(algorithm.sampler, PairSampler):
+        raise ValueError(f"experiment {cfg.exp} trains {cfg.algorithm.name!r} with the {cfg.algorithm.sampler!r} sampler, "
+                         "not the pair sampler: it draws no pairs")
+    return algorithm
+
+
 def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batches: int = 4) -> dict:
-    if cfg.loss.name != "ccsa":
-        raise ValueError(f"experiment {cfg.exp} trains with {cfg.loss.name!r}, not CCSA: it draws no pairs")
     data = prepare_data(cfg.data, bar=bar)
     domains = data.manifest["domain"].to_numpy()[data.pool]
     labels = data.labels[data.pool]
-    sampler, _ = make_algorithm(cfg.loss, labels, domains, cfg.seed, torch.device("cpu"))
+    algorithm = pair_algorithm(cfg, data)
+    sampler, method = algorithm.sampler, algorithm.describe()
     exact = sampler.exact_probabilities()
     norm = cfg.loss.weight_norm
     w1, w2 = sampler.class_weights(norm)
@@ -41,8 +52,7 @@ def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batche
     return {
         "exp": cfg.exp,
         "data": data.identity,
-        "loss": {"alpha": cfg.loss.alpha, "weight_norm": norm, "pairs": cfg.loss.pairs, "p_same": cfg.loss.p_same,
-                 "exclude_own_domain": cfg.loss.exclude_own_domain, "margin": cfg.loss.margin},
+        "loss": {k: method.get(k) for k in ("alpha", "weight_norm", "pairs", "p_same", "exclude_own_domain", "margin")},
         "pool": {d: int((domains == d).sum()) for d in data.train_domains},
         "classes": list(CLASSES),
         "exact": {"p1": exact.p1.tolist(), "p2": exact.p2.tolist(), "joint": exact.joint.tolist(), "p_equal": exact.p_equal,
@@ -67,23 +77,20 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) ->
     best = run_dir_for(parent, data.identity) / "best.pt"
     if not best.exists():
         return {"status": f"warm start not trained yet (no {best}); train {cfg.warm_start} first"}
-    pool_domains = data.manifest["domain"].to_numpy()[data.pool]
-    sampler, algorithm = make_algorithm(cfg.loss, data.labels[data.pool], pool_domains, cfg.seed, torch.device("cpu"))
+    algorithm = pair_algorithm(cfg, data)
     model = build_model(cfg.model.arch, "none", len(CLASSES))
     model.load_state_dict(load_checkpoint(best)["model"])
     model.train()  # the first training step sees batch statistics
-    pairs = sampler.epoch_draw(0)
-    n = n_batches * cfg.optim.batch_size
+    pool = train_pool(data, cfg.seed)
+    draws = [d._replace(idx=data.pool[d.idx]) for d in algorithm.batches(0, cfg.optim.batch_size)[:n_batches]]
     inputs = Inputs(data.manifest["path"].tolist(), data.labels, cfg.transform, cfg.data, torch.device("cpu"), bar,
-                    norm=input_normalization(cfg.model.arch))
-    batches = inputs.pair_batches(data.pool[pairs.idx1[:n]], data.pool[pairs.idx2[:n]], cfg.optim.batch_size, 0, pairs.positive[:n])
+                    norm=input_normalization(cfg.model.arch), domains=pool.domain_index(data.manifest["domain"]))
     sums, seen = dict.fromkeys(TERMS, 0.0), 0
-    a = cfg.loss.alpha
-    scale = {"cls": 1 - a, "align": a, "sep": a}
-    for batch in batches:
-        out = algorithm.loss(model, batch)
+    for batch in inputs.batches(draws, 0):
+        step = algorithm.loss(model, batch)
+        values = step_values(step) | dict(step.terms)  # the terms as they enter the loss, and their gradients
         for k in TERMS:
-            sums[k] += float(out[k].detach()) * scale.get(k, 1.0)
+            sums[k] += float(values[k].detach())
         seen += 1
     return {"status": f"from {best}", "batches": seen} | {k: v / max(seen, 1) for k, v in sums.items()}
 

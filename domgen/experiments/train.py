@@ -42,8 +42,11 @@ def run_dir_for(cfg: RunConfig, identity: str) -> Path:
 
 
 def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
-    """Fields written into every result line, so that tables need no other file."""
-    ccsa = cfg.loss.name == "ccsa"
+    """Fields written into every result line, so that tables need no other file: the run's identity and
+    data, and the method as its algorithm describes it (``Algorithm.describe``: name, hyperparameters,
+    classification loss and its weighting)."""
+    from domgen.algorithms import make_algorithm
+
     return {
         "exp": cfg.exp,
         "seed": cfg.seed,
@@ -53,12 +56,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "synthetic": data.catalog.synthetic,
         "arch": cfg.model.arch,
         "nsec": cfg.data.nsec,
-        "loss": cfg.loss.name,
-        "weighted_cls": cfg.loss.weighted_cls,
-        "weighted_align": cfg.loss.weighted_align if ccsa else None,
-        "weight_norm": cfg.loss.weight_norm,
-        "alpha": cfg.loss.alpha if ccsa else None,
-        "pairs": cfg.loss.pairs if ccsa else None,
+        **make_algorithm(cfg.algorithm, cfg.loss).describe(),
         "holdout": list(cfg.data.holdout),
         "train_domains": data.train_domains,
     }

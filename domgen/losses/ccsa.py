@@ -10,7 +10,8 @@ loss and its pairwise L_SA, L_S), with the class-probability weighting of Yoon, 
     L_SA = 1/B sum_b W[y1_b, y2_b] pos_b ||z1_b - z2_b||^2
     L_S  = 1/B sum_b W[y1_b, y2_b] (1 - pos_b) max(0, m - ||z1_b - z2_b||)^2
 
-Two conventions, both supported (``alpha``, ``cls_reduction`` and the sampler's weight normalisation):
+Two conventions, both supported (``algorithm.alpha``, ``loss.reduction`` and ``loss.weight_norm``, which
+normalises the sampler's weights):
 
 * **The authors' code** (chrisjmyoon/iccsa ``agents/toy.py``, ``graphs/loss.py``; the default):
   alpha = 0.1; weights ``cb = sum / count`` divided by their maximum (the rarest class or class pair has
@@ -31,47 +32,12 @@ The pair label is the sampler's (``Pairs.positive``: y1 == y2, or its branch fla
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from domgen.losses import LOSSES
-
-CLS_REDUCTIONS = ("weighted_mean", "mean")
-
-
-def _gather(weights: Tensor | None, ref: Tensor, *index: Tensor) -> Tensor | None:
-    """``weights[index]`` on ``ref``'s device and dtype, or None when unweighted."""
-    if weights is None:
-        return None
-    return torch.as_tensor(weights, device=ref.device, dtype=ref.dtype)[index]
+from domgen.losses.ce import gather_weights
 
 
-@LOSSES.register("ce")
-class CrossEntropy(nn.Module):
-    """Class-weighted cross-entropy; w = None is plain cross-entropy.
-
-    ``weighted_mean`` (default; ``nn.CrossEntropyLoss(weight=w)``, the authors' code):
-    ``sum_b w[y_b] CE_b / sum_b w[y_b]``, invariant to the scale of w. ``mean`` (domgen 0.1):
-    ``mean_b(w[y_b] CE_b)``, whose scale follows the weights' normalisation.
-    """
-
-    def __init__(self, reduction: str = "weighted_mean"):
-        super().__init__()
-        if reduction not in CLS_REDUCTIONS:
-            raise ValueError(f"cross-entropy reduction must be one of {', '.join(CLS_REDUCTIONS)}, got {reduction!r}")
-        self.reduction = reduction
-
-    def forward(self, logits: Tensor, y: Tensor, class_w: Tensor | None = None) -> Tensor:
-        ce = F.cross_entropy(logits, y, reduction="none")  # [B]
-        w = _gather(class_w, ce, y)
-        if w is None:
-            return ce.mean()
-        if self.reduction == "weighted_mean":
-            return (w * ce).sum() / w.sum().clamp_min(torch.finfo(ce.dtype).tiny)
-        return (w * ce).mean()
-
-
-@LOSSES.register("ccsa")
 class CCSALoss(nn.Module):
     """CCSA on pairs, weighted by class probabilities; see the module docstring for the exact formula.
 
@@ -79,16 +45,17 @@ class CCSALoss(nn.Module):
         margin: separation margin m (50 for 512-d ResNet features, as in Yoon et al. 2019's code).
         alpha: weight of the alignment terms; 1 - alpha weighs classification (0.1 in the authors' code).
         cls_reduction: reduction of the weighted cross-entropy, ``weighted_mean`` or ``mean``.
-        cls_loss: name in ``LOSSES`` of the per-stream classification loss, called as
-            ``loss(logits, y, class_w)``.
+        cls_loss: the per-stream classification loss, called as ``loss(logits, y, class_w)``: a module
+            (the run's ``loss.*`` choice) or a name in ``LOSSES`` built with ``cls_reduction``.
     """
 
-    def __init__(self, margin: float = 50.0, alpha: float = 0.1, cls_reduction: str = "weighted_mean", cls_loss: str = "ce"):
+    def __init__(self, margin: float = 50.0, alpha: float = 0.1, cls_reduction: str = "weighted_mean",
+                 cls_loss: str | nn.Module = "ce"):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         self.margin, self.alpha = float(margin), float(alpha)
-        self.cls_loss = LOSSES.get(cls_loss)(reduction=cls_reduction)
+        self.cls_loss = LOSSES.get(cls_loss)(reduction=cls_reduction) if isinstance(cls_loss, str) else cls_loss
 
     def forward(
         self,
@@ -111,7 +78,7 @@ class CCSALoss(nn.Module):
         dist = torch.linalg.vector_norm(diff, dim=1)  # [B]
         sa = diff.pow(2).sum(dim=1)  # [B] squared distance, smooth everywhere
         s = (self.margin - dist).clamp(min=0).pow(2)  # [B] zero once the pair is m apart
-        w = _gather(pair_w, sa, y1, y2)
+        w = gather_weights(pair_w, sa, y1, y2)
         if w is not None:
             sa, s = w * sa, w * s
         zero = torch.zeros_like(sa)

@@ -95,7 +95,7 @@ def _describe(rows: pd.DataFrame) -> dict:
         "nsec": str(first.get("nsec", "")),
         "arch": _arch_name(first.get("arch", "")),
         "Cl": _flag(first.get("weighted_cls")),
-        "Al": _flag(first.get("weighted_align"), first.get("loss") == "ccsa"),
+        "Al": _flag(first.get("weighted_align")),  # recorded only by methods with an alignment term
         "Pr": _threshold(first.get("prune_threshold")),
         "params": params,
         "holdout": " ".join(holdout),

@@ -31,7 +31,7 @@ THROUGHPUT_224 = {"resnet18": 2000.0, "resnet50": 800.0, "resnet152": 330.0}
 THROUGHPUT_OTHER = 800.0  # timm backbones: assume ResNet-50-like cost
 EVAL_COST = 1 / 3  # a forward pass costs about a third of forward + backward
 GPU_HOURS_ASSUMPTION = (
-    "GPU-hours = [epochs x (training images x 2 for CCSA pairs + val images / 3) + (val + test) / 3]"
+    "GPU-hours = [epochs x (training images x images per sample (CCSA: 2, a pair) + val images / 3) + (val + test) / 3]"
     " / (images/s on one H100: resnet18 2000, resnet50 800, resnet152 330 at 224 px, scaled by pixel count)"
     "; pruning adds one epoch for channel selection. An assumption, not a measurement."
 )
@@ -58,9 +58,11 @@ def data_size(cfg: DataConfig) -> DataSize:
 
 def estimate_gpu_hours(cfg: RunConfig, size: DataSize) -> float:
     """H100 hours for one run under the model in ``GPU_HOURS_ASSUMPTION``."""
+    from domgen.algorithms import images_per_sample
+
     # pruning: channel selection (about one epoch's worth) + fine-tuning for optim.epochs
     epochs = cfg.optim.epochs + (1 if EXPERIMENTS.get(cfg.exp).prune_threshold is not None else 0)
-    train = size.pool * (2 if cfg.loss.name == "ccsa" else 1)  # CCSA: one pair of images per pool image
+    train = size.pool * images_per_sample(cfg.algorithm)  # CCSA: one pair of images per pool image
     per_epoch = size.val if cfg.val_all_domains or size.val_epoch is None else size.val_epoch
     images = epochs * (train + EVAL_COST * per_epoch) + EVAL_COST * (size.val + size.test)
     rate = THROUGHPUT_224.get(cfg.model.arch, THROUGHPUT_OTHER) * (224 / cfg.transform.size) ** 2

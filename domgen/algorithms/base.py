@@ -1,0 +1,138 @@
+"""The algorithm interface: one class is the whole method (DomainBed's habit), the engine only runs it.
+
+An algorithm declares, beside its class, its hyperparameters (``Hparams``: a frozen dataclass that extends
+``domgen.config.AlgorithmConfig``, each field with a default and, via :func:`hparam`, a random-search
+distribution, as DomainBed's ``hparams_registry`` does), the images each sampled unit brings
+(``images_per_sample``) and whether the run should record its test features for the projector
+(``shapes_features``). :meth:`Algorithm.build` makes its sampler and class weights from the training pool;
+:meth:`Algorithm.batches` lists an epoch's batches; :meth:`Algorithm.loss` turns one device batch into a
+:class:`Step`; ``state_dict``/``load_state_dict`` hold what it keeps beside the model (saved in and resumed
+from the run checkpoint); :meth:`Algorithm.describe` is what the run record says about the method. The
+engine's one optimiser/autocast path (``domgen.engine.loop``) does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from domgen.config import AlgorithmConfig, LossConfig, to_dict
+from domgen.data.samplers import SAMPLERS, Draw, TrainPool
+from domgen.losses import build_loss, class_weights
+from domgen.registry import Registry
+
+ALGORITHMS: Registry = Registry("algorithm")
+NO_TENSORS: Mapping[str, Tensor] = MappingProxyType({})
+
+
+class Batch(NamedTuple):
+    """One training batch on the device, augmented. Every batch carries the domain of each image."""
+
+    x: Tensor  # [B, 3, s, s] images (pairs: the B' first images, then their partners in the same order)
+    y: Tensor  # [B] class index
+    domain: Tensor  # [B] int64 index into TrainPool.domain_names
+    extras: Mapping[str, Tensor] = NO_TENSORS  # what the sampler adds per batch, e.g. "positive" [B'] bool
+
+
+class Step(NamedTuple):
+    """What :meth:`Algorithm.loss` returns for one batch."""
+
+    loss: Tensor  # the differentiable total the engine backpropagates
+    logs: Mapping[str, Tensor] = NO_TENSORS  # scalars logged as train_<name> (epoch means), besides train_loss
+    # Each term's weighted contribution to ``loss`` (differentiable) and the features they are measured
+    # at: the engine logs gn_<term>, the norm of d term / d features (``domgen.engine.loop``).
+    terms: Mapping[str, Tensor] = NO_TENSORS
+    features: Tensor | None = None
+
+
+def hparam(default: Any, search: Callable[[np.random.Generator], Any] | None = None) -> Any:
+    """A hyperparameter field: its default and the random-search distribution ``search(rng) -> value``
+    (None: the hyperparameter is not searched)."""
+    return dataclasses.field(default=default, metadata={"search": search})
+
+
+def random_hparams(cls: type, seed: int) -> AlgorithmConfig:
+    """``cls.Hparams`` with every searched hyperparameter drawn from its distribution (seeded)."""
+    rng = np.random.default_rng(seed)
+    drawn = {f.name: f.metadata["search"](rng) for f in dataclasses.fields(cls.Hparams) if f.metadata.get("search")}
+    return cls.Hparams(**drawn)
+
+
+class Algorithm:
+    """Base class: ERM's wiring (a sampler, class weights of what it draws, no state of its own)."""
+
+    Hparams: ClassVar[type] = AlgorithmConfig
+    images_per_sample: ClassVar[int] = 1  # images per sampled unit; the sampler must agree (CCSA: pairs, 2)
+    shapes_features: ClassVar[bool] = False  # True: the run writes test features to TensorBoard's projector
+
+    def __init__(self, hparams: AlgorithmConfig, loss: LossConfig = LossConfig(), device: torch.device | str = "cpu"):
+        if type(hparams) is not self.Hparams:
+            raise TypeError(f"{type(self).__name__} takes {self.Hparams.__name__}, got {type(hparams).__name__}")
+        self.hparams, self.loss_cfg, self.device = hparams, loss, torch.device(device)
+        self.criterion = build_loss(loss)  # the classification loss: criterion(logits, y, class_w)
+        self.sampler = None
+
+    # ---- declared hyperparameters ----------------------------------------------------------------
+    @classmethod
+    def problems(cls, hp: AlgorithmConfig) -> Iterator[tuple[str, Any, str]]:
+        """(field, value, why) for each hyperparameter that cannot work; subclasses add their own."""
+        if hp.sampler not in SAMPLERS:
+            yield "sampler", hp.sampler, f"a registered sampler: {', '.join(SAMPLERS.names())}"
+        elif (n := getattr(SAMPLERS.get(hp.sampler), "images_per_sample", 1)) != cls.images_per_sample:
+            yield "sampler", hp.sampler, f"draws {n} image(s) per sample; {hp.name} needs {cls.images_per_sample}"
+
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword arguments for the sampler (the pair sampler's p_same, mode, ...)."""
+        return {}
+
+    # ---- wiring ----------------------------------------------------------------------------------
+    def build(self, pool: TrainPool) -> "Algorithm":
+        """Make the sampler and the class weights for this training pool; returns self."""
+        self.sampler = SAMPLERS.get(self.hparams.sampler)(pool, **self.sampler_options())
+        if self.sampler.images_per_sample != self.images_per_sample:
+            raise ValueError(f"algorithm {self.hparams.name!r} needs {self.images_per_sample} image(s) per sample; "
+                             f"sampler {self.hparams.sampler!r} draws {self.sampler.images_per_sample}")
+        self.fit_weights()
+        return self
+
+    def fit_weights(self) -> None:
+        """The classification weights: inverse probabilities of the classes the sampler draws."""
+        self.class_w = class_weights(self.loss_cfg, self.sampler.class_probabilities(), self.device)
+
+    def batches(self, epoch: int, batch_size: int) -> list[Draw]:
+        """The epoch's batches as pool indices; ``batch_size`` counts sampled units (CCSA: pairs)."""
+        return self.sampler.epoch_batches(epoch, batch_size)
+
+    def loss(self, model: nn.Module, batch: Batch) -> Step:
+        """The loss on one batch (ERM: the classification loss on the batch as drawn)."""
+        loss = self.criterion(model(batch.x), batch.y, self.class_w)
+        return Step(loss)
+
+    # ---- state and record ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the algorithm keeps beside the model: here only which sampler state it draws from."""
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+    def describe(self) -> dict[str, Any]:
+        """The method as the run record states it: the algorithm's hyperparameters and the loss's options."""
+        loss = self.loss_cfg
+        return ({"algorithm": self.hparams.name} | {k: v for k, v in to_dict(self.hparams).items() if k != "name"}
+                | {"loss": loss.name, "weighted_cls": loss.weighted, "weight_norm": loss.weight_norm, "reduction": loss.reduction})
+
+
+def make_algorithm(hparams: AlgorithmConfig, loss: LossConfig = LossConfig(), device: torch.device | str = "cpu") -> Algorithm:
+    """The registered algorithm ``hparams.name``, not yet built on a pool."""
+    return ALGORITHMS.get(hparams.name)(hparams, loss, device)
+
+
+def images_per_sample(hparams: AlgorithmConfig) -> int:
+    """Images each sampled unit of the named algorithm brings (what a run's cost scales with)."""
+    return ALGORITHMS.get(hparams.name).images_per_sample
