@@ -7,7 +7,7 @@ import pytest
 
 from domgen.data.pair_sampler import PairSampler
 from domgen.data.samplers import SAMPLERS, TrainPool, chunks
-from domgen.engine.checkpoint import derive_seed
+from domgen.seeds import derive_seed
 
 
 def pool(seed: int = 0) -> TrainPool:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from domgen.config import AlgorithmConfig, LossConfig, to_dict
+from domgen.data import pair_sampler  # noqa: F401  (registers CCSA's "pairs" in SAMPLERS)
 from domgen.data.samplers import SAMPLERS, Draw, TrainPool
 from domgen.losses import build_loss, class_weights
 from domgen.registry import Registry

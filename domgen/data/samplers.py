@@ -148,7 +148,3 @@ class ClassBalanced(Reweighted):
 
     def image_probabilities(self) -> np.ndarray:
         return _balanced(self.pool.labels)
-
-
-# Imported after SAMPLERS exists: the pair sampler registers itself ("pairs") on import.
-from domgen.data import pair_sampler  # noqa: E402,F401
