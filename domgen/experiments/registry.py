@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domgen.config import validate
+from domgen.config import normalise, validate
 from domgen.config import (
     DataConfig,
     LossConfig,
@@ -130,4 +130,4 @@ def resolve_config(exp_name: str, preset: str = "paper", seed: int = 0, override
             batches=p.prune_batches,
         ),
     )
-    return validate(apply_overrides(cfg, list(overrides)))
+    return validate(normalise(apply_overrides(cfg, list(overrides))))
