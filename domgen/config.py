@@ -243,13 +243,18 @@ def normalise(cfg: RunConfig) -> RunConfig:
     "SON"; holdouts without repeats, in Table 1 order), ``primary`` "None"/"" -> "none" (whose pool is
     every training split, i.e. nsec = "a"), and the native layout's own label space as "". Domains that
     are not a registered source's (a metadata.csv root, ``domain_by`` values) are kept as written."""
-    d = cfg.data
+    new = normalise_data(cfg.data)
+    return cfg if new == cfg.data else replace(cfg, data=new)
+
+
+def normalise_data(d: DataConfig) -> DataConfig:
+    """The data section of :func:`normalise` (also applied by ``prepare_data`` to a hand-made DataConfig)."""
     primary = "none" if d.primary.strip().lower() in ("", "none") else _domain(d.primary)
     holdout = _holdout_order(dict.fromkeys(_domain(h) for h in d.holdout if h.strip())) if d.holdout else ()
     label_space = "" if d.layout == "native" and d.label_space == "dermoscopy7" else d.label_space.strip()
     nsec = "a" if primary == "none" else d.nsec
     new = replace(d, primary=primary, holdout=holdout, label_space=label_space, nsec=nsec)
-    return cfg if new == d else replace(cfg, data=new)
+    return d if new == d else new
 
 
 def _domain(name: str) -> str:

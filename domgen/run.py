@@ -19,7 +19,6 @@ from domgen.engine.metrics import jsonable
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from domgen.data.catalog import dropped_report, load_catalog, summary_table
-    from domgen.data.labels import CLASSES
 
     cfg = apply_overrides(DataConfig(), [o.split("data.", 1)[1] for o in cc.data_overrides(args)])
     catalog = load_catalog(cfg, bar=cc.cli_hooks().bar, verify=args.verify)
@@ -27,7 +26,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.json:  # stdout stays pure JSON; the data line goes to stderr
         print(f"data: {what}", file=sys.stderr)
         counts = catalog.counts()
-        print(json.dumps({d: {c: int(counts.loc[d, c]) for c in CLASSES} for d in counts.index}))
+        print(json.dumps({d: {c: int(counts.loc[d, c]) for c in catalog.classes} for d in counts.index}))
         return 0
     table = summary_table(catalog)
     cc.say(f"data: {what}")

@@ -173,5 +173,5 @@ def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, forc
             return finished
         init = warm_start_state(cfg, hooks, data.catalog, resume)
         context = run_context(cfg, data, run_dir)
-        save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
+        save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context, "classes": list(data.classes)})
         return finish_run(Trainer(cfg, data, run_dir, context, hooks, init_state=init), resume)
