@@ -315,6 +315,16 @@ def _problems(cfg: RunConfig):
     yield from _data_problems(d)
 
 
+def validate_data(d: DataConfig) -> DataConfig:
+    """``validate`` for a data section alone (``summary``, which has no run config)."""
+    from domgen.errors import ConfigError
+
+    problems = [f"{key}={value!r} ({why})" for key, value, why in _data_problems(d)]
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems) + ". Fix the --set value")
+    return d
+
+
 def _data_problems(d: DataConfig):
     if d.layout not in LAYOUTS:
         yield "data.layout", d.layout, " | ".join(LAYOUTS)

@@ -97,7 +97,7 @@ class Trainer:
     def _make_algorithm(self):
         data = self.data
         domains = data.manifest["domain"].to_numpy()[data.pool]
-        return make_algorithm(self.cfg.loss, data.labels[data.pool], domains, self.cfg.seed, self.device)
+        return make_algorithm(self.cfg.loss, data.labels[data.pool], domains, self.cfg.seed, self.device, len(data.classes))
 
     # ---- state -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

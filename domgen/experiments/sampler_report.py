@@ -24,7 +24,7 @@ def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batche
     data = prepare_data(cfg.data, bar=bar)
     domains = data.manifest["domain"].to_numpy()[data.pool]
     labels = data.labels[data.pool]
-    sampler, _ = make_algorithm(cfg.loss, labels, domains, cfg.seed, torch.device("cpu"))
+    sampler, _ = make_algorithm(cfg.loss, labels, domains, cfg.seed, torch.device("cpu"), len(data.classes))
     exact = sampler.exact_probabilities()
     norm = cfg.loss.weight_norm
     w1, w2 = sampler.class_weights(norm)
@@ -67,7 +67,8 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) ->
     if not best.exists():
         return {"status": f"warm start not trained yet (no {best}); train {cfg.warm_start} first"}
     pool_domains = data.manifest["domain"].to_numpy()[data.pool]
-    sampler, algorithm = make_algorithm(cfg.loss, data.labels[data.pool], pool_domains, cfg.seed, torch.device("cpu"))
+    sampler, algorithm = make_algorithm(cfg.loss, data.labels[data.pool], pool_domains, cfg.seed, torch.device("cpu"),
+                                        len(data.classes))
     model = build_model(cfg.model.arch, "none", len(data.classes))
     model.load_state_dict(load_checkpoint(best)["model"])
     model.train()  # the first training step sees batch statistics

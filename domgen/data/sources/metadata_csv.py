@@ -62,6 +62,10 @@ class MetadataCsv:
         root = Path(root)
         listing = root / METADATA
         meta = _io.read_csv(listing, NAME, LAYOUT, REQUIRED)
+        repeated = sorted(set(meta.columns[meta.columns.duplicated()]))
+        if repeated:
+            raise DataLayoutError(f"{NAME}: {listing} names column(s) {', '.join(map(repr, repeated))} twice. "
+                                  f"Expected layout: {LAYOUT}")
         _require_cells(meta, REQUIRED, listing)
         rows = meta.copy()
         for column in ("path", "label", "domain"):
