@@ -249,7 +249,11 @@ def normalise(cfg: RunConfig) -> RunConfig:
 
 def normalise_data(d: DataConfig) -> DataConfig:
     """The data section of :func:`normalise` (also applied by ``prepare_data`` to a hand-made DataConfig)."""
-    primary = "none" if d.primary.strip().lower() in ("", "none") else _domain(d.primary)
+    primary = d.primary.strip()
+    if primary.lower() in ("", "none"):
+        primary = "none"
+    elif primary != DataConfig.primary:  # the default is a code already: no need to load the sources
+        primary = _domain(primary)
     holdout = _holdout_order(dict.fromkeys(_domain(h) for h in d.holdout if h.strip())) if d.holdout else ()
     label_space = "" if d.layout == "native" and d.label_space == "dermoscopy7" else d.label_space.strip()
     nsec = "a" if primary == "none" else d.nsec

@@ -101,3 +101,12 @@ def test_every_experiment_resolves_to_canonical_holdouts():
     for name in EXPERIMENTS.names():
         cfg = resolve_config(name, "smoke")
         assert all(h in labels.DOMAINS for h in cfg.data.holdout)
+
+
+def test_a_warm_start_parent_without_primary_is_the_run_a_direct_launch_makes():
+    from domgen.experiments.train import parent_config
+
+    child = resolve_config("F", "smoke", overrides=["data.primary=none"])
+    direct = resolve_config("A", "smoke", overrides=["data.primary=none"])
+    parent = parent_config(child)
+    assert parent.data == direct.data and config_hash(parent, "x") == config_hash(direct, "x")

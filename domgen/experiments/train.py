@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from domgen.atomic import write_text_atomic
-from domgen.config import RunConfig, config_hash, save_yaml
+from domgen.config import RunConfig, config_hash, normalise_data, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import RESULTS, is_done, read_results, write_done
 from domgen.engine.metrics import jsonable
@@ -67,7 +67,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
 def parent_config(cfg: RunConfig) -> RunConfig:
     """The run a warm-started experiment starts from: same preset, seed, data, sizes and backbone."""
     parent = resolve_config(cfg.warm_start, cfg.preset, cfg.seed)
-    data = replace(cfg.data, nsec=parent.data.nsec, holdout=parent.data.holdout)
+    data = normalise_data(replace(cfg.data, nsec=parent.data.nsec, holdout=parent.data.holdout))
     model = replace(parent.model, arch=cfg.model.arch)
     return replace(parent, out=cfg.out, device=cfg.device, data=data, transform=cfg.transform, model=model)
 
