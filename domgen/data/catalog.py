@@ -38,6 +38,10 @@ class Catalog:
     loaded: dict[str, LoadResult] = field(default_factory=dict)  # per source, before domain_by (else = results)
     lacking: Counter = field(default_factory=Counter)  # source domain -> images without a domain_by value
 
+    def __post_init__(self):
+        if not self.loaded:
+            self.loaded = self.results
+
     @property
     def identity(self) -> str:
         """What the data is, for run hashes and result files: "synthetic" or the resolved root."""
@@ -115,7 +119,7 @@ def load_catalog(cfg: DataConfig, bar=None, verify: bool = False) -> Catalog:
     Then, in this order: ``data.domain_by`` re-draws the domains, ``data.label_space`` picks the classes."""
     root, synthetic = resolve_root(cfg, bar)
     results, absent = load_layout(cfg.layout, root, cfg.skip_missing)
-    catalog = Catalog(root=root, synthetic=synthetic, results=results, absent=absent, layout=cfg.layout, loaded=results)
+    catalog = Catalog(root=root, synthetic=synthetic, results=results, absent=absent, layout=cfg.layout)
     if verify or cfg.skip_missing:
         drop_undecodable(catalog, cfg, bar)
     catalog.space = choose_space(cfg, catalog)
