@@ -21,7 +21,7 @@ from domgen.data.sources.spec import Acquisition, SyntheticSpec
 
 XLSX, TXT = "PH2_dataset.xlsx", "PH2_dataset.txt"
 IMAGES = "PH2 Dataset images"
-CLINICAL = ("Common Nevus", "Atypical Nevus", "Melanoma")  # PH2_MAP's keys, in the txt's 0/1/2 order
+CLINICAL = ("Common Nevus", "Atypical Nevus", "Melanoma")  # label_map's keys, in the txt's 0/1/2 order
 COLOURS = ("White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black")  # the txt's codes 1..6
 CRITERIA = ["histological_diagnosis", "asymmetry", "pigment_network", "dots_globules", "streaks",
             "regression_areas", "blue_whitish_veil"]
