@@ -116,7 +116,8 @@ def resolve_root(cfg: DataConfig, bar=None) -> tuple[Path, bool]:
 def load_catalog(cfg: DataConfig, bar=None, verify: bool = False) -> Catalog:
     """``bar``: an optional progress-bar factory (tqdm), used only if data must be generated or checked.
     ``verify`` (implied by ``skip_missing``): decode every image fully (:mod:`domgen.data.verify`).
-    Then, in this order: ``data.domain_by`` re-draws the domains, ``data.label_space`` picks the classes."""
+    Then, in this order: ``data.label_space`` picks the classes (images outside it dropped and counted per
+    source), and ``data.domain_by`` re-draws the domains."""
     root, synthetic = resolve_root(cfg, bar)
     results, absent = load_layout(cfg.layout, root, cfg.skip_missing)
     catalog = Catalog(root=root, synthetic=synthetic, results=results, absent=absent, layout=cfg.layout)
