@@ -14,7 +14,8 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
-from domgen.errors import DomgenError, RunFolderError, RunInterrupted
+from domgen.config import DataConfig, apply_overrides, normalise_data, validate_data
+from domgen.errors import ConfigError, DomgenError, RunFolderError, RunInterrupted
 from domgen.experiments.registry import PRESETS, resolve_config
 
 if TYPE_CHECKING:
@@ -79,6 +80,14 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     if args.workers is not None:
         out.append(f"data.workers={args.workers}")
     return out
+
+
+def data_config(overrides: list[str]) -> DataConfig:
+    """A DataConfig from ``data.*`` overrides alone (``summary``), normalised and validated like a run's."""
+    stray = [o for o in overrides if not o.startswith("data.")]
+    if stray:
+        raise ConfigError(f"summary takes data.* settings only; got {', '.join(stray)}")
+    return validate_data(normalise_data(apply_overrides(DataConfig(), [o.split("data.", 1)[1] for o in overrides])))
 
 
 def build_config(args: argparse.Namespace, exp: str | None = None) -> RunConfig:

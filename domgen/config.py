@@ -31,6 +31,11 @@ class DataConfig:
     cache_dir: str = ""  # "" -> $DOMGEN_CACHE, else ~/.cache/domgen
     workers: int = 2  # processes decoding the image cache; DataLoader workers of the uncached path
     cached: bool = True  # decode once into uint8 arrays (False: reference per-image PIL pipeline)
+    # The protocol (README, "Data"): how the root is laid out, which classes, which domain is primary.
+    layout: str = "native"  # native (one sub-folder per source) | metadata_csv | domain_folders
+    label_space: str = ""  # a registered label space; "" = the layout's own (dermoscopy7 / sorted labels)
+    primary: str = "HAM"  # the domain trained on in full (Yoon et al.); "none" = every domain's training split
+    domain_by: str = ""  # a metadata column whose values become the domains (e.g. localization); "" = the sources
 
 
 @dataclass(frozen=True)
@@ -158,10 +163,16 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
     return type(default) if is_dataclass(default) else None
 
 
+# Fields added after runs were recorded: hashed only when they differ from these defaults, so every run
+# folder made before they existed keeps its name (and a sweep still finds it done).
+_HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": ""}
+
+
 def config_hash(cfg: RunConfig, data_identity: str = "") -> str:
     """Hash of everything that decides the result. ``data_identity`` names the data actually used
     (e.g. "synthetic" or the resolved data root), since ``data.root`` itself may be empty."""
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _NOT_HASHED}
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     flat["data.identity"] = data_identity
     blob = json.dumps(flat, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
@@ -253,6 +264,45 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("DOMGEN_CACHE") or Path.home() / ".cache" / "domgen")
 
 
+# ---- normalisation: one spelling per computation, so equal runs share one hash ----
+LAYOUTS = ("native", "metadata_csv", "domain_folders")
+
+
+def normalise(cfg: RunConfig) -> RunConfig:
+    """Spell the data protocol one way: ``holdout`` and ``primary`` as domain codes ("SONIC", "son" ->
+    "SON"; holdouts without repeats, in Table 1 order), ``primary`` "None"/"" -> "none" (whose pool is
+    every training split, i.e. nsec = "a"), and the native layout's own label space as "". Domains that
+    are not a registered source's (a metadata.csv root, ``domain_by`` values) are kept as written."""
+    new = normalise_data(cfg.data)
+    return cfg if new == cfg.data else replace(cfg, data=new)
+
+
+def normalise_data(d: DataConfig) -> DataConfig:
+    """The data section of :func:`normalise` (also applied by ``prepare_data`` to a hand-made DataConfig)."""
+    primary = d.primary.strip()
+    if primary.lower() in ("", "none"):
+        primary = "none"
+    elif primary != DataConfig.primary:  # the default is a code already: no need to load the sources
+        primary = _domain(primary)
+    holdout = _holdout_order(dict.fromkeys(_domain(h) for h in d.holdout if h.strip())) if d.holdout else ()
+    label_space = "" if d.layout == "native" and d.label_space == "dermoscopy7" else d.label_space.strip()
+    nsec = "a" if primary == "none" else d.nsec
+    new = replace(d, primary=primary, holdout=holdout, label_space=label_space, nsec=nsec)
+    return d if new == d else new
+
+
+def _domain(name: str) -> str:
+    from domgen.data.labels import normalise_domain  # imports the source registry: only when needed
+
+    return normalise_domain(name)
+
+
+def _holdout_order(codes: dict) -> tuple[str, ...]:
+    from domgen.data.labels import DOMAINS
+
+    return tuple(sorted(codes, key=lambda c: (DOMAINS.index(c) if c in DOMAINS else len(DOMAINS), c)))
+
+
 # ---- validation: one place that says which values can work, checked before any run folder exists ----
 def validate(cfg: RunConfig) -> RunConfig:
     """Return ``cfg`` or raise :class:`domgen.errors.ConfigError` naming the key, the value and the range.
@@ -298,6 +348,29 @@ def _problems(cfg: RunConfig):
         yield "prune.method", p.method, "dcp, magnitude, taylor or bn"
     if not (str(d.nsec).strip().lower() in ("a", "all") or (str(d.nsec).strip().isdigit() and int(d.nsec) <= 5)):
         yield "data.nsec", d.nsec, "0..5 or a"
+    yield from _data_problems(d)
+
+
+def validate_data(d: DataConfig) -> DataConfig:
+    """``validate`` for a data section alone (``summary``, which has no run config)."""
+    from domgen.errors import ConfigError
+
+    problems = [f"{key}={value!r} ({why})" for key, value, why in _data_problems(d)]
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems) + ". Fix the --set value")
+    return d
+
+
+def _data_problems(d: DataConfig):
+    if d.layout not in LAYOUTS:
+        yield "data.layout", d.layout, " | ".join(LAYOUTS)
+    if d.primary in d.holdout:
+        yield "data.primary", d.primary, "is also held out (data.holdout): the primary domain trains, so it cannot be held out"
+    if d.label_space:
+        from domgen.data.label_space import LABEL_SPACES
+
+        if d.label_space not in LABEL_SPACES:
+            yield "data.label_space", d.label_space, f"a registered label space: {', '.join(LABEL_SPACES.names())}, or empty"
 
 
 def _loss_problems(loss: LossConfig):

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from domgen.atomic import atomic_path, write_text_atomic
@@ -62,12 +63,19 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, bool]:
         raise FileNotFoundError(f"{run_dir} is not a trained domgen run: it has no {' or '.join(missing)}")
     cfg = load_yaml(run_dir / "config.yaml")
     pruned = (run_dir / PRUNED).is_file()
-    model = load_pruned(cfg.model.arch, run_dir / PRUNED) if pruned else build_model(cfg.model.arch, "none", len(CLASSES))
+    model = load_pruned(cfg.model.arch, run_dir / PRUNED) if pruned else build_model(cfg.model.arch, "none", len(run_classes(run_dir)))
     model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
     return model.eval(), cfg, pruned
 
 
-def preprocessing(cfg: RunConfig) -> dict[str, Any]:
+def run_classes(run_dir: Path) -> list[str]:
+    """The run's label space as its config.yaml records it (``classes``); runs from before that key
+    trained on the seven dermoscopy classes."""
+    recorded = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("classes")
+    return list(recorded) if recorded else list(CLASSES)
+
+
+def preprocessing(cfg: RunConfig, classes: list[str] | None = None) -> dict[str, Any]:
     """The evaluation transform of ``domgen.data.transforms.reference_eval_transform`` as data."""
     t, norm = cfg.transform, input_normalization(cfg.model.arch)
     return {
@@ -79,7 +87,7 @@ def preprocessing(cfg: RunConfig) -> dict[str, Any]:
         "center_crop": [t.size, t.size],
         "mean": list(norm.mean),  # the backbone's own (ImageNet's for the ResNets)
         "std": list(norm.std),
-        "class_names": list(CLASSES),
+        "class_names": list(classes or CLASSES),
         "output": "logits [N, num_classes]; softmax gives probabilities",
         "arch": cfg.model.arch,
         "exp": cfg.exp,
@@ -108,7 +116,7 @@ def export_model(run_dir: str | Path, fmt: str, out_dir: str | Path | None = Non
     if not np.allclose(got, expected, atol=atol, rtol=rtol):
         raise ExportMismatch(f"{path}: outputs differ from PyTorch by up to {diff:.3g} (atol {atol}, rtol {rtol})")
     pre = out_dir / "preprocessing.json"
-    write_text_atomic(pre, json.dumps(preprocessing(cfg), indent=1))
+    write_text_atomic(pre, json.dumps(preprocessing(cfg, run_classes(run_dir)), indent=1))
     params, macs = count_params_macs(model, size)
     return ExportReport(path, pre, fmt, pruned, path.stat().st_size, params, macs, diff,
                         _latency_ms(run, batch[:1].numpy(), latency_runs), torch.get_num_threads())

@@ -18,15 +18,14 @@ from domgen import cli_common as cc
 def cmd_summary(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, apply_overrides
     from domgen.data.catalog import dropped_report, load_catalog, summary_table
-    from domgen.data.labels import CLASSES
 
-    cfg = apply_overrides(DataConfig(), [o.split("data.", 1)[1] for o in cc.data_overrides(args)])
+    cfg = cc.data_config(cc.data_overrides(args) + args.set)
     catalog = load_catalog(cfg, bar=cc.cli_hooks().bar, verify=args.verify)
     what = f"synthetic benchmark at {catalog.root}" if catalog.synthetic else f"data root {catalog.root}"
     if args.json:  # stdout stays pure JSON; the data line goes to stderr
         print(f"data: {what}", file=sys.stderr)
         counts = catalog.counts()
-        print(json.dumps({d: {c: int(counts.loc[d, c]) for c in CLASSES} for d in counts.index}))
+        print(json.dumps({d: {c: int(counts.loc[d, c]) for c in catalog.classes} for d in counts.index}))
         return 0
     table = summary_table(catalog)
     cc.say(f"data: {what}")
@@ -352,6 +351,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verify", action="store_true", help="decode every image fully (finds truncated JPEGs a header check misses); "
                    "with --skip-missing, broken images are dropped and counted")
     s.add_argument("--out", default="runs/summary", help="folder for summary.csv and summary.md")
+    s.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="a data option, e.g. data.layout=metadata_csv or data.domain_by=localization (repeatable)")
     s.set_defaults(func=cmd_summary)
     t = _sub(sub, "train", "train one experiment (A-E baselines, F-T CCSA)")
     cc.add_run_options(t)

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from domgen.data.sources import SOURCES, derm7pt, ham10000, isic, ph2
-from domgen.data.sources.base import LoadResult
+from domgen.data.sources import SOURCES, derm7pt, ham10000, isic, metadata_csv, ph2
+from domgen.data.sources.base import RECORD_COLUMNS, LoadResult
 from domgen.data.splits import load_or_build_manifest
 from domgen.data.writers import Item, write_source
 from domgen.errors import DomgenError
@@ -118,5 +119,52 @@ def test_random_bytes_as_metadata_fail_cleanly(source_key):
     @given(data=st.binary(max_size=2000))
     def run(data):
         _check(source_key, [("random", 0.0, data[:40] or b"\x00")])
+
+    run()
+
+
+# --- the generic metadata.csv reader (data.layout=metadata_csv), fed the same mutations --------------
+
+def _check_metadata_csv(edits) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "export"
+        rows = [{"path": f"im/{i}.png", "label": ("benign", "malignant")[i % 2], "domain": ("a", "b")[i % 2],
+                 "patient": f"P{i // 2}"} for i in range(4)]
+        for r in rows:
+            (folder / "im").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(TINY).save(folder / r["path"])
+        listing = folder / metadata_csv.METADATA
+        pd.DataFrame(rows).to_csv(listing, index=False)
+        listing.write_bytes(_mutate(listing.read_bytes(), edits))
+        cache = Path(tmp) / "cache"
+        try:
+            results = metadata_csv.MetadataCsv().load_root(folder, skip_missing=True)
+        except DomgenError as err:
+            assert str(err).strip(), "an error without a message"
+            return
+        for result in results.values():
+            assert isinstance(result, LoadResult) and list(result.records.columns[:5]) == RECORD_COLUMNS
+            assert set(result.records["domain"]) <= {result.domain} and result.domain.strip()
+        records = pd.concat([r.records for r in results.values()], ignore_index=True) if results else pd.DataFrame()
+        if len(records):
+            manifest = load_or_build_manifest(records, cache, seed=0)
+            assert len(manifest) == len(records)
+        assert not list(cache.rglob("*.tmp"))
+
+
+def test_mutated_metadata_csv_loads_or_fails_cleanly():
+    @FUZZ
+    @given(edits=st.lists(EDITS, min_size=1, max_size=3))
+    def run(edits):
+        _check_metadata_csv(edits)
+
+    run()
+
+
+def test_random_bytes_as_metadata_csv_fail_cleanly():
+    @settings(max_examples=10, deadline=None, database=None)
+    @given(data=st.binary(max_size=2000))
+    def run(data):
+        _check_metadata_csv([("random", 0.0, data[:40] or b"\x00")])
 
     run()

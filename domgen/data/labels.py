@@ -1,134 +1,78 @@
-"""The one label space and the one place where each source's diagnoses map onto it.
+"""The default label space and the domain lists, derived from the registered sources.
 
-Seven classes in a fixed order (Yoon et al., MICCAI 2019, Table 1). A diagnosis outside the map is
-dropped and counted by the loaders, never relabelled. The maps below reproduce Table 1's counts from
-the real releases; the reasoning for each is written in ``datasets/<source>.md``.
+``CLASSES`` is the ``dermoscopy7`` label space (Yoon et al., MICCAI 2019, Table 1, in its order; see
+:mod:`domgen.data.label_space`). Nothing else here is kept by hand: each source module declares its
+folder name, domain code, label map, Table 1 row and Table 2 column (``domgen.data.sources``), and
+``DOMAIN_CODES``, ``DOMAINS``, ``TABLE2_DOMAINS``, ``PRIMARY_DOMAIN`` and ``LABEL_MAPS`` are read from
+the registry when first asked for, so this module stays light for code that needs only the classes.
+The reasoning behind each map is in ``datasets/<source>.md``.
 """
 
 from __future__ import annotations
 
-CLASSES: tuple[str, ...] = ("nv", "mel", "bcc", "df", "bkl", "vasc", "akiec")
-CLASS_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
+from typing import Any
+
+from domgen.data.label_space import DERMOSCOPY7
+
+CLASSES: tuple[str, ...] = DERMOSCOPY7.classes
+CLASS_INDEX: dict[str, int] = DERMOSCOPY7.index
 NUM_CLASSES = len(CLASSES)
 
-# Source folder name under the data root -> short domain code used in every table.
-DOMAIN_CODES: dict[str, str] = {
-    "HAM10000": "HAM",
-    "Dermofit": "DMF",
-    "Derm7pt": "D7P",
-    "MSK": "MSK",
-    "UDA": "UDA",
-    "PH2": "PH2",
-    "SONIC": "SON",
-}
-# Order of `summary` (Table 1) and of `--json`.
-DOMAINS: tuple[str, ...] = ("HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON")
-# Column order of the paper's Table 2.
-TABLE2_DOMAINS: tuple[str, ...] = ("HAM", "DMF", "D7P", "MSK", "PH2", "SON", "UDA")
-PRIMARY_DOMAIN = "HAM"
+_DERIVED = ("DOMAIN_CODES", "DOMAINS", "TABLE2_DOMAINS", "PRIMARY_DOMAIN", "LABEL_MAPS")
+
+
+def native_sources() -> list:
+    """The registered sources in Table 1 order (``order``, then name for sources added later)."""
+    from domgen.data.sources import SOURCES
+
+    return sorted((SOURCES.get(n) for n in SOURCES), key=lambda s: (s.order, s.name))
+
+
+def _derive(name: str) -> Any:
+    sources = native_sources()
+    if name == "DOMAIN_CODES":  # source folder name under the data root -> short code used in every table
+        return {s.name: s.domain for s in sources}
+    if name == "DOMAINS":  # order of `summary` (Table 1) and of `--json`
+        return tuple(s.domain for s in sources)
+    if name == "TABLE2_DOMAINS":  # column order of the paper's Table 2
+        return tuple(s.domain for s in sorted((s for s in sources if s.table2 is not None), key=lambda s: s.table2))
+    if name == "PRIMARY_DOMAIN":
+        return next(s.domain for s in sources if s.primary)
+    return {s.name: s.label_map for s in sources}  # LABEL_MAPS
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: computed from the registry at each access
+    if name in _DERIVED:
+        return _derive(name)
+    if name == "ISIC_MAP":
+        from domgen.data.sources.isic import ISIC_MAP
+
+        return ISIC_MAP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def domain_code(name: str) -> str:
-    """Accept a folder name ("PH2", "SONIC") or a code ("SON"); return the code."""
-    if name in DOMAINS:
+    """Accept a folder name ("PH2", "SONIC") or a code ("SON"), any case; return the code."""
+    codes = _derive("DOMAIN_CODES")
+    if name in codes.values():
         return name
-    for folder, code in DOMAIN_CODES.items():
+    for folder, code in codes.items():
         if folder.lower() == name.lower() or code.lower() == name.lower():
             return code
-    raise KeyError(f"unknown domain {name!r}; known: {', '.join(DOMAINS)} (or {', '.join(DOMAIN_CODES)})")
+    raise KeyError(f"unknown domain {name!r}; known: {', '.join(codes.values())} (or {', '.join(codes)})")
 
 
-# HAM10000 `dx` uses the seven codes directly.
-HAM10000_MAP: dict[str, str] = {c: c for c in CLASSES}
-
-# Dermofit folder codes. SCC (88) is outside the seven and dropped; IEC (Bowen's disease) joins AK as
-# akiec, PYO (pyogenic granuloma) joins VASC: 45+78 = 123 akiec and 97+24 = 121 vasc, as in Table 1.
-DERMOFIT_MAP: dict[str, str] = {
-    "AK": "akiec",
-    "IEC": "akiec",
-    "BCC": "bcc",
-    "DF": "df",
-    "MEL": "mel",
-    "ML": "nv",
-    "SK": "bkl",
-    "VASC": "vasc",
-    "PYO": "vasc",
-}
-
-# Derm7pt `diagnosis`. Table 1 counts images (clinical + dermoscopic, two per case): 575 nevus cases
-# -> 1150, 252 melanoma cases -> 504, 42 bcc -> 84, 20 df -> 40, 45 seborrheic keratosis -> 90,
-# 29 vascular -> 58. Lentigo (24), melanosis (16) and miscellaneous (8) are dropped.
-DERM7PT_MAP: dict[str, str] = {
-    "clark nevus": "nv",
-    "reed or spitz nevus": "nv",
-    "dermal nevus": "nv",
-    "blue nevus": "nv",
-    "congenital nevus": "nv",
-    "combined nevus": "nv",
-    "recurrent nevus": "nv",
-    "melanoma (less than 0.76 mm)": "mel",
-    "melanoma (in situ)": "mel",
-    "melanoma (0.76 to 1.5 mm)": "mel",
-    "melanoma (more than 1.5 mm)": "mel",
-    "melanoma metastasis": "mel",
-    "melanoma": "mel",
-    "basal cell carcinoma": "bcc",
-    "dermatofibroma": "df",
-    "seborrheic keratosis": "bkl",
-    "vascular lesion": "vasc",
-}
-
-# PH2 clinical diagnosis columns: common and atypical nevi are nv (80 + 80 = 160), melanoma mel (40).
-PH2_MAP: dict[str, str] = {
-    "Common Nevus": "nv",
-    "Atypical Nevus": "nv",
-    "Melanoma": "mel",
-}
-
-# ISIC Archive diagnoses (MSK, UDA, SONIC), legacy `diagnosis` strings and the terms of the current
-# hierarchical `diagnosis_1..5` (matched from the deepest level up), both lower-cased. Benign keratoses
-# (seborrheic keratosis, solar lentigo, lichenoid keratosis) are bkl, as in HAM10000's definition.
-ISIC_MAP: dict[str, str] = {
-    # legacy
-    "nevus": "nv",
-    "melanoma": "mel",
-    "basal cell carcinoma": "bcc",
-    "dermatofibroma": "df",
-    "seborrheic keratosis": "bkl",
-    "solar lentigo": "bkl",
-    "lichenoid keratosis": "bkl",
-    "pigmented benign keratosis": "bkl",
-    "vascular lesion": "vasc",
-    "angioma": "vasc",
-    "actinic keratosis": "akiec",
-    # hierarchical (diagnosis_2..5 terms)
-    "benign melanocytic proliferations": "nv",
-    "melanoma, nos": "mel",
-    "melanoma invasive": "mel",
-    "melanoma in situ": "mel",
-    "melanoma metastasis": "mel",
-    "lichen planus like keratosis": "bkl",
-    "solar or actinic keratosis": "akiec",
-    "squamous cell carcinoma in situ": "akiec",
-    "hemangioma": "vasc",
-    "benign soft tissue proliferations - vascular": "vasc",
-}
-
-LABEL_MAPS: dict[str, dict[str, str]] = {
-    "HAM10000": HAM10000_MAP,
-    "Dermofit": DERMOFIT_MAP,
-    "Derm7pt": DERM7PT_MAP,
-    "PH2": PH2_MAP,
-    "MSK": ISIC_MAP,
-    "UDA": ISIC_MAP,
-    "SONIC": ISIC_MAP,
-}
+def normalise_domain(name: str) -> str:
+    """``domain_code`` for a registered source's folder name or code; any other name unchanged (a domain
+    of a metadata.csv or DOMAIN/CLASS root, or of ``data.domain_by``)."""
+    try:
+        return domain_code(name.strip())
+    except KeyError:
+        return name.strip()
 
 
 def map_label(source: str, diagnosis: str) -> str | None:
-    """Class of ``diagnosis`` in ``source``'s own vocabulary, or None when it lies outside the seven."""
-    table = LABEL_MAPS[source]
-    key = diagnosis.strip()
-    if source in ("Derm7pt", "MSK", "UDA", "SONIC"):
-        key = key.lower()
-    return table.get(key)
+    """Class of ``diagnosis`` in ``source``'s own vocabulary, or None when it lies outside its map."""
+    from domgen.data.sources import SOURCES
+
+    return SOURCES.get(source).map_label(diagnosis)

@@ -220,10 +220,11 @@ def _row_keys(paths: pd.Series, domains: pd.Series, seed: int) -> np.ndarray:
     )
 
 
-def nsec_subset(manifest: pd.DataFrame, nsec: int | str, seed: int, primary: str = PRIMARY_DOMAIN) -> pd.Series:
+def nsec_subset(manifest: pd.DataFrame, nsec: int | str, seed: int, primary: str | None = PRIMARY_DOMAIN) -> pd.Series:
     """Boolean mask (aligned with ``manifest.index``) of the paper's training pool: every training image
     of ``primary`` plus, from each other domain, ``nsec`` training images per class (all of them when a
-    class has fewer; every training image of every domain when nsec = "a").
+    class has fewer; every training image of every domain when nsec = "a" or, DomainBed's pool, when
+    ``primary`` is None).
 
     Nested by construction: within each (domain, class) the training images are ranked by a seeded key
     and the first k are taken, so the pool for k is contained in the pool for k + 1 and in "a".
@@ -231,10 +232,11 @@ def nsec_subset(manifest: pd.DataFrame, nsec: int | str, seed: int, primary: str
     k = parse_nsec(nsec)
     _check_columns(manifest, ["path", "domain", "label", "split"], "manifest")
     domains = manifest["domain"].astype(str)
-    if primary not in set(domains):
-        raise ValueError(f"primary domain {primary!r} is not in the manifest (domains: {sorted(set(domains))})")
+    if primary is not None and primary not in set(domains):
+        raise ValueError(f"primary domain {primary!r} is not in the manifest (domains: {sorted(set(domains))}); "
+                         "choose one with --set data.primary=DOMAIN, or data.primary=none to train on every domain")
     train = manifest["split"].astype(str).eq("train")
-    if k == "a":
+    if k == "a" or primary is None:
         return train.rename("nsec")
     keep = (train & domains.eq(primary)).to_numpy(dtype=bool, copy=True)
     pos = np.flatnonzero((train & domains.ne(primary)).to_numpy())  # positions, safe for any index
@@ -251,7 +253,7 @@ def training_pool(
     manifest: pd.DataFrame,
     nsec: int | str,
     seed: int,
-    primary: str = PRIMARY_DOMAIN,
+    primary: str | None = PRIMARY_DOMAIN,
     exclude: Iterable[str] = (),
 ) -> pd.DataFrame:
     """The rows of ``nsec_subset`` minus every row of the held-out domains in ``exclude`` (leave-one-
@@ -265,16 +267,18 @@ def training_pool(
     return manifest.loc[mask]
 
 
-def class_availability(records: pd.DataFrame) -> pd.DataFrame:
-    """Images per domain (rows: DOMAINS order, then any others sorted) and class (columns: CLASSES).
-    A zero marks a class the domain does not have (the domain-class imbalance of the paper, Table 1)."""
+def class_availability(records: pd.DataFrame, classes: Iterable[str] = CLASSES) -> pd.DataFrame:
+    """Images per domain (rows: DOMAINS order, then any others sorted) and class (columns: ``classes``,
+    the label space's order). A zero marks a class the domain does not have (the domain-class imbalance
+    of the paper, Table 1)."""
     _check_columns(records, ["domain", "label"], "records")
-    unknown = sorted(set(records["label"].astype(str)) - set(CLASSES))
+    classes = list(classes)
+    unknown = sorted(set(records["label"].astype(str)) - set(classes))
     if unknown:
-        raise ValueError(f"labels outside CLASSES: {unknown}")
+        raise ValueError(f"labels outside the label space {classes}: {unknown}")
     table = pd.crosstab(records["domain"].astype(str), records["label"].astype(str))
     present = list(table.index)
     rows = [d for d in DOMAINS if d in present] + sorted(d for d in present if d not in DOMAINS)
-    table = table.reindex(index=rows, columns=list(CLASSES), fill_value=0).astype(np.int64)
+    table = table.reindex(index=rows, columns=classes, fill_value=0).astype(np.int64)
     table.index.name, table.columns.name = "domain", "label"
     return table

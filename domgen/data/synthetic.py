@@ -6,6 +6,10 @@ Table 1 (every source's row as printed, MSK and UDA included; see datasets/synth
 2,700 images at ``scale=1.0`` with a floor per present class. The class decides the lesion and the
 domain decides the acquisition (``synthetic_draw``), so class signal and domain shift are both real
 and independent. Every image is a pure function of ``(seed, domain, case, view)``.
+
+What each source contributes (its Table 1 row, native vocabulary, dropped diagnoses, acquisition, id
+scheme and metadata) is declared in its own module as a ``SyntheticSpec`` (``domgen.data.sources``);
+this module only plans and draws. A source registered without a spec is simply not generated.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from domgen.data.labels import CLASSES
-from domgen.data.synthetic_draw import Acquisition, render
+from domgen.data.sources import SOURCES
+from domgen.data.sources.spec import pick
+from domgen.data.synthetic_draw import render
 from domgen.data.writers import Item, write_source
 
 GENERATOR_VERSION = 2  # bump when the images or the plan change, so cached benchmarks are regenerated
@@ -31,67 +36,29 @@ RATE = 0.1  # synthetic images per real image at scale 1.0
 MIN_IMAGES = 6  # per present class, at any scale: >= 3 groups, so it can reach train, val and test
 MANIFEST = "synthetic.json"
 
-# Images per source and class: Table 1 of Yoon et al. as printed (Derm7pt in images, two per case, with
-# bcc 84 as its total requires where the table prints 82; MSK's 452 in the df column as printed, although
-# for the ISIC MSK collections it is most likely keratoses, see datasets/MSK.md). UDA has two classes:
-# that domain-class availability is part of what the method is about.
-TABLE1: dict[str, dict[str, int]] = {
-    "HAM10000": {"nv": 6705, "mel": 1113, "bcc": 514, "df": 115, "bkl": 1099, "vasc": 142, "akiec": 327},
-    "Dermofit": {"nv": 331, "mel": 76, "bcc": 239, "df": 65, "bkl": 257, "vasc": 121, "akiec": 123},
-    "Derm7pt": {"nv": 1150, "mel": 504, "bcc": 84, "df": 40, "bkl": 90, "vasc": 58},
-    "PH2": {"nv": 160, "mel": 40},
-    "MSK": {"nv": 2241, "mel": 826, "bcc": 32, "df": 452},
-    "UDA": {"nv": 408, "mel": 193},
-    "SONIC": {"nv": 9251},
-}
+def synthetic_sources() -> dict:
+    """Source name -> its ``SyntheticSpec``, for every registered source that declares one, in stream
+    order (the generator's order since version 2: HAM10000, Dermofit, Derm7pt, PH2, MSK, UDA, SONIC)."""
+    specs = {name: SOURCES.get(name).synthetic for name in SOURCES if SOURCES.get(name).synthetic is not None}
+    return dict(sorted(specs.items(), key=lambda kv: kv[1].stream))
+
+
+def _spec(source: str):
+    return synthetic_sources()[source]
+
+
+# Views of the specs that the sources declare (each source's module holds its own part, with reasons):
+# images per source and class, Table 1 of Yoon et al. as printed (see datasets/synthetic.md) ...
+TABLE1: dict[str, dict[str, int]] = {s: spec.counts for s, spec in synthetic_sources().items()}
 SOURCE_NAMES: tuple[str, ...] = tuple(TABLE1)
-
-# Out-of-map diagnoses (images in the real release; MSK and UDA assumed) -> (count, class they look
-# like). The loaders drop and count them, so the synthetic data exercises that accounting too.
-DROPPED_TABLE: dict[str, dict[str, tuple[int, str]]] = {
-    "Dermofit": {"SCC": (88, "akiec")},
-    "Derm7pt": {"lentigo": (48, "bkl"), "melanosis": (32, "nv"), "miscellaneous": (16, "bcc")},
-    "MSK": {"atypical melanocytic proliferation": (30, "mel"), "lentigo NOS": (20, "bkl")},
-    "UDA": {"other": (10, "df")},
-}
-
-_ISIC_NATIVE = {"nv": {"nevus": 1}, "mel": {"melanoma": 1}, "bcc": {"basal cell carcinoma": 1},
-                "df": {"dermatofibroma": 1}, "vasc": {"vascular lesion": 1}, "akiec": {"actinic keratosis": 1},
-                "bkl": {"seborrheic keratosis": 5, "solar lentigo": 3, "lichenoid keratosis": 2}}
-# Class -> native diagnosis -> weight: the inverse of labels.LABEL_MAPS, weighted like the releases.
-NATIVE: dict[str, dict[str, dict[str, int]]] = {
-    "HAM10000": {c: {c: 1} for c in CLASSES},
-    "Dermofit": {"nv": {"ML": 1}, "mel": {"MEL": 1}, "bcc": {"BCC": 1}, "df": {"DF": 1}, "bkl": {"SK": 1},
-                 "vasc": {"VASC": 97, "PYO": 24}, "akiec": {"AK": 45, "IEC": 78}},
-    "Derm7pt": {
-        "nv": {"clark nevus": 399, "reed or spitz nevus": 79, "dermal nevus": 33, "blue nevus": 28,
-               "congenital nevus": 17, "combined nevus": 13, "recurrent nevus": 6},
-        "mel": {"melanoma (less than 0.76 mm)": 102, "melanoma (in situ)": 64, "melanoma (0.76 to 1.5 mm)": 53,
-                "melanoma (more than 1.5 mm)": 28, "melanoma metastasis": 4, "melanoma": 1},
-        "bcc": {"basal cell carcinoma": 1}, "df": {"dermatofibroma": 1}, "bkl": {"seborrheic keratosis": 1},
-        "vasc": {"vascular lesion": 1}},
-    "PH2": {"nv": {"Common Nevus": 80, "Atypical Nevus": 80}, "mel": {"Melanoma": 1}},
-    "MSK": _ISIC_NATIVE, "UDA": _ISIC_NATIVE, "SONIC": _ISIC_NATIVE,
-}
-
-# The domain half of the story: how each source photographs (fields in synthetic_draw.Acquisition).
-ACQUISITIONS: dict[str, Acquisition] = {
-    "HAM10000": Acquisition(4 / 3, (0.05, 0.30), (1.06, 0.96, 0.90), 0.05, 0.15, 0.25, 1.55, 0.5, 1.0, 0.010, 2.0, 1.0),
-    "Dermofit": Acquisition(1.0, (0.00, 0.25), (1.00, 0.98, 1.05), 0.02, 0.35, 0.00, None, 0.3, 1.0, 0.005, 1.0, 0.8,
-                            glare=2.0),
-    "Derm7pt": Acquisition(3 / 2, (0.10, 0.35), (1.08, 1.00, 0.80), 0.03, 0.20, 0.30, 1.25, 0.6, 1.0, 0.015, 2.5, 0.9),
-    "Derm7pt/clinic": Acquisition(3 / 2, (0.10, 0.35), (1.02, 0.95, 0.92), 0.03, 0.40, 0.10, None, 1.0, 0.75, 0.020,
-                                  1.5, 0.42, glare=3.0),
-    "PH2": Acquisition(4 / 3, (0.05, 0.30), (1.10, 0.88, 0.94), 0.02, 0.10, 0.35, 1.20, 0.4, 1.0, 0.008, 1.5, 0.85),
-    "MSK": Acquisition(3 / 2, (0.10, 0.55), (0.95, 0.98, 1.08), 0.05, 0.20, 0.15, None, 0.7, 0.8, 0.012, 2.0, 1.0),
-    "UDA": Acquisition(4 / 3, (0.15, 0.60), (0.92, 1.06, 0.95), 0.04, 0.45, 0.30, 1.45, 1.0, 0.5, 0.030, 3.0, 1.1),
-    "SONIC": Acquisition(4 / 3, (0.00, 0.20), (1.02, 1.03, 0.97), 0.02, 0.10, 0.05, None, 0.4, 1.0, 0.006, 0.3, 0.7,
-                         sticker=0.5),
-}
-
-# Share of images that are second or third views of a lesion / patient (HAM10000: 10,015 images of
-# 7,470 lesions); Derm7pt always has two views (clinic, derm) per case.
-EXTRA_VIEWS = {"HAM10000": 0.25, "Dermofit": 0.0, "PH2": 0.0, "MSK": 0.1, "UDA": 0.0, "SONIC": 0.5}
+# ... out-of-map diagnoses (images in the real release) -> (count, class they look like), which the loaders
+# drop and count, so the synthetic data exercises that accounting too ...
+DROPPED_TABLE: dict[str, dict[str, tuple[int, str]]] = {s: sp.dropped for s, sp in synthetic_sources().items() if sp.dropped}
+# ... and class -> native diagnosis -> weight: the inverse of each source's label map, weighted like the release.
+NATIVE: dict[str, dict[str, dict[str, int]]] = {s: spec.native for s, spec in synthetic_sources().items()}
+# Streams 0..6 are the seven sources above; a source added later with a spec changes what is generated,
+# so its name joins the cache key (the seven alone keep the key, and every split, of version 2).
+FIRST_EXTRA_STREAM = 7
 
 
 def _round(x: float) -> int:
@@ -99,7 +66,7 @@ def _round(x: float) -> int:
 
 
 def _per_case(source: str) -> int:
-    return 2 if source == "Derm7pt" else 1  # Derm7pt: a clinical and a dermoscopic image per case
+    return _spec(source).per_case  # Derm7pt: a clinical and a dermoscopic image per case
 
 
 def _scaled(source: str, images: float, min_cases: int) -> int:
@@ -111,14 +78,14 @@ def _scaled(source: str, images: float, min_cases: int) -> int:
 def planned_counts(scale: float = 1.0) -> dict[str, dict[str, int]]:
     """Images per source and class at ``scale``: Table 1 x RATE x scale, at least MIN_IMAGES (3 cases
     for Derm7pt) for a class the source has; a class absent from Table 1 stays absent."""
-    return {s: {c: _scaled(s, n * RATE * scale, MIN_IMAGES // _per_case(s)) for c, n in row.items()}
-            for s, row in TABLE1.items()}
+    return {s: {c: _scaled(s, n * RATE * scale, MIN_IMAGES // _per_case(s)) for c, n in spec.counts.items()}
+            for s, spec in synthetic_sources().items()}
 
 
 def planned_dropped(scale: float = 1.0) -> dict[str, dict[str, int]]:
     """Images per out-of-map diagnosis that the loaders will drop (at least one case each)."""
-    return {s: {d: _scaled(s, n * RATE * scale, 1) for d, (n, _) in DROPPED_TABLE.get(s, {}).items()}
-            for s in SOURCE_NAMES}
+    return {s: {d: _scaled(s, n * RATE * scale, 1) for d, (n, _) in spec.dropped.items()}
+            for s, spec in synthetic_sources().items()}
 
 
 SYNTHETIC_COUNTS = planned_counts(1.0)
@@ -156,89 +123,35 @@ def apportion(weights: dict[str, int], n: int) -> list[str]:
 
 # ---------------------------------------------------------------- per-case metadata (plausible, native)
 
-HAM_DX_TYPE = {"nv": {"follow_up": 55, "histo": 37, "consensus": 8},  # else "histo"
-               "bkl": {"histo": 70, "consensus": 24, "confocal": 6},
-               "df": {"histo": 1, "consensus": 1}, "vasc": {"histo": 1, "consensus": 1}}
-HAM_SITES = {"back": 22, "lower extremity": 21, "trunk": 14, "upper extremity": 11, "abdomen": 10, "face": 7,
-             "chest": 4, "foot": 3, "neck": 2, "scalp": 2, "unknown": 4}
-HAM_DATASETS = {"vidir_molemax": 39, "vidir_modern": 34, "rosendahl": 23, "vienna_dias": 4}
-D7P_SITES = {"back": 30, "lower limbs": 25, "upper limbs": 12, "abdomen": 10, "chest": 10, "head neck": 8,
-             "buttocks": 3, "genital areas": 2}
-PH2_CRITERIA = {  # asymmetry, network, dots/globules, streaks, regression, blue-whitish veil, colour codes
-    "Common Nevus": (0, "T", "A", "A", "A", "A", "3 4"),
-    "Atypical Nevus": (1, "AT", "AT", "A", "A", "A", "3 4"),
-    "Melanoma": (2, "AT", "AT", "P", "P", "P", "3 4 5 6"),
-}
-
-
-def _pick(rng: np.random.Generator, weights: dict[str, int]) -> str:
-    w = np.array(list(weights.values()), float)
-    return list(weights)[rng.choice(len(w), p=w / w.sum())]
-
-
-def _age(rng: np.random.Generator, mean: float, sd: float, lo: int, hi: int) -> float:
-    return float(np.clip(_round(rng.normal(mean, sd) / 5) * 5, lo, hi))  # ages are given in steps of 5
-
 
 def case_meta(source: str, look: str, diagnosis: str, rng: np.random.Generator) -> dict:
-    """The extra metadata columns a release carries for one case (consumed by ``write_source``)."""
-    sex = _pick(rng, {"male": 54, "female": 46})
-    if source == "HAM10000":
-        return {"dx_type": _pick(rng, HAM_DX_TYPE.get(look, {"histo": 1})), "age": _age(rng, 52, 17, 5, 85),
-                "sex": sex, "localization": _pick(rng, HAM_SITES), "dataset": _pick(rng, HAM_DATASETS)}
-    if source == "Derm7pt":
-        follow = _pick(rng, {"clinical follow up": 2, "no further examination": 1})
-        return {"location": _pick(rng, D7P_SITES), "sex": sex,
-                "management": "excision" if look in ("mel", "bcc") else follow}
-    if source == "PH2":
-        keys = ("asymmetry", "pigment_network", "dots_globules", "streaks", "regression_areas", "blue_whitish_veil",
-                "colors")
-        return dict(zip(keys, PH2_CRITERIA.get(diagnosis, PH2_CRITERIA["Common Nevus"])))
-    if source in ("MSK", "UDA", "SONIC"):
-        age = _age(rng, 10, 3, 5, 15) if source == "SONIC" else _age(rng, 50, 16, 15, 85)
-        return {"age_approx": age, "sex": sex}
-    return {}
+    """The extra metadata columns a release carries for one case (consumed by ``write_source``). Every
+    source draws a sex first (whether it keeps it or not), so each source's stream stays as it was."""
+    sex = pick(rng, {"male": 54, "female": 46})
+    rule = _spec(source).meta
+    return rule(look, diagnosis, rng, sex) if rule is not None else {}
 
 
 # ---------------------------------------------------------------- plan
 
 
-def _ids(source: str, case: int, first_image: int, n: int) -> tuple[str, list[str], dict]:
-    """(group, image ids, id metadata) in the source's own naming."""
-    if source == "HAM10000":
-        return f"HAM_{case:07d}", [f"ISIC_{24306 + first_image + k:07d}" for k in range(n)], {}
-    if source == "Dermofit":
-        return f"P{case + 1:04d}", [f"P{case + 1:04d}"], {}
-    if source == "Derm7pt":
-        return str(case + 1), [f"c{case + 1:04d}", f"d{case + 1:04d}"], {}
-    if source == "PH2":
-        return f"IMD{case + 1:03d}", [f"IMD{case + 1:03d}"], {}
-    # ISIC Archive: one id space per collection; MSK gives lesion ids, SONIC patient ids, UDA neither.
-    base = {"MSK": 1_000_000, "UDA": 2_000_000, "SONIC": 3_000_000}[source]
-    images = [f"ISIC_{base + first_image + k:07d}" for k in range(n)]
-    if source == "MSK":
-        return f"IL_{base + case:07d}", images, {"lesion_id": f"IL_{base + case:07d}"}
-    if source == "SONIC":
-        return f"IP_{base + case:07d}", images, {"lesion_id": "", "patient_id": f"IP_{base + case:07d}"}
-    return images[0], images, {"lesion_id": ""}
-
-
 def plan_source(source: str, scale: float = 1.0, seed: int = 0) -> list[Case]:
     """The cases of one source: ``planned_counts`` images per class and ``planned_dropped`` images per
     out-of-map diagnosis, grouped into lesions / cases / patients, native labels, shuffled order."""
-    rng = np.random.default_rng([seed, SOURCE_NAMES.index(source), 0])
-    per = _per_case(source)
+    spec = _spec(source)
+    rng = np.random.default_rng([seed, spec.stream, 0])
+    per = spec.per_case
     units = []  # (look, diagnosis, images)
     for cls, n in planned_counts(scale)[source].items():
-        sizes = [2] * (n // 2) if per == 2 else group_sizes(n, EXTRA_VIEWS[source])
-        natives = apportion(NATIVE[source][cls], len(sizes))
+        sizes = [per] * (n // per) if per > 1 else group_sizes(n, spec.extra_views)
+        natives = apportion(spec.native[cls], len(sizes))
         units += [(cls, natives[k], size) for k, size in zip(rng.permutation(len(natives)), sizes)]
     for diagnosis, n in planned_dropped(scale)[source].items():
-        units += [(DROPPED_TABLE[source][diagnosis][1], diagnosis, per)] * (n // per)
+        units += [(spec.dropped[diagnosis][1], diagnosis, per)] * (n // per)
     cases, first_image = [], 0
     for i, j in enumerate(rng.permutation(len(units))):
         look, diagnosis, n = units[j]
-        group, image_ids, id_meta = _ids(source, i, first_image, n)
+        group, image_ids, id_meta = spec.ids(i, first_image, n)
         cases.append(Case(look, diagnosis, group, image_ids, {**case_meta(source, look, diagnosis, rng), **id_meta}))
         first_image += n
     return cases
@@ -250,11 +163,12 @@ def plan_source(source: str, scale: float = 1.0, seed: int = 0) -> list[Case]:
 def draw_case(source: str, index: int, case: Case, seed: int = 0, size: int = DEFAULT_SIZE) -> list[Item]:
     """The images of one case. The lesion depends on (seed, source, case) and each view's acquisition on
     (seed, source, case, view) only, so the result does not depend on order or parallelism."""
-    d = SOURCE_NAMES.index(source)
-    modalities = ["clinic", "derm"] if source == "Derm7pt" else [None] * len(case.image_ids)
+    spec = _spec(source)
+    d = spec.stream
+    modalities = list(spec.views) or [None] * len(case.image_ids)
     items = []
     for view, (image_id, modality) in enumerate(zip(case.image_ids, modalities)):
-        acq = ACQUISITIONS["Derm7pt/clinic" if modality == "clinic" else source]
+        acq = spec.modalities.get(modality, spec.acquisition)
         image = render(case.look, [seed, d, 2, index], acq, np.random.default_rng([seed, d, 1, index, view]), size)
         meta = {**case.meta, "modality": modality} if modality else dict(case.meta)
         items.append(Item(image, case.diagnosis, case.group, image_id, meta))
@@ -284,7 +198,7 @@ def generate(folder: Path, scale: float = 1.0, seed: int = 0, size: int = DEFAUL
     if seed < 0 or scale <= 0 or size < 16:
         raise ValueError(f"synthetic: need seed >= 0, scale > 0, size >= 16 (got {seed}, {scale}, {size})")
     folder = Path(folder)
-    plans = {source: plan_source(source, scale, seed) for source in SOURCE_NAMES}
+    plans = {source: plan_source(source, scale, seed) for source in synthetic_sources()}
     tick = _ticker(progress, sum(len(c.image_ids) for cases in plans.values() for c in cases))
     for source, cases in plans.items():
         items = []
@@ -301,7 +215,8 @@ def generate(folder: Path, scale: float = 1.0, seed: int = 0, size: int = DEFAUL
 
 def cache_key(scale: float = 1.0, seed: int = 0, size: int = DEFAULT_SIZE) -> str:
     """Folder name of a generated benchmark: a hash of (generator version, scale, seed, size)."""
-    key = json.dumps([GENERATOR_VERSION, float(scale), int(seed), int(size)])
+    extra = [s for s, spec in synthetic_sources().items() if spec.stream >= FIRST_EXTRA_STREAM]
+    key = json.dumps([GENERATOR_VERSION, float(scale), int(seed), int(size)] + ([extra] if extra else []))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,7 @@ Yoon et al., MICCAI 2019, Table 1):
 * ``LESIONS[cls](rng, u, v)`` draws one lesion of class ``cls`` in lesion coordinates ``u, v`` and
   returns its colour and opacity. The same rules hold in every domain: shape and eccentricity, border
   irregularity (radial harmonics), colour variegation and the class's dermoscopic structures.
-* ``Acquisition`` (one per domain, ``synthetic.ACQUISITIONS``) decides skin tone, hair, lesion framing, colour
+* ``Acquisition`` (one per domain, declared in each source's ``SyntheticSpec``) decides skin tone, hair, lesion framing, colour
   cast, illumination gradient, vignette and field-of-view circle, resolution, blur and noise, the same
   way for every class.
 
@@ -24,27 +24,9 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from domgen.data.sources.spec import Acquisition  # noqa: F401  (declared with each source's spec)
+
 F32 = np.float32
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """How one domain photographs a lesion (see the table in datasets/synthetic.md)."""
-
-    aspect: float  # width / height
-    skin_tone: tuple[float, float]  # range of 0 (very light) .. 1 (dark)
-    cast: tuple[float, float, float]  # mean RGB gains (white balance)
-    cast_jitter: float  # per-image sd of the gains (several devices -> larger)
-    gradient: float  # max illumination ramp across the image
-    vignette: float  # radial darkening at the corners
-    fov: float | None  # radius of the dermoscope's circular field of view (black outside); None: none
-    blur: float  # gaussian sigma in pixels at 96 px short side
-    resolution: float  # render at this fraction of the output size, then upsample
-    noise: float  # sd of sensor noise
-    hairs: float  # mean number of hairs
-    zoom: float  # lesion scale (a clinical photo frames the lesion smaller)
-    glare: float = 0.0  # mean number of specular highlights (non-contact photography)
-    sticker: float = 0.0  # probability of a coloured marker sticker next to the lesion
 
 
 LIGHT_SKIN = np.array([0.93, 0.78, 0.70], F32)

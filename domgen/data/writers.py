@@ -195,12 +195,20 @@ _WRITERS: dict[str, tuple[Callable[[Path, list[Item], str], None], tuple[str, ..
 }
 
 
+def _source_writer(source: str) -> tuple[Callable[[Path, list[Item], str], None], tuple[str, ...]]:
+    """A source added later writes itself: ``write(folder, items, style)`` and ``styles`` on its adapter."""
+    from domgen.data.sources import SOURCES
+
+    adapter = SOURCES.get(source) if source in SOURCES else None
+    if adapter is None or not hasattr(adapter, "write"):
+        raise KeyError(f"no writer for source {source!r} (known: {', '.join(_WRITERS)})")
+    return adapter.write, tuple(getattr(adapter, "styles", ("native",)))
+
+
 def write_source(source: str, folder: Path | str, items: Iterable[Item], style: str | None = None) -> Path:
     """Write ``items`` into ``folder`` in ``source``'s native layout (see the module docstring) and
     return ``folder``. Image files are real (.jpg / .png / .bmp), so the readers' checks apply."""
-    if source not in _WRITERS:
-        raise KeyError(f"no writer for source {source!r} (known: {', '.join(_WRITERS)})")
-    writer, styles = _WRITERS[source]
+    writer, styles = _WRITERS.get(source) or _source_writer(source)
     style = style or styles[0]
     if style not in styles:
         raise ValueError(f"{source}: unknown style {style!r} (known: {', '.join(styles)})")

@@ -180,7 +180,7 @@ def evaluate_predictions(
         raise ValueError(f"{t.shape[0]} labels but {p.shape[0]} rows of probs")
     pred = p.argmax(axis=1) if p.shape[0] else np.zeros(0, dtype=np.int64)
     cm = confusion(t, pred, k)
-    is_mel, mel_score = t == MEL, p[:, MEL]
+    is_mel, mel_score = melanoma_scores(t, p, classes)
     thr = math.nan if mel_threshold is None else float(mel_threshold)
     sens, spec = sens_spec(is_mel, mel_score, thr)
     out: dict[str, float] = {
@@ -192,6 +192,15 @@ def evaluate_predictions(
     out.update({f"recall_{c}": r for c, r in recall_by_class(cm, classes).items()})
     out.update(mel_auc=binary_auc(is_mel, mel_score), mel_threshold=thr, mel_sens=sens, mel_spec=spec)
     return out, cm
+
+
+def melanoma_scores(t: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(is melanoma, melanoma probability) per row; a label space without "mel" has no positives, so its
+    melanoma metrics (AUC, threshold, sensitivity, specificity) come out NaN."""
+    if "mel" not in classes:
+        return np.zeros(len(t), dtype=bool), np.zeros(len(t))
+    mel = list(classes).index("mel")
+    return t == mel, p[:, mel]
 
 
 def _first_seen(values: np.ndarray) -> list[str]:
@@ -208,6 +217,7 @@ def evaluate_domains(
     val_split: str = "val",
     target: float = 0.95,
     threshold_from: Literal["domain", "pooled"] = "domain",
+    classes: Sequence[str] = CLASSES,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
     """Evaluate every (split, domain) present, with the melanoma threshold chosen on validation.
 
@@ -228,21 +238,22 @@ def evaluate_domains(
     if not (t.shape[0] == p.shape[0] == dom.shape[0] == spl.shape[0]):
         raise ValueError(f"length mismatch: {t.shape[0]}, {p.shape[0]}, {dom.shape[0]}, {spl.shape[0]}")
     is_val = spl == val_split
-    pooled = threshold_at_sensitivity(t[is_val] == MEL, p[is_val, MEL], target)
+    is_mel, mel_score = melanoma_scores(t, p, classes)
+    pooled = threshold_at_sensitivity(is_mel[is_val], mel_score[is_val], target)
     rows: list[dict[str, Any]] = []
     cms: dict[tuple[str, str], np.ndarray] = {}
     for d in _first_seen(dom):
         thr, from_pool = pooled, 1.0
         if threshold_from == "domain":
             m = is_val & (dom == d)
-            own = threshold_at_sensitivity(t[m] == MEL, p[m, MEL], target)
+            own = threshold_at_sensitivity(is_mel[m], mel_score[m], target)
             if not math.isnan(own):
                 thr, from_pool = own, 0.0
         elif threshold_from != "pooled":
             raise ValueError(f"threshold_from must be 'domain' or 'pooled', got {threshold_from!r}")
         for s in _first_seen(spl[dom == d]):
             m = (dom == d) & (spl == s)
-            metrics, cm = evaluate_predictions(t[m], p[m], thr)
+            metrics, cm = evaluate_predictions(t[m], p[m], thr, classes)
             rows.append({"split": s, "domain": d, **metrics, "mel_threshold_pooled": from_pool})
             cms[(s, d)] = cm
     return rows, cms

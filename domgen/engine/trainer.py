@@ -18,7 +18,7 @@ import torch
 
 from domgen.algorithms import Algorithm, make_algorithm
 from domgen.config import RunConfig, to_dict
-from domgen.data.labels import CLASSES, DOMAINS, PRIMARY_DOMAIN
+from domgen.data.labels import DOMAINS
 from domgen.data.samplers import TrainPool
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
@@ -63,7 +63,7 @@ def _domain_order(row: dict) -> int:
 def train_pool(data: RunData, seed: int) -> TrainPool:
     """The training pool as algorithms see it: labels and domains of ``data.pool``, the run's seed."""
     domains = data.manifest["domain"].to_numpy()[data.pool]
-    return TrainPool.of(data.labels[data.pool], domains, num_classes=len(CLASSES), seed=seed, primary=PRIMARY_DOMAIN)
+    return TrainPool.of(data.labels[data.pool], domains, num_classes=len(data.classes), seed=seed, primary=data.primary)
 
 
 def pick_device(name: str) -> torch.device:
@@ -83,7 +83,7 @@ class Trainer:
         seed_everything(cfg.seed)
         if model is None:
             weights = "none" if init_state is not None else cfg.model.weights
-            model = build_model(cfg.model.arch, weights, len(CLASSES))
+            model = build_model(cfg.model.arch, weights, len(data.classes))
         if init_state is not None:
             model.load_state_dict(init_state)
         self.model = prepare_model(model, self.device, cfg.channels_last)
@@ -216,7 +216,7 @@ class Trainer:
         probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
                                  self.cfg.precision)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
-        rows, cms = evaluate_domains(y, probs, doms, spl)
+        rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes)
         return rows, cms, (feats, y, doms, spl)
 
     def epoch_domains(self) -> list[str] | None:
@@ -253,7 +253,7 @@ class Trainer:
         tb = self.tb or TensorBoard(self.run_dir / "tb")
         for (split, domain), cm in cms.items():
             if split == "test":
-                tb.figure(f"confusion/{domain}", confusion_figure(cm, CLASSES, f"{self.cfg.exp} {domain} test"), self.best_epoch)
+                tb.figure(f"confusion/{domain}", confusion_figure(cm, self.data.classes, f"{self.cfg.exp} {domain} test"), self.best_epoch)
         test = {f"test/{r['domain']}": r["macro_recall"] for r in rows if r["split"] == "test"}
         hp = {k: v for k, v in self.context.items() if k not in ("data",)}
         tb.hparams(hp, test)
@@ -261,6 +261,6 @@ class Trainer:
         if feats is not None and len(feats):
             test = np.flatnonzero(spl == "test")  # the projector shows test features only
             keep = test[np.random.default_rng(0).permutation(len(test))[:2000]]
-            meta = [[str(doms[i]), CLASSES[y[i]], f"{doms[i]}/{CLASSES[y[i]]}"] for i in keep]
+            meta = [[str(doms[i]), self.data.classes[y[i]], f"{doms[i]}/{self.data.classes[y[i]]}"] for i in keep]
             tb.embedding(torch.from_numpy(feats[keep]), meta, ["domain", "class", "domain_class"], self.best_epoch)
         tb.close()

@@ -30,12 +30,15 @@ def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: H
 
 def format_loo(results: list[RunResult]) -> str:
     """Macro recall per domain (Table 2 order), the held-out domain starred, one line per experiment."""
-    header = "exp  held-out " + " ".join(f"{d:>6}" for d in TABLE2_DOMAINS) + "    avg"
+    # Table 2's columns, then any other domain the runs were tested on (a toy source, a domain_by value)
+    seen = {d for r in results for d in r.summary["test_macro_recall"]}
+    columns = list(TABLE2_DOMAINS) + sorted(seen - set(TABLE2_DOMAINS))
+    header = "exp  held-out " + " ".join(f"{d:>6}" for d in columns) + "    avg"
     lines = [header]
     for r in results:
         s, held = r.summary, set(r.summary["holdout"])
         test = s["test_macro_recall"]
-        cells = [f"{test[d]:5.1f}{'*' if d in held else ' '}" if d in test and test[d] is not None else "     -" for d in TABLE2_DOMAINS]
+        cells = [f"{test[d]:5.1f}{'*' if d in held else ' '}" if d in test and test[d] is not None else "     -" for d in columns]
         vals = [v for v in test.values() if v is not None]
         avg = sum(vals) / len(vals) if vals else float("nan")
         lines.append(f"{s['exp']:<4} {','.join(s['holdout']):<8} " + " ".join(cells) + f" {avg:6.1f}")

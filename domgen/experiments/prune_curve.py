@@ -93,7 +93,8 @@ class _Evaluator:
         m = self.data.manifest
         batches = self.probe.inputs.eval_batches(self.val, 2 * self.cfg.optim.batch_size)
         probs, y, _ = predict(model, batches, self.probe.device)
-        rows, _ = evaluate_domains(y, probs, m["domain"].to_numpy()[self.val], m["split"].to_numpy()[self.val])
+        rows, _ = evaluate_domains(y, probs, m["domain"].to_numpy()[self.val], m["split"].to_numpy()[self.val],
+                                   classes=self.data.classes)
         per = {r["domain"]: float(r["macro_recall"]) for r in rows if r["domain"] in self.data.train_domains}
         return {"val_macro_recall": float(np.nanmean(list(per.values()))), "val_recall_by_domain": per}
 

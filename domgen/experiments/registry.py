@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domgen.config import validate
+from domgen.config import normalise, validate
 from domgen.config import (
     DataConfig,
     ModelConfig,
@@ -129,4 +129,4 @@ def resolve_config(exp_name: str, preset: str = "paper", seed: int = 0, override
     )
     # the experiment's definition, then the user's overrides (which may switch the algorithm again)
     cfg = apply_overrides(cfg, [f"algorithm.name={exp.algorithm}", *exp.overrides])
-    return validate(apply_overrides(cfg, list(overrides)))
+    return validate(normalise(apply_overrides(cfg, list(overrides))))

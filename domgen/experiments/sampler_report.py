@@ -10,7 +10,6 @@ import torch
 
 from domgen.algorithms import Algorithm, make_algorithm
 from domgen.config import RunConfig
-from domgen.data.labels import CLASSES
 from domgen.data.pair_sampler import PairSampler
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.inputs import Inputs
@@ -41,7 +40,7 @@ def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batche
     norm = cfg.loss.weight_norm
     w1, w2 = sampler.class_weights(norm)
     pw = sampler.pair_weights(norm)
-    K = len(CLASSES)
+    K = len(data.classes)
     joint = np.zeros((K, K))
     drawn, epoch, positive = 0, 0, 0
     while drawn < n_pairs:  # whole epochs: each x1 once per epoch, as in training
@@ -54,7 +53,7 @@ def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batche
         "data": data.identity,
         "loss": {k: method.get(k) for k in ("alpha", "weight_norm", "pairs", "p_same", "exclude_own_domain", "margin")},
         "pool": {d: int((domains == d).sum()) for d in data.train_domains},
-        "classes": list(CLASSES),
+        "classes": list(data.classes),
         "exact": {"p1": exact.p1.tolist(), "p2": exact.p2.tolist(), "joint": exact.joint.tolist(), "p_equal": exact.p_equal,
                   "p_positive": exact.p_positive, "p_same_domain": exact.p_same_domain},
         "weights": {"class_w1": w1.tolist(), "class_w2": w2.tolist(), "pair_w": pw.tolist(),
@@ -78,7 +77,7 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) ->
     if not best.exists():
         return {"status": f"warm start not trained yet (no {best}); train {cfg.warm_start} first"}
     algorithm = pair_algorithm(cfg, data)
-    model = build_model(cfg.model.arch, "none", len(CLASSES))
+    model = build_model(cfg.model.arch, "none", len(data.classes))
     model.load_state_dict(load_checkpoint(best)["model"])
     model.train()  # the first training step sees batch statistics
     pool = train_pool(data, cfg.seed)

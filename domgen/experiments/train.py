@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from domgen.atomic import write_text_atomic
-from domgen.config import RunConfig, config_hash, save_yaml
+from domgen.config import RunConfig, config_hash, normalise_data, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import RESULTS, is_done, read_results, write_done
 from domgen.engine.metrics import jsonable
@@ -67,7 +67,7 @@ def parent_config(cfg: RunConfig) -> RunConfig:
     initial weights. A warm-started run loads its parent's checkpoint, so its own ``model.weights`` can
     only mean the weights its chain starts from: they pass down to the root (K -> A; U -> K -> A)."""
     parent = resolve_config(cfg.warm_start, cfg.preset, cfg.seed)
-    data = replace(cfg.data, nsec=parent.data.nsec, holdout=parent.data.holdout)
+    data = normalise_data(replace(cfg.data, nsec=parent.data.nsec, holdout=parent.data.holdout))
     model = replace(parent.model, arch=cfg.model.arch, weights=cfg.model.weights)
     return replace(parent, out=cfg.out, device=cfg.device, data=data, transform=cfg.transform, model=model)
 
@@ -173,5 +173,5 @@ def run_train(cfg: RunConfig, hooks: Hooks = Hooks(), resume: bool = False, forc
             return finished
         init = warm_start_state(cfg, hooks, data.catalog, resume)
         context = run_context(cfg, data, run_dir)
-        save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context})
+        save_yaml(cfg, run_dir / "config.yaml", extra={"resolved": context, "classes": list(data.classes)})
         return finish_run(Trainer(cfg, data, run_dir, context, hooks, init_state=init), resume)

@@ -15,19 +15,31 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from domgen.data import labels
 from domgen.data.sources.base import DataLayoutError, LoadResult, check_missing, make_records
+from domgen.data.sources.spec import SyntheticSpec
 
 
 class SourceBase:
-    """Shared attributes of every adapter: ``name`` is the folder name, ``domain`` its short code."""
+    """Everything one dataset declares, in its own module: where it lives, what it is called in tables,
+    how its diagnoses map onto a label space, what a group is, and how the synthetic benchmark draws it.
+    ``domgen.data.labels`` derives the global lists (DOMAINS, DOMAIN_CODES, TABLE2_DOMAINS) from these."""
 
-    name: str
-    layout: str
+    name: str  # folder name under the data root
+    domain: str  # short code used in every table and in --holdout
+    layout: str  # one-line description of the native layout, quoted in errors
+    label_map: dict[str, str]  # native diagnosis -> class of ``label_space``; anything else is dropped
+    label_space: str = "dermoscopy7"
+    case_insensitive: bool = False  # match diagnoses lower-cased (free-text vocabularies)
+    grouping: str = "the image"  # the unit that never straddles two partitions, in words
+    order: int = 100  # row in ``summary`` (Table 1 of Yoon et al.); new sources go after the seven
+    table2: int | None = None  # column in Table 2 of Yoon et al.; None: not a column there
+    primary: bool = False  # the primary (source) domain of Yoon et al.'s protocol
+    synthetic: SyntheticSpec | None = None  # its part of the synthetic benchmark, if any
 
-    @property
-    def domain(self) -> str:
-        return labels.DOMAIN_CODES[self.name]
+    def map_label(self, diagnosis: str) -> str | None:
+        """Class of ``diagnosis`` (in this source's own vocabulary), or None when it lies outside the map."""
+        key = str(diagnosis).strip()
+        return self.label_map.get(key.lower() if self.case_insensitive else key)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -98,10 +110,10 @@ def require_columns(table: pd.DataFrame, required: list[str], source: str, path:
         )
 
 
-def apply_labels(rows: pd.DataFrame, source: str, diagnosis: pd.Series) -> tuple[pd.DataFrame, Counter]:
-    """Rows whose ``diagnosis`` maps to one of the seven classes, with a ``label`` column, and the count
-    of images per unmapped diagnosis (an empty diagnosis is counted as "(missing)")."""
-    mapped = [labels.map_label(source, str(d)) for d in diagnosis]
+def apply_labels(rows: pd.DataFrame, source: SourceBase, diagnosis: pd.Series) -> tuple[pd.DataFrame, Counter]:
+    """Rows whose ``diagnosis`` is in ``source``'s label map, with a ``label`` column, and the count of
+    images per unmapped diagnosis (an empty diagnosis is counted as "(missing)")."""
+    mapped = [source.map_label(str(d)) for d in diagnosis]
     keep = [m is not None for m in mapped]
     dropped = Counter(str(d).strip() or "(missing)" for d, k in zip(diagnosis, keep) if not k)
     kept = rows.loc[keep].copy()

@@ -1,6 +1,6 @@
 """The narrow interface every data source implements: a folder in its native layout -> a record table.
 
-A record is one image: ``path`` (absolute), ``label`` (one of CLASSES), ``domain`` (short code),
+A record is one image: ``path`` (absolute), ``label`` (a class of its label space), ``domain`` (short code),
 ``group`` (the unit that must never straddle two partitions: lesion, case, patient or image) and
 ``image_id``, followed by the source's own metadata columns. Loading never half-succeeds silently:
 unmapped diagnoses are dropped *and counted*; missing images raise (or, with ``skip_missing``, are

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from domgen.data.label_space import DERMOSCOPY7
 from domgen.data.sources import _io
 from domgen.data.sources.base import SOURCES, LoadResult, find_release, safe_join
+from domgen.data.sources.spec import Acquisition, SyntheticSpec, age, pick
 
 METADATA = "HAM10000_metadata.csv"
 IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images")
@@ -25,12 +27,45 @@ def label_metadata(meta: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
     of images per unmapped `dx`. Needs no images, so Table 1 can be checked from the CSV alone."""
     rows = meta.copy()
     rows["group"] = rows["lesion_id"]
-    kept, dropped = _io.apply_labels(rows, Ham10000.name, rows["dx"])
+    kept, dropped = _io.apply_labels(rows, HAM10000, rows["dx"])
     return kept, dropped
+
+
+# --- the synthetic benchmark's HAM10000 (proportions of Table 1; metadata drawn like the release's) ---
+DX_TYPE = {"nv": {"follow_up": 55, "histo": 37, "consensus": 8},  # else "histo"
+           "bkl": {"histo": 70, "consensus": 24, "confocal": 6},
+           "df": {"histo": 1, "consensus": 1}, "vasc": {"histo": 1, "consensus": 1}}
+SITES = {"back": 22, "lower extremity": 21, "trunk": 14, "upper extremity": 11, "abdomen": 10, "face": 7,
+         "chest": 4, "foot": 3, "neck": 2, "scalp": 2, "unknown": 4}
+DATASETS = {"vidir_molemax": 39, "vidir_modern": 34, "rosendahl": 23, "vienna_dias": 4}
+
+
+def synthetic_ids(case: int, first_image: int, n: int) -> tuple[str, list[str], dict]:
+    return f"HAM_{case:07d}", [f"ISIC_{24306 + first_image + k:07d}" for k in range(n)], {}
+
+
+def synthetic_meta(look: str, diagnosis: str, rng, sex: str) -> dict:
+    return {"dx_type": pick(rng, DX_TYPE.get(look, {"histo": 1})), "age": age(rng, 52, 17, 5, 85),
+            "sex": sex, "localization": pick(rng, SITES), "dataset": pick(rng, DATASETS)}
+
+
+SYNTHETIC = SyntheticSpec(
+    stream=0,
+    counts={"nv": 6705, "mel": 1113, "bcc": 514, "df": 115, "bkl": 1099, "vasc": 142, "akiec": 327},
+    native={c: {c: 1} for c in DERMOSCOPY7.classes},
+    acquisition=Acquisition(4 / 3, (0.05, 0.30), (1.06, 0.96, 0.90), 0.05, 0.15, 0.25, 1.55, 0.5, 1.0, 0.010, 2.0, 1.0),
+    ids=synthetic_ids, meta=synthetic_meta,
+    extra_views=0.25,  # 10,015 images of 7,470 lesions
+)
 
 
 class Ham10000(_io.SourceBase):
     name = "HAM10000"
+    domain = "HAM"
+    label_map = {c: c for c in DERMOSCOPY7.classes}  # `dx` uses the seven codes directly
+    grouping = "lesion_id (several images of one lesion)"
+    order, table2, primary = 0, 0, True
+    synthetic = SYNTHETIC
     layout = (
         f"{METADATA} (columns {','.join(COLUMNS)}[,dataset]) and <image_id>.jpg in "
         f"{'/, '.join(IMAGE_DIRS)}/"
@@ -53,4 +88,5 @@ class Ham10000(_io.SourceBase):
         return next((p for p in candidates if p.is_file()), candidates[0])
 
 
-SOURCES.add(Ham10000.name, Ham10000())
+HAM10000 = Ham10000()
+SOURCES.add(HAM10000.name, HAM10000)

@@ -14,13 +14,42 @@ from pathlib import Path
 
 import pandas as pd
 
-from domgen.data import labels
 from domgen.data.sources import _io
 from domgen.data.sources.base import SOURCES, DataLayoutError, LoadResult, find_release, safe_join
+from domgen.data.sources.spec import Acquisition, SyntheticSpec, age
 
 METADATA = "metadata.csv"
 LEVELS = [f"diagnosis_{i}" for i in range(1, 6)]
 IMAGE_DIRS = (".", "images")
+
+# Archive diagnoses, legacy `diagnosis` strings and the terms of the current hierarchical
+# `diagnosis_1..5` (matched from the deepest level up), both lower-cased. Benign keratoses (seborrheic
+# keratosis, solar lentigo, lichenoid keratosis) are bkl, as in HAM10000's definition.
+ISIC_MAP: dict[str, str] = {
+    # legacy
+    "nevus": "nv",
+    "melanoma": "mel",
+    "basal cell carcinoma": "bcc",
+    "dermatofibroma": "df",
+    "seborrheic keratosis": "bkl",
+    "solar lentigo": "bkl",
+    "lichenoid keratosis": "bkl",
+    "pigmented benign keratosis": "bkl",
+    "vascular lesion": "vasc",
+    "angioma": "vasc",
+    "actinic keratosis": "akiec",
+    # hierarchical (diagnosis_2..5 terms)
+    "benign melanocytic proliferations": "nv",
+    "melanoma, nos": "mel",
+    "melanoma invasive": "mel",
+    "melanoma in situ": "mel",
+    "melanoma metastasis": "mel",
+    "lichen planus like keratosis": "bkl",
+    "solar or actinic keratosis": "akiec",
+    "squamous cell carcinoma in situ": "akiec",
+    "hemangioma": "vasc",
+    "benign soft tissue proliferations - vascular": "vasc",
+}
 
 
 def diagnosis_term(row: pd.Series, levels: list[str]) -> str:
@@ -28,7 +57,7 @@ def diagnosis_term(row: pd.Series, levels: list[str]) -> str:
     in ISIC_MAP (e.g. 'Benign > Benign melanocytic proliferations > Nevus > Nevus, Spitz' -> 'Nevus');
     when none maps, the deepest term, so the drop is counted under the most specific name."""
     terms = [row[c].strip() for c in reversed(levels) if row[c].strip()]
-    return next((t for t in terms if t.lower() in labels.ISIC_MAP), terms[0] if terms else "")
+    return next((t for t in terms if t.lower() in ISIC_MAP), terms[0] if terms else "")
 
 
 def group_ids(meta: pd.DataFrame) -> list[str]:
@@ -39,9 +68,14 @@ def group_ids(meta: pd.DataFrame) -> list[str]:
 
 
 class IsicCollection(_io.SourceBase):
-    def __init__(self, name: str, description: str):
-        self.name = name
-        self.description = description
+    label_map = ISIC_MAP
+    case_insensitive = True
+    grouping = "lesion_id where given, else patient_id, else the image"
+
+    def __init__(self, name: str, domain: str, description: str, order: int, table2: int,
+                 synthetic: SyntheticSpec | None = None):
+        self.name, self.domain, self.description = name, domain, description
+        self.order, self.table2, self.synthetic = order, table2, synthetic
         self.layout = (
             f"{METADATA} (isic_id and diagnosis, or diagnosis_1..diagnosis_5) and <isic_id>.jpg in the "
             "folder or in images/"
@@ -66,7 +100,7 @@ class IsicCollection(_io.SourceBase):
         rows = meta.rename(columns={"isic_id": "image_id"})
         rows["group"] = group_ids(meta)
         rows["path"] = [self._locate(root, i) for i in meta["isic_id"]]
-        kept, dropped = _io.apply_labels(rows, self.name, diagnosis)
+        kept, dropped = _io.apply_labels(rows, self, diagnosis)
         return _io.finish(self, root, kept, root / METADATA, skip_missing, dropped)
 
     def _locate(self, root: Path, isic_id: str) -> Path:
@@ -74,10 +108,49 @@ class IsicCollection(_io.SourceBase):
         return next((p for p in candidates if p.is_file()), candidates[0])
 
 
-COLLECTIONS = {
-    "MSK": "Memorial Sloan Kettering Cancer Center collections of the ISIC Archive",
-    "UDA": "University of Athens collections (UDA-1, UDA-2) of the ISIC Archive",
-    "SONIC": "SONIC study of nevi in children (Scope et al.), ISIC Archive",
-}
-for _name, _description in COLLECTIONS.items():
-    SOURCES.add(_name, IsicCollection(_name, _description))
+# --- the synthetic benchmark's collections: one id space each; MSK gives lesion ids, SONIC patient ids ---
+NATIVE = {"nv": {"nevus": 1}, "mel": {"melanoma": 1}, "bcc": {"basal cell carcinoma": 1},
+          "df": {"dermatofibroma": 1}, "vasc": {"vascular lesion": 1}, "akiec": {"actinic keratosis": 1},
+          "bkl": {"seborrheic keratosis": 5, "solar lentigo": 3, "lichenoid keratosis": 2}}
+
+
+def _ids(base: int, lesion: bool, patient: bool):
+    def ids(case: int, first_image: int, n: int) -> tuple[str, list[str], dict]:
+        images = [f"ISIC_{base + first_image + k:07d}" for k in range(n)]
+        if lesion:
+            return f"IL_{base + case:07d}", images, {"lesion_id": f"IL_{base + case:07d}"}
+        if patient:
+            return f"IP_{base + case:07d}", images, {"lesion_id": "", "patient_id": f"IP_{base + case:07d}"}
+        return images[0], images, {"lesion_id": ""}
+    return ids
+
+
+def _meta(mean_age: float, sd: float, lo: int, hi: int):
+    return lambda look, diagnosis, rng, sex: {"age_approx": age(rng, mean_age, sd, lo, hi), "sex": sex}
+
+
+def _spec(stream: int, counts: dict, dropped: dict, acquisition: Acquisition, extra_views: float, ids, meta):
+    return SyntheticSpec(stream=stream, counts=counts, native=NATIVE, dropped=dropped, acquisition=acquisition,
+                         extra_views=extra_views, ids=ids, meta=meta)
+
+
+# Table 1 as printed: MSK's 452 in the df column (most likely keratoses, see datasets/MSK.md); UDA has
+# two classes, SONIC one, and that domain-class availability is part of what the method is about.
+COLLECTIONS = [
+    IsicCollection("MSK", "MSK", "Memorial Sloan Kettering Cancer Center collections of the ISIC Archive", 3, 3, _spec(
+        4, {"nv": 2241, "mel": 826, "bcc": 32, "df": 452},
+        {"atypical melanocytic proliferation": (30, "mel"), "lentigo NOS": (20, "bkl")},
+        Acquisition(3 / 2, (0.10, 0.55), (0.95, 0.98, 1.08), 0.05, 0.20, 0.15, None, 0.7, 0.8, 0.012, 2.0, 1.0),
+        0.1, _ids(1_000_000, lesion=True, patient=False), _meta(50, 16, 15, 85))),
+    IsicCollection("UDA", "UDA", "University of Athens collections (UDA-1, UDA-2) of the ISIC Archive", 4, 6, _spec(
+        5, {"nv": 408, "mel": 193}, {"other": (10, "df")},
+        Acquisition(4 / 3, (0.15, 0.60), (0.92, 1.06, 0.95), 0.04, 0.45, 0.30, 1.45, 1.0, 0.5, 0.030, 3.0, 1.1),
+        0.0, _ids(2_000_000, lesion=False, patient=False), _meta(50, 16, 15, 85))),
+    IsicCollection("SONIC", "SON", "SONIC study of nevi in children (Scope et al.), ISIC Archive", 6, 5, _spec(
+        6, {"nv": 9251}, {},
+        Acquisition(4 / 3, (0.00, 0.20), (1.02, 1.03, 0.97), 0.02, 0.10, 0.05, None, 0.4, 1.0, 0.006, 0.3, 0.7,
+                    sticker=0.5),
+        0.5, _ids(3_000_000, lesion=False, patient=True), _meta(10, 3, 5, 15))),
+]
+for _collection in COLLECTIONS:
+    SOURCES.add(_collection.name, _collection)

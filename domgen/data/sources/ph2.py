@@ -17,10 +17,11 @@ import pandas as pd
 
 from domgen.data.sources import _io
 from domgen.data.sources.base import SOURCES, DataLayoutError, LoadResult, safe_join
+from domgen.data.sources.spec import Acquisition, SyntheticSpec
 
 XLSX, TXT = "PH2_dataset.xlsx", "PH2_dataset.txt"
 IMAGES = "PH2 Dataset images"
-CLINICAL = ("Common Nevus", "Atypical Nevus", "Melanoma")  # PH2_MAP's keys, in the txt's 0/1/2 order
+CLINICAL = ("Common Nevus", "Atypical Nevus", "Melanoma")  # label_map's keys, in the txt's 0/1/2 order
 COLOURS = ("White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black")  # the txt's codes 1..6
 CRITERIA = ["histological_diagnosis", "asymmetry", "pigment_network", "dots_globules", "streaks",
             "regression_areas", "blue_whitish_veil"]
@@ -102,8 +103,38 @@ def read_txt(path: Path) -> pd.DataFrame:
     })
 
 
+# --- the synthetic benchmark's PH2: each diagnosis with the criteria typical of it ---
+SYNTHETIC_CRITERIA = {  # asymmetry, network, dots/globules, streaks, regression, blue-whitish veil, colour codes
+    "Common Nevus": (0, "T", "A", "A", "A", "A", "3 4"),
+    "Atypical Nevus": (1, "AT", "AT", "A", "A", "A", "3 4"),
+    "Melanoma": (2, "AT", "AT", "P", "P", "P", "3 4 5 6"),
+}
+
+
+def synthetic_meta(look: str, diagnosis: str, rng, sex: str) -> dict:
+    keys = ("asymmetry", "pigment_network", "dots_globules", "streaks", "regression_areas", "blue_whitish_veil",
+            "colors")
+    return dict(zip(keys, SYNTHETIC_CRITERIA.get(diagnosis, SYNTHETIC_CRITERIA["Common Nevus"])))
+
+
+SYNTHETIC = SyntheticSpec(
+    stream=3,
+    counts={"nv": 160, "mel": 40},
+    native={"nv": {"Common Nevus": 80, "Atypical Nevus": 80}, "mel": {"Melanoma": 1}},
+    acquisition=Acquisition(4 / 3, (0.05, 0.30), (1.10, 0.88, 0.94), 0.02, 0.10, 0.35, 1.20, 0.4, 1.0, 0.008, 1.5, 0.85),
+    ids=lambda case, first_image, n: (f"IMD{case + 1:03d}", [f"IMD{case + 1:03d}"], {}),
+    meta=synthetic_meta,
+)
+
+
 class PH2(_io.SourceBase):
     name = "PH2"
+    domain = "PH2"
+    # Common and atypical nevi are nv (80 + 80 = 160), melanoma mel (40): Table 1's PH2 row.
+    label_map = {"Common Nevus": "nv", "Atypical Nevus": "nv", "Melanoma": "mel"}
+    grouping = "the image name (one image per lesion)"
+    order, table2 = 5, 4
+    synthetic = SYNTHETIC
     layout = f"{XLSX} or {TXT}, images '{IMAGES}/IMDnnn/IMDnnn_Dermoscopic_Image/IMDnnn.bmp'"
 
     def find_release(self, folder: Path) -> Path:
@@ -118,7 +149,7 @@ class PH2(_io.SourceBase):
         rows["path"] = [safe_join(root, f"{IMAGES}/{n}/{n}_Dermoscopic_Image/{n}.bmp", self.name)
                         for n in rows["image_id"]]
         diagnosis = rows["clinical_diagnosis"].replace("", "(unmarked)")
-        kept, dropped = _io.apply_labels(rows, self.name, diagnosis)
+        kept, dropped = _io.apply_labels(rows, self, diagnosis)
         return _io.finish(self, root, kept, listing, skip_missing, dropped)
 
 
