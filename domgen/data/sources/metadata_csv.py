@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from domgen.data.sources import _io
@@ -37,7 +38,7 @@ def check_domain_names(names, source: str, where: str) -> None:
 def _require_cells(meta: pd.DataFrame, columns: list[str], listing: Path) -> None:
     """Every row has a value in ``columns``; the error names the file's line (header = line 1)."""
     for column in columns:
-        empty = meta.index[meta[column].str.strip() == ""]
+        empty = np.flatnonzero((meta[column].str.strip() == "").to_numpy())  # row positions, not index labels
         if len(empty):
             lines = ", ".join(str(i + 2) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
             raise DataLayoutError(f"{NAME}: {listing} line {lines}: empty {column!r} ({len(empty)} row(s)); every "
@@ -48,7 +49,7 @@ def _refuse_repeats(paths: pd.Series, listing: Path) -> None:
     repeated = paths[paths.duplicated(keep=False)]
     if len(repeated):
         first = repeated.iloc[0]
-        lines = ", ".join(str(i + 2) for i in repeated.index[repeated == first])
+        lines = ", ".join(str(i + 2) for i in np.flatnonzero((paths == first).to_numpy()))  # positions: the index may be labels
         raise DataLayoutError(f"{NAME}: {listing} lists {first!r} more than once (lines {lines}); an image "
                               f"is one row. Expected layout: {LAYOUT}")
 
