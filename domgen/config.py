@@ -165,7 +165,8 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
 
 # Fields added after runs were recorded: hashed only when they differ from these defaults, so every run
 # folder made before they existed keeps its name (and a sweep still finds it done).
-_HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": ""}
+_HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": "",
+                    "precision": "auto", "channels_last": "auto"}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "") -> str:

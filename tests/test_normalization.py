@@ -45,7 +45,7 @@ def test_inputs_normalize_with_the_models_mean_and_std(tmp_path, cached):
         assert x.shape == (2, 3, 28, 28)
         assert torch.allclose(x, want.expand(2, 3, 28, 28), atol=1e-5)  # HALF: 0.569, -0.216, -0.608
     # the training path's normalization too: Cutout (fill 0) aside, the crop of a flat image is flat
-    x, _ = next(Inputs(paths, np.zeros(2, dtype=np.int64), tcfg, dcfg, "cpu", norm=HALF).train_batches(np.arange(2), 2, seed=0))
+    x = next(Inputs(paths, np.zeros(2, dtype=np.int64), tcfg, dcfg, "cpu", norm=HALF).train_batches(np.arange(2), 2, seed=0)).x
     values = x[x != 0]
     assert torch.allclose(values.view(-1).unique(), ((c - 0.5) / 0.5).view(-1).sort().values, atol=1e-4)
 
