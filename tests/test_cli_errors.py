@@ -160,7 +160,7 @@ def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(s
 @pytest.mark.slow
 def test_ctrl_c_prints_the_resume_command_and_exits_130(smoke_cache, tmp_path):
     out = tmp_path / "runs"
-    proc = _popen(smoke_cache, out, "--set", "optim.epochs=6")
+    proc = _popen(smoke_cache, out, "--set", "optim.epochs=40")
     _wait_for(lambda: any(out.glob("A-s0-*/last.pt")), proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -168,5 +168,5 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(smoke_cache, tmp_path):
     saved = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
     assert proc.returncode == 130
     assert errors(stderr) == [f"interrupted after epoch {saved}: resume with python -m domgen.run "
-                              + " ".join(train_args(smoke_cache, out, "--set", "optim.epochs=6")) + " --resume"]
+                              + " ".join(train_args(smoke_cache, out, "--set", "optim.epochs=40")) + " --resume"]
     assert not (run_dir / LOCK).exists()
