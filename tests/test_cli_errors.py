@@ -141,15 +141,15 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
 @pytest.mark.slow
 def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(smoke_cache, tmp_path):
     out = tmp_path / "runs"
-    first = _popen(smoke_cache, out, "--set", "optim.epochs=8")
+    first = _popen(smoke_cache, out, "--set", "optim.epochs=16")
     _wait_for(lambda: any(out.glob(f"A-s0-*/{LOCK}")), first)
-    second = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=8")],
+    second = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=16")],
                             cwd=REPO, env=ENV, capture_output=True, text=True)
     run_dir = next(out.glob("A-s0-*"))
     assert second.returncode == 2
     line = errors(second.stderr)[0]
     assert line.startswith(f"error: {run_dir} is in use by pid {first.pid} on {socket.gethostname()}") and "--wait" in line
-    third = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=8", "--wait")],
+    third = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=16", "--wait")],
                            cwd=REPO, env=ENV, capture_output=True, text=True)
     assert first.wait() == 0 and third.returncode == 0, third.stderr[-2000:]
     assert f"waiting for pid {first.pid}" in third.stdout and "already done" in third.stdout
