@@ -204,3 +204,18 @@ def test_unloadable_checkpoint_is_one_line_without_unsafe_advice(smoke_cache, tm
     msg = str(err.value)
     assert "\n" not in msg and "weights_only=False" not in msg
     assert "last.pt is not a loadable checkpoint (4096 bytes" in msg and "--restart" in msg
+
+
+
+def test_any_damaged_bytes_are_a_checkpoint_error_never_a_traceback(tmp_path):
+    """Random bytes reach different corners of the weights-only unpickler (IndexError, KeyError, struct
+    and Unicode errors, not only UnpicklingError): every one is the one-line CheckpointError."""
+    import numpy as np
+
+    from domgen.engine.checkpoint import load_checkpoint
+
+    path = tmp_path / "last.pt"
+    for seed in range(200):
+        path.write_bytes(np.random.default_rng(seed).bytes(64 + seed * 16))
+        with pytest.raises(CheckpointError, match=r"last\.pt is not a loadable checkpoint \(\d+ bytes"):
+            load_checkpoint(path)
