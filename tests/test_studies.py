@@ -1,0 +1,107 @@
+"""Studies as data: experiments/yoon2019.yaml resolves to exactly the configs (and run-folder hashes)
+the Python registry resolved before the move (tests/data/yoon2019_resolved.json, dumped by
+tools/dump_resolved.py); study files are found by name, by path and in $DOMGEN_EXPERIMENTS; every
+mistake in a study file is one ConfigError naming the file and the row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from domgen.config import config_hash, to_dict
+from domgen.errors import ConfigError
+from domgen.experiments.registry import EXPERIMENTS, PRESETS, resolve_config
+from domgen.studies import REPO_EXPERIMENTS, find_study, load_study
+
+SNAPSHOT = json.loads((Path(__file__).parent / "data" / "yoon2019_resolved.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(SNAPSHOT))
+def test_yoon2019_yaml_resolves_to_the_snapshot(key):
+    exp, preset = key.split("/")
+    cfg = resolve_config(exp, preset, seed=0)
+    got = to_dict(cfg)
+    # the two fields the move adds: which study, and (for a study given as a path) its file
+    assert (got.pop("study"), got.pop("study_file")) == ("yoon2019", "")
+    assert got == SNAPSHOT[key]["config"]
+    assert config_hash(cfg, "synthetic:snapshot") == SNAPSHOT[key]["hash"]  # run folders keep their names
+
+
+def test_snapshot_covers_22_rows_by_3_presets():
+    assert len(SNAPSHOT) == 66 and EXPERIMENTS.names() == list("ABCDEFGHIJKLMNOPQRSTUV")
+    assert sorted(PRESETS) == ["paper", "quick", "smoke"]
+    assert [EXPERIMENTS.get(e).driver for e in "KUV"] == ["train", "prune", "prune"]
+    assert load_study().loo == {"DMF": "O", "D7P": "P", "MSK": "Q", "PH2": "R", "SON": "S", "UDA": "T"}
+
+
+MINE = """\
+study: mine
+experiments:
+  - {name: base, description: from scratch, nsec: a}
+  - {name: tuned, parent: base, algorithm: ccsa, nsec: a, set: [optim.lr=0.5]}
+"""
+
+
+def test_a_study_by_path_by_env_and_its_hash(tmp_path, monkeypatch):
+    path = tmp_path / "mine.yaml"
+    path.write_text(MINE)
+    cfg = resolve_config("tuned", "smoke", 0, study=str(path))
+    # presets.yaml is not beside it: the repository's is used
+    assert (cfg.study, cfg.study_file, cfg.warm_start, cfg.optim.lr, cfg.optim.epochs) == ("mine", str(path), "base", 0.5, 2)
+    # the same row in another study is another run: the study name enters the hash when not the default
+    renamed = tmp_path / "other.yaml"
+    renamed.write_text(MINE.replace("study: mine", "study: other"))
+    assert config_hash(cfg, "d") != config_hash(resolve_config("tuned", "smoke", 0, study=str(renamed)), "d")
+    # but the file's location does not
+    moved = tmp_path / "sub" / "mine.yaml"
+    moved.parent.mkdir()
+    moved.write_text(MINE)
+    assert config_hash(cfg, "d") == config_hash(resolve_config("tuned", "smoke", 0, study=str(moved)), "d")
+    with pytest.raises(ConfigError, match="unknown study 'mine'.*known: yoon2019"):
+        find_study("mine")
+    monkeypatch.setenv("DOMGEN_EXPERIMENTS", str(tmp_path))
+    assert find_study("mine") == path.resolve() and find_study("yoon2019") == REPO_EXPERIMENTS / "yoon2019.yaml"
+    assert resolve_config("tuned", "smoke", 0, study="mine").study_file == ""  # its name finds it now
+
+
+def test_a_study_may_bring_its_own_preset(tmp_path):
+    path = tmp_path / "p.yaml"
+    smoke = (REPO_EXPERIMENTS / "presets.yaml").read_text().split("smoke:")[1]
+    tiny = "".join(f"  {line}\n" for line in smoke.replace("epochs_base: 2", "epochs_base: 7").splitlines())
+    path.write_text(MINE + "presets:\n  tiny:" + tiny)
+    assert resolve_config("base", "tiny", 0, study=str(path)).optim.epochs == 7
+    assert sorted(load_study(str(path)).presets) == ["paper", "quick", "smoke", "tiny"]
+
+
+BAD = [
+    ("experiments: [{name: a, nsec: a}\n", r"bad\.yaml line 2: not valid YAML"),
+    ("experiments: []\n", r"bad\.yaml: 'experiments:' must be a non-empty list"),
+    ("experiment: [{name: a}]\n", r"bad\.yaml, the study: unknown key 'experiment'"),
+    ("experiments: [{name: a, parnet: b}]\n", r"bad\.yaml, row 'a': unknown key 'parnet' \(known: .*parent"),
+    ("experiments: [{name: a}, {name: b, parent: c}]\n", r"bad\.yaml, row 'b': unknown parent 'c' \(rows: a, b\)"),
+    ("experiments: [{name: a, parent: b}, {name: b, parent: a}]\n", r"bad\.yaml, row 'a': parents form a cycle \(a -> b -> a\)"),
+    ("experiments: [{name: a}, {name: a}]\n", r"bad\.yaml, row 'a': the name is used twice"),
+    ("experiments: [{name: a, driver: eval}]\n", r"bad\.yaml, row 'a': driver 'eval' is not one of train, prune"),
+    ("experiments: [{name: a, driver: prune}]\n", r"bad\.yaml, row 'a': a prune row needs a parent"),
+    ("experiments: [{name: a, set: [optim.lr]}]\n", r"bad\.yaml, row 'a': set item 'optim.lr' is not KEY=VALUE"),
+    ("experiments: [{description: x}]\n", r"bad\.yaml, row 1: a row is a mapping with at least a 'name:'"),
+    ("experiments: [{name: a}]\npresets: {p: {weights: none}}\n", r"bad\.yaml, preset 'p': missing batch_size"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m.split(": ", 1)[-1][:30] for _, m in BAD])
+def test_bad_study_files_are_one_line_errors_naming_file_and_row(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_study(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_bad_set_item_is_named_by_file_and_row(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("experiments: [{name: a, set: [optim.lrr=1]}]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, row 'a': unknown config key 'optim\.lrr'"):
+        resolve_config("a", "smoke", study=str(path))
