@@ -105,3 +105,43 @@ def test_a_bad_set_item_is_named_by_file_and_row(tmp_path):
     path.write_text("experiments: [{name: a, set: [optim.lrr=1]}]\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml, row 'a': unknown config key 'optim\.lrr'"):
         resolve_config("a", "smoke", study=str(path))
+
+
+# ---- a study written here runs through `sweep` ---------------------------------------------------
+TINY = """\
+study: tiny
+description: a baseline and a CCSA row warm-started from it
+experiments:
+  - {name: base, description: ERM on every source, nsec: a}
+  - {name: tuned, description: CCSA from base, nsec: a, algorithm: ccsa, parent: base, set: [optim.epochs=1]}
+"""
+
+
+@pytest.mark.slow
+def test_a_study_yaml_written_here_runs_through_sweep(tmp_path, smoke_cache, monkeypatch, capsys):
+    from domgen.engine.logging import read_results
+    from domgen.results.collect import collect, select
+    from domgen.run import main
+
+    monkeypatch.delenv("DOMGEN_DATA", raising=False)
+    study = tmp_path / "tiny.yaml"
+    study.write_text(TINY)
+    runs = tmp_path / "runs"
+    argv = ["sweep", "--study", str(study), "--preset", "smoke", "--seeds", "1", "--out", str(runs), "--cache-dir",
+            str(smoke_cache), "--set", "threads=1", "--set", "data.workers=0"]
+    assert main(argv) == 0
+    base, tuned = (next(runs.glob(f"{e}-s0-*")) for e in ("base", "tuned"))
+    assert (base / "done").exists() and (tuned / "done").exists()
+    # dependency order: the child started (wrote its config) after its parent was done, and loaded its best
+    assert (base / "done").stat().st_mtime <= (tuned / "config.yaml").stat().st_mtime
+    rows = {r["exp"]: r for d in (base, tuned) for r in read_results(d) if r["stage"] == "final" and r["split"] == "test"}
+    assert (rows["base"]["algorithm"], rows["tuned"]["algorithm"], rows["tuned"]["study"]) == ("erm", "ccsa", "tiny")
+    epochs = [r["epoch"] for r in read_results(tuned) if r["stage"] == "val"]
+    assert max(epochs) == 1  # the row's own `set:` (optim.epochs=1) was applied; base ran the preset's 2
+    assert max(r["epoch"] for r in read_results(base) if r["stage"] == "val") == 2
+    df = collect(runs)
+    assert set(select(df, study="tiny")["exp"]) == {"base", "tuned"} and select(df, study="yoon2019").empty
+    # a second sweep finds both done and launches nothing
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "2/2 runs done" in capsys.readouterr().out

@@ -51,6 +51,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "exp": cfg.exp,
         "seed": cfg.seed,
         "preset": cfg.preset,
+        "study": cfg.study,
         "config_hash": run_dir.name.rsplit("-", 1)[-1],
         "data": data.identity,
         "synthetic": data.catalog.synthetic,
