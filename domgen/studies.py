@@ -13,6 +13,7 @@ Every mistake in a study file is one :class:`ConfigError` naming the file and th
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -136,7 +137,7 @@ def _load(path: Path) -> Study:
         raise ConfigError(f"{path}: 'experiments:' must be a non-empty list of rows")
     presets = dict(_presets(_presets_file(path)))
     presets.update(_parse_presets(path, doc.get("presets") or {}))
-    registry: Registry[Experiment] = Registry(f"experiment of study {name}")
+    registry: Registry[Experiment] = Registry("experiment")
     for i, row in enumerate(rows):
         exp = _experiment(path, i, row)
         if exp.name in registry:
@@ -171,6 +172,8 @@ def _experiment(path: Path, i: int, row) -> Experiment:
         raise ConfigError(f"{path}, row {i + 1}: a row is a mapping with at least a 'name:'")
     name = str(row["name"])
     where = f"row {name!r}"
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", name):  # run folders are <name>-s<seed>-<hash>; sweeps split on , and -
+        raise ConfigError(f"{path}, {where}: a row name is letters, digits, '_' and '.' only")
     _check_keys(path, where, row, _ROW_KEYS)
     kw = {k: v for k, v in row.items() if v is not None}
     kw["name"] = name

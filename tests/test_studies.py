@@ -86,6 +86,7 @@ BAD = [
     ("experiments: [{name: a, driver: eval}]\n", r"bad\.yaml, row 'a': driver 'eval' is not one of train, prune"),
     ("experiments: [{name: a, driver: prune}]\n", r"bad\.yaml, row 'a': a prune row needs a parent"),
     ("experiments: [{name: a, set: [optim.lr]}]\n", r"bad\.yaml, row 'a': set item 'optim.lr' is not KEY=VALUE"),
+    ("experiments: [{name: a-b}]\n", r"bad\.yaml, row 'a-b': a row name is letters, digits"),
     ("experiments: [{description: x}]\n", r"bad\.yaml, row 1: a row is a mapping with at least a 'name:'"),
     ("experiments: [{name: a}]\npresets: {p: {weights: none}}\n", r"bad\.yaml, preset 'p': missing batch_size"),
 ]
@@ -145,3 +146,17 @@ def test_a_study_yaml_written_here_runs_through_sweep(tmp_path, smoke_cache, mon
     capsys.readouterr()
     assert main(argv) == 0
     assert "2/2 runs done" in capsys.readouterr().out
+
+
+def test_list_and_train_take_study(tmp_path, capsys):
+    from domgen.run import main
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(MINE)
+    assert main(["list", "--study", str(path)]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["base", "tuned"]
+    assert main(["train", "--study", "nope", "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown study 'nope'" in err and "known: yoon2019" in err
+    assert main(["prune", "--study", str(path), "--exp", "tuned", "--preset", "smoke"]) == 2
+    assert "not tuned" in capsys.readouterr().err  # prune runs a row whose driver is prune
