@@ -29,6 +29,15 @@ def test_yoon2019_yaml_resolves_to_the_snapshot(key):
     assert config_hash(cfg, "synthetic:snapshot") == SNAPSHOT[key]["hash"]  # run folders keep their names
 
 
+def test_the_dump_tool_reproduces_the_snapshot():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dump_resolved", REPO_EXPERIMENTS.parent / "tools" / "dump_resolved.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.dump() == SNAPSHOT
+
+
 def test_snapshot_covers_22_rows_by_3_presets():
     assert len(SNAPSHOT) == 66 and EXPERIMENTS.names() == list("ABCDEFGHIJKLMNOPQRSTUV")
     assert sorted(PRESETS) == ["paper", "quick", "smoke"]

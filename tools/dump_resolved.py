@@ -21,7 +21,9 @@ def dump() -> dict:
     for preset in sorted(PRESETS):
         for name in EXPERIMENTS.names():
             cfg = resolve_config(name, preset, seed=0)
-            out[f"{name}/{preset}"] = {"config": to_dict(cfg), "hash": config_hash(cfg, "synthetic:snapshot")}
+            d = to_dict(cfg)
+            d.pop("study", None), d.pop("study_file", None)  # constant here (yoon2019, found by name); not in the first dump
+            out[f"{name}/{preset}"] = {"config": d, "hash": config_hash(cfg, "synthetic:snapshot")}
     return out
 
 
