@@ -151,6 +151,10 @@ def test_a_study_yaml_written_here_runs_through_sweep(tmp_path, smoke_cache, mon
     assert max(r["epoch"] for r in read_results(base) if r["stage"] == "val") == 2
     df = collect(runs)
     assert set(select(df, study="tiny")["exp"]) == {"base", "tuned"} and select(df, study="yoon2019").empty
+    capsys.readouterr()
+    assert main(["table", "--runs", str(runs), "--study", str(study)]) == 0
+    table = capsys.readouterr().out
+    assert "Study: tiny." in table and table.index("| base") < table.index("| tuned")
     # a second sweep finds both done and launches nothing
     capsys.readouterr()
     assert main(argv) == 0
