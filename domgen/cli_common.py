@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from domgen.config import DataConfig, apply_overrides, normalise_data, validate_data
 from domgen.errors import ConfigError, DomgenError, RunFolderError, RunInterrupted
-from domgen.experiments.registry import PRESETS, resolve_config
+from domgen.studies import DEFAULT_STUDY
 
 if TYPE_CHECKING:
     from domgen.config import RunConfig
@@ -46,10 +46,11 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool = True) -> None:
     add_data_options(p)
+    add_study_option(p)
     if exp:
-        p.add_argument("--exp", default="A", help="experiment letter A-V (see `python -m domgen.run list`)")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="sizes: paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
+        p.add_argument("--exp", default="A", help="a row of the study (yoon2019: A-V; see `python -m domgen.run list`)")
+    p.add_argument("--preset", default="paper",
+                   help="a preset of experiments/presets.yaml (or of the study's own presets:): paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
                         "given with --weights), quick (CPU, minutes), smoke (seconds, for checks)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data splits have their own, data.split_seed)")
     p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict (default: the preset's); "
@@ -64,6 +65,12 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
     g.add_argument("--restart", action="store_true", help="move an unfinished run aside (<name>.abandoned-<time>) and start over")
     g.add_argument("--force", action="store_true", help="redo a run that is already done (the old one is moved aside)")
     g.add_argument("--wait", action="store_true", help="if another process owns the run folder, wait for it instead of stopping")
+
+
+def add_study_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", default=DEFAULT_STUDY, metavar="FILE|NAME",
+                   help="the study whose rows --exp names: a YAML file, or a name found in $DOMGEN_EXPERIMENTS or the "
+                        "repository's experiments/ folder")
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
@@ -95,7 +102,9 @@ def build_config(args: argparse.Namespace, exp: str | None = None) -> RunConfig:
     if getattr(args, "weights", None):
         overrides.append(f"model.weights={args.weights}")
     overrides += list(args.set)
-    return resolve_config(exp or args.exp, args.preset, args.seed, overrides)
+    from domgen.experiments.registry import resolve_config  # reads the study file: only when a command runs
+
+    return resolve_config(exp or args.exp, args.preset, args.seed, overrides, study=args.study)
 
 
 def say(line: str = "") -> None:

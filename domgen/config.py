@@ -108,6 +108,8 @@ class PruneConfig:
 class RunConfig:
     exp: str = "A"
     preset: str = "paper"
+    study: str = "yoon2019"  # the study (experiments/<study>.yaml) whose row `exp` is
+    study_file: str = ""  # the study file, when its name alone does not find it (a study given as a path)
     seed: int = 0
     out: str = "runs"
     device: str = "auto"  # auto | cpu | cuda
@@ -126,7 +128,7 @@ class RunConfig:
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash.
-_NOT_HASHED = {"out", "device", "threads", "val_all_domains", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+_NOT_HASHED = {"out", "study_file", "device", "threads", "val_all_domains", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -166,7 +168,7 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
 # Fields added after runs were recorded: hashed only when they differ from these defaults, so every run
 # folder made before they existed keeps its name (and a sweep still finds it done).
 _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": "",
-                    "precision": "auto", "channels_last": "auto"}
+                    "precision": "auto", "channels_last": "auto", "study": "yoon2019"}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "") -> str:

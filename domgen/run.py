@@ -80,9 +80,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     if args.threshold is not None:
         args.set.append(f"prune.threshold={args.threshold}")
+    from domgen.experiments.registry import study_of
+
     cfg = cc.build_config(args)
-    if cfg.exp not in ("U", "V"):
-        raise ValueError(f"prune runs the pruning experiments U and V, not {cfg.exp}")
+    if study_of(cfg).experiments.get(cfg.exp).driver != "prune":
+        raise ValueError(f"prune runs the study's pruning rows (driver: prune; yoon2019: U and V), not {cfg.exp}")
     if args.thresholds or args.target_params:
         return _prune_curve(args, cfg)
     cc.check_weights(cfg)
@@ -126,13 +128,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_loo(args: argparse.Namespace) -> int:
-    from domgen.experiments.loo import format_loo, run_loo
+    from domgen.experiments.loo import format_loo, loo_experiments, run_loo
 
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
-    cc.check_weights(cc.build_config(args, exp="O"))
-    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), **cc.folder_options(args))
+    cc.check_weights(cc.build_config(args, exp=loo_experiments(args.holdout, args.study)[0]))
+    results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), study=args.study, **cc.folder_options(args))
     cc.say(format_loo(results))
     return 0
 
@@ -150,11 +152,11 @@ def cmd_table(args: argparse.Namespace) -> int:
     from domgen.results.collect import collect, select
     from domgen.results.tables import plot_table, pruning_report, table2
 
-    df = collect(Path(args.runs))
-    if args.preset:
-        df = select(df, preset=args.preset)
+    from domgen.studies import load_study
+
+    df = select(collect(Path(args.runs)), include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
     if df.empty:
-        raise ValueError(f"no finished run with final test results under {args.runs}")
+        raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
     print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all))
     if args.format == "md" and "params" in df.columns and df["params"].notna().any():
         print("\n" + pruning_report(df))
@@ -167,9 +169,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from domgen.results.collect import collect, select
     from domgen.results.compare import format_compare
 
-    df = collect(Path(args.runs))
-    if args.preset:
-        df = select(df, preset=args.preset)
+    from domgen.studies import load_study
+
+    df = select(collect(Path(args.runs)), include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
     print(format_compare(df, args.a, args.b, metric=args.metric))
     return 0
 
@@ -178,6 +180,7 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
     p.add_argument("--preset", default=None, help="only runs of this preset")
     p.add_argument("--metric", default="macro_recall", help="macro_recall, balanced_acc, mel_auc, mel_sens, ...")
+    cc.add_study_option(p)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -187,7 +190,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
-    plan = plan_sweep(args.exps, seeds, args.preset, overrides, out=args.out)
+    plan = plan_sweep(args.exps, seeds, args.preset, overrides, out=args.out, study=args.study)
     if args.action == "status":
         print(format_status(sweep_status(plan)))
         return 0
@@ -207,7 +210,8 @@ def add_sweep_parser(sub) -> None:
                         formatter_class=cc.HelpFormatter, description=DESCRIPTIONS["sweep"])
     sw.add_argument("action", nargs="?", default="run", choices=["run", "status"], help="run what is not done, or show progress")
     cc.add_data_options(sw)
-    sw.add_argument("--exps", default="A-V", help="ranges and lists: A-V, F-K,U, A,K,R")
+    cc.add_study_option(sw)
+    sw.add_argument("--exps", default="all", help="the study's rows: all, or ranges and lists in file order: A-V, F-K,U, A,K,R")
     sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4) or a list (0,3,7)")
     sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
@@ -296,8 +300,9 @@ def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from domgen.experiments.registry import EXPERIMENTS
+    from domgen.studies import load_study
 
+    EXPERIMENTS = load_study(args.study).experiments
     for name in EXPERIMENTS.names():
         e = EXPERIMENTS.get(name)
         print(f"{name}  {e.arch:<9} nsec={e.nsec:<2} {e.description}")
@@ -334,7 +339,7 @@ DESCRIPTIONS = {
     "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
              "Safe to repeat: finished runs are skipped, interrupted ones resume, failed ones wait for --retry-failed.",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
-    "list": "List the experiments A-V with their backbone, nsec and what they test.",
+    "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test.",
 }
 
 
@@ -416,7 +421,9 @@ def parser() -> argparse.ArgumentParser:
                          "with --compile; steps/s, ratio and peak GPU memory per line")
     be.add_argument("--archs", default="resnet18", help="bench train --matrix: comma-separated backbones")
     be.set_defaults(func=cmd_bench)
-    _sub(sub, "list", "the registered experiments").set_defaults(func=cmd_list)
+    ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V)")
+    cc.add_study_option(ls)
+    ls.set_defaults(func=cmd_list)
     return p
 
 

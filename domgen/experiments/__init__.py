@@ -1,5 +1,14 @@
-"""The paper's experiments as data (Yoon et al., MICCAI 2019, Table 2) and the presets that size them."""
+"""Drivers of the experiments (train, loo, prune, ...); the experiments themselves are data, read from
+the study files in ``experiments/`` (see :mod:`domgen.studies` and :mod:`domgen.experiments.registry`)."""
 
-from domgen.experiments.registry import EXPERIMENTS, Experiment, PRESETS, Preset, resolve_config
+from domgen.experiments.registry import Experiment, Preset, resolve_config
 
 __all__ = ["EXPERIMENTS", "Experiment", "PRESETS", "Preset", "resolve_config"]
+
+
+def __getattr__(name: str):
+    if name in ("EXPERIMENTS", "PRESETS"):
+        from domgen.experiments import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

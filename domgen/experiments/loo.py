@@ -6,14 +6,16 @@ from __future__ import annotations
 from domgen.data.catalog import load_catalog
 from domgen.data.labels import TABLE2_DOMAINS, domain_code
 from domgen.engine.trainer import Hooks
-from domgen.experiments.registry import LOO_EXPERIMENT, resolve_config
+from domgen.experiments.registry import resolve_config
+from domgen.studies import DEFAULT_STUDY, load_study
 from domgen.experiments.train import RunResult, run_train
 
 
-def loo_experiments(holdout: str) -> list[str]:
-    """"PH2" -> ["R"]; "all" -> ["O", ..., "T"]."""
+def loo_experiments(holdout: str, study: str = DEFAULT_STUDY) -> list[str]:
+    """"PH2" -> ["R"]; "all" -> ["O", ..., "T"]: the study's rows that hold out one domain alone."""
+    LOO_EXPERIMENT = load_study(study).loo
     if holdout.lower() == "all":
-        return [LOO_EXPERIMENT[d] for d in sorted(LOO_EXPERIMENT, key=TABLE2_DOMAINS.index)]
+        return [LOO_EXPERIMENT[d] for d in sorted(LOO_EXPERIMENT, key=lambda d: (TABLE2_DOMAINS.index(d) if d in TABLE2_DOMAINS else len(TABLE2_DOMAINS), d))]
     code = domain_code(holdout)
     if code not in LOO_EXPERIMENT:
         raise ValueError(f"--holdout {holdout}: no leave-one-out experiment holds out {code} (choose from {', '.join(LOO_EXPERIMENT)} or all)")
@@ -21,8 +23,8 @@ def loo_experiments(holdout: str) -> list[str]:
 
 
 def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: Hooks = Hooks(), force: bool = False, resume: bool = False,
-            restart: bool = False, wait: bool = False) -> list[RunResult]:
-    cfgs = [resolve_config(exp, preset, seed, overrides) for exp in loo_experiments(holdout)]
+            restart: bool = False, wait: bool = False, study: str = DEFAULT_STUDY) -> list[RunResult]:
+    cfgs = [resolve_config(exp, preset, seed, overrides, study=study) for exp in loo_experiments(holdout, study)]
     catalog = load_catalog(cfgs[0].data, bar=hooks.bar)  # the experiments differ only in what they hold out
     hooks.log(f"data: {catalog.describe()}")
     return [run_train(cfg, hooks, resume=resume, force=force, catalog=catalog, restart=restart, wait=wait) for cfg in cfgs]

@@ -27,7 +27,7 @@ from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
 from domgen.data.catalog import Catalog
 from domgen.data.run_data import RunData, prepare_data
-from domgen.experiments.registry import resolve_config
+from domgen.experiments.registry import resolve_config, study_of
 
 
 @dataclass
@@ -51,6 +51,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "exp": cfg.exp,
         "seed": cfg.seed,
         "preset": cfg.preset,
+        "study": cfg.study,
         "config_hash": run_dir.name.rsplit("-", 1)[-1],
         "data": data.identity,
         "synthetic": data.catalog.synthetic,
@@ -66,7 +67,7 @@ def parent_config(cfg: RunConfig) -> RunConfig:
     """The run a warm-started experiment starts from: same preset, seed, data, sizes, backbone and
     initial weights. A warm-started run loads its parent's checkpoint, so its own ``model.weights`` can
     only mean the weights its chain starts from: they pass down to the root (K -> A; U -> K -> A)."""
-    parent = resolve_config(cfg.warm_start, cfg.preset, cfg.seed)
+    parent = resolve_config(cfg.warm_start, cfg.preset, cfg.seed, study=study_of(cfg))
     data = normalise_data(replace(cfg.data, nsec=parent.data.nsec, holdout=parent.data.holdout))
     model = replace(parent.model, arch=cfg.model.arch, weights=cfg.model.weights)
     return replace(parent, out=cfg.out, device=cfg.device, data=data, transform=cfg.transform, model=model)

@@ -14,9 +14,10 @@ from typing import Any, Iterable
 import pandas as pd
 
 from domgen.engine.logging import RESULTS, is_done, read_results
+from domgen.studies import DEFAULT_STUDY
 
 # Columns always present, even when nothing was found, so callers can filter an empty frame.
-BASE_COLUMNS = ("run", "run_dir", "finished", "exp", "seed", "preset", "data", "synthetic", "config_hash",
+BASE_COLUMNS = ("run", "run_dir", "finished", "exp", "seed", "preset", "study", "data", "synthetic", "config_hash",
                 "stage", "split", "domain", "epoch")
 
 
@@ -74,6 +75,7 @@ def collect(runs_dir: Path, stages: Iterable[str] = ("final",), splits: Iterable
     key = ["run", "stage", "split", "domain", "epoch"]
     df = df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
     df["seed"] = df["seed"].astype(int)
+    df["study"] = df["study"].fillna(DEFAULT_STUDY)  # runs recorded before studies were named are yoon2019's
     df["finished"] = df["finished"].astype(bool)
     return df
 
@@ -84,16 +86,17 @@ def select(
     *,
     include_unfinished: bool = False,
     preset: str | None = None,
+    study: str | None = None,
     data: str | None = None,
     config_hash: str | None = None,
     exps: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """The rows a table should use: finished runs only (unless asked), optionally one preset / data
-    identity / config hash / set of experiments."""
+    identity / config hash / set of experiments / study (by name)."""
     keep = pd.Series(True, index=df.index)
     if not include_unfinished:
         keep &= df["finished"].astype(bool)
-    for col, value in (("preset", preset), ("data", data), ("config_hash", config_hash)):
+    for col, value in (("preset", preset), ("study", study), ("data", data), ("config_hash", config_hash)):
         if value is not None:
             keep &= df[col] == value
     if exps is not None:

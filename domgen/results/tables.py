@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from domgen.data.labels import TABLE2_DOMAINS
-from domgen.experiments.registry import EXPERIMENTS
+from domgen.errors import ConfigError
+from domgen.studies import DEFAULT_STUDY, load_study
 from domgen.results.collect import check_one_run_per_seed, collect, select, unfinished_runs
 
 AVG = "avg"
@@ -59,10 +60,20 @@ def per_seed(
     return wide, avg_domains
 
 
-def _order(exps) -> list[str]:
-    """Registry order (A..V), then any experiment the registry does not know, sorted."""
-    known = [e for e in EXPERIMENTS.names() if e in set(exps)]
+def _order(exps, study: str = DEFAULT_STUDY) -> list[str]:
+    """The study file's row order (yoon2019: A..V), then any experiment it does not name, sorted."""
+    try:
+        names = load_study(study).experiments.names()
+    except ConfigError:  # a study given as a path, not found by its name here: file order is unknown
+        names = []
+    known = [e for e in names if e in set(exps)]
     return known + sorted(set(exps) - set(known))
+
+
+def _study(rows: pd.DataFrame) -> str:
+    """The one study the rows come from (the default when they mix studies or predate the field)."""
+    studies = rows["study"].dropna().unique() if "study" in rows else []
+    return str(studies[0]) if len(studies) == 1 else DEFAULT_STUDY
 
 
 def _arch_name(arch: str) -> str:
@@ -112,7 +123,7 @@ def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
     wide, avg_domains = per_seed(df, metric, include_unfinished)
     rows = table_rows(df, include_unfinished)
     out = []
-    for exp in _order(rows["exp"].unique()):
+    for exp in _order(rows["exp"].unique(), _study(rows)):
         rec = {"exp": exp} | _describe(rows[rows["exp"] == exp])
         vals = wide.loc[exp]
         rec["seeds"] = int(len(vals))
@@ -166,6 +177,9 @@ def caption_lines(df: pd.DataFrame, frame: pd.DataFrame, include_unfinished: boo
         _data_line(frame),
         f"Preset: {', '.join(sorted(set(' '.join(frame['preset']).split())))}.",
     ]
+    study = _study(table_rows(df, include_unfinished))
+    if study != DEFAULT_STUDY:  # Table 2 itself says nothing more, so its quoted captions stay as they are
+        lines.insert(2, f"Study: {study}.")
     left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
     if left_out and not include_unfinished:
         lines.append(f"Left out: {len(left_out)} unfinished run(s): {', '.join(left_out)}.")
@@ -273,7 +287,7 @@ def pruning_report(df_or_runs: pd.DataFrame | Path | str, include_unfinished: bo
         return "No pruned runs found.\n"
     rows = rows[rows["params"].notna()]
     lines = ["Pruning (DCP; Table 2 rows U, V): params and MACs before -> after, channels kept per block"]
-    order = {e: i for i, e in enumerate(_order(rows["exp"].unique()))}
+    order = {e: i for i, e in enumerate(_order(rows["exp"].unique(), _study(rows)))}
     firsts = rows.drop_duplicates("run")
     firsts = firsts.assign(_o=firsts["exp"].map(order)).sort_values(["_o", "seed", "run"])
     for _, r in firsts.iterrows():

@@ -42,7 +42,7 @@ def train_run(cfg: RunConfig, run_dir: Path) -> dict:
     """Train (or prune) one run with ``resume=True``, so a resubmitted interrupted job continues."""
     from domgen.data.catalog import load_catalog
     from domgen.engine.trainer import Hooks
-    from domgen.experiments.registry import EXPERIMENTS
+    from domgen.experiments.registry import study_of
     from domgen.experiments.train import run_dir_for, run_train
 
     expected = run_dir_for(cfg, load_catalog(cfg.data).identity)
@@ -52,7 +52,7 @@ def train_run(cfg: RunConfig, run_dir: Path) -> dict:
             "between the machine that planned the sweep and this one (set data.root / DOMGEN_DATA the same on both)"
         )
     driver = run_train
-    if EXPERIMENTS.get(cfg.exp).prune_threshold is not None:
+    if study_of(cfg).experiments.get(cfg.exp).driver == "prune":
         try:
             from domgen.experiments.prune import run_prune
         except ImportError as err:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from domgen.config import DataConfig, RunConfig
-from domgen.experiments.registry import EXPERIMENTS, resolve_config
+from domgen.experiments.registry import resolve_config, study_of
+from domgen.studies import DEFAULT_STUDY, Study, load_study
 from domgen.experiments.train import parent_config, run_dir_for
 from domgen.sweep.status import read_state, read_states
 
@@ -61,7 +62,7 @@ def estimate_gpu_hours(cfg: RunConfig, size: DataSize) -> float:
     from domgen.algorithms import images_per_sample
 
     # pruning: channel selection (about one epoch's worth) + fine-tuning for optim.epochs
-    epochs = cfg.optim.epochs + (1 if EXPERIMENTS.get(cfg.exp).prune_threshold is not None else 0)
+    epochs = cfg.optim.epochs + (1 if study_of(cfg).experiments.get(cfg.exp).driver == "prune" else 0)
     train = size.pool * images_per_sample(cfg.algorithm)  # CCSA: one pair of images per pool image
     per_epoch = size.val if cfg.val_all_domains or size.val_epoch is None else size.val_epoch
     images = epochs * (train + EVAL_COST * per_epoch) + EVAL_COST * (size.val + size.test)
@@ -121,9 +122,13 @@ class Plan:
         return sum(j.gpu_hours for j in self.jobs)
 
 
-def parse_exps(spec: str) -> list[str]:
-    """``"A-V"``, ``"A,K,R"``, ``"F-K,U"`` -> experiment names in registry order, each checked to exist."""
+def parse_exps(spec: str, study: str | Study = DEFAULT_STUDY) -> list[str]:
+    """``"A-V"``, ``"A,K,R"``, ``"F-K,U"`` -> the study's row names in file order, each checked to exist;
+    ``"all"``: every row."""
+    EXPERIMENTS = (study if isinstance(study, Study) else load_study(study)).experiments
     names = EXPERIMENTS.names()
+    if spec.strip().lower() == "all":
+        return names
     chosen: set[str] = set()
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -151,6 +156,7 @@ def plan_sweep(
     out: str | Path = "runs",
     identity: str | None = None,
     sizes: Callable[[DataConfig], DataSize] | None = None,
+    study: str | Study = DEFAULT_STUDY,
 ) -> Plan:
     """Every (experiment, seed) run plus the parents it needs, states read from disk.
 
@@ -159,13 +165,15 @@ def plan_sweep(
     :func:`parent_config`). ``identity`` is the data identity; by default it is computed once from the
     first run's data section. ``sizes`` gives the image counts for the GPU-hour estimate (default: the
     real counts of the data, via :func:`data_size`, counted only when an estimate is asked for).
+    ``study``: the study (name, path or loaded) whose rows ``exps`` names.
     """
-    names = parse_exps(exps) if isinstance(exps, str) else parse_exps(",".join(exps))
+    study = study if isinstance(study, Study) else load_study(study)
+    names = parse_exps(exps if isinstance(exps, str) else ",".join(exps), study)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("a sweep needs at least one seed")
     items = [f"out={out}", *overrides]
-    cfgs = [resolve_config(e, preset, s, items) for e in names for s in seed_list]
+    cfgs = [resolve_config(e, preset, s, items, study=study) for e in names for s in seed_list]
     if identity is None:
         from domgen.data.catalog import load_catalog
 
@@ -174,7 +182,7 @@ def plan_sweep(
     jobs: dict[str, SweepJob] = {}
     for cfg in cfgs:
         _add(cfg, True, jobs, identity, estimate)
-    order = {n: i for i, n in enumerate(EXPERIMENTS.names())}
+    order = {n: i for i, n in enumerate(study.experiments.names())}
     ordered = sorted(jobs.values(), key=lambda j: (j.depth, order[j.cfg.exp], j.cfg.seed, j.name))
     plan = Plan(ordered, identity, preset, Path(out))
     return plan.refresh()
