@@ -102,7 +102,7 @@ def build_config(args: argparse.Namespace, exp: str | None = None) -> RunConfig:
     if getattr(args, "weights", None):
         overrides.append(f"model.weights={args.weights}")
     overrides += list(args.set)
-    from domgen.experiments.registry import resolve_config  # reads the study file: only when a command runs
+    from domgen.runs.registry import resolve_config  # reads the study file: only when a command runs
 
     return resolve_config(exp or args.exp, args.preset, args.seed, overrides, study=args.study)
 

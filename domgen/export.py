@@ -32,7 +32,7 @@ from domgen.models import build_model, input_normalization
 from domgen.prune import count_params_macs, load_pruned
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
-PRUNED, BEST = "pruned.pt", "best.pt"  # the names domgen.experiments.prune and the trainer write
+PRUNED, BEST = "pruned.pt", "best.pt"  # the names domgen.runs.prune and the trainer write
 
 
 class ExportMismatch(RuntimeError):

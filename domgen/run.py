@@ -43,7 +43,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from domgen.engine.profile import RunProfile, format_profile
-    from domgen.experiments.train import run_train
+    from domgen.runs.train import run_train
 
     cfg = cc.build_config(args)
     cc.check_weights(cfg)
@@ -76,11 +76,11 @@ def parse_count(text: str) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from domgen.experiments.prune import run_prune
+    from domgen.runs.prune import run_prune
 
     if args.threshold is not None:
         args.set.append(f"prune.threshold={args.threshold}")
-    from domgen.experiments.registry import study_of
+    from domgen.runs.registry import study_of
 
     cfg = cc.build_config(args)
     if study_of(cfg).experiments.get(cfg.exp).driver != "prune":
@@ -98,7 +98,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _prune_curve(args: argparse.Namespace, cfg) -> int:
-    from domgen.experiments.prune_curve import DEFAULT_THRESHOLDS, run_prune_curve
+    from domgen.runs.prune_curve import DEFAULT_THRESHOLDS, run_prune_curve
 
     thresholds = [float(t) for t in args.thresholds.split(",") if t] if args.thresholds else list(DEFAULT_THRESHOLDS)
     target = parse_count(args.target_params) if args.target_params else None
@@ -128,7 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_loo(args: argparse.Namespace) -> int:
-    from domgen.experiments.loo import format_loo, loo_experiments, run_loo
+    from domgen.runs.loo import format_loo, loo_experiments, run_loo
 
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
     if args.weights:
@@ -141,7 +141,7 @@ def cmd_loo(args: argparse.Namespace) -> int:
 
 def cmd_sampler(args: argparse.Namespace) -> int:
     from domgen.engine.metrics import jsonable
-    from domgen.experiments.sampler_report import format_sampler_report, sampler_report
+    from domgen.runs.sampler_report import format_sampler_report, sampler_report
 
     report = sampler_report(cc.build_config(args), n_pairs=args.pairs, bar=cc.cli_hooks().bar)
     print(json.dumps(jsonable(report)) if args.json else format_sampler_report(report))

@@ -21,7 +21,7 @@ from domgen.data.catalog import dropped_report, load_catalog
 from domgen.data.sources import SOURCES
 from domgen.data.writers import Item, write_source
 from domgen.data.run_data import prepare_data
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 
 ADAPTER = '''"""ToyDerm: a made-up clinic's dermoscopy export (labels.csv: file, diagnosis, patient)."""
 from pathlib import Path

@@ -13,7 +13,7 @@ from domgen.algorithms import ALGORITHMS, CCSA, ERM, CCSAHparams, make_algorithm
 from domgen.config import AlgorithmConfig, LossConfig, RunConfig, apply_overrides, from_dict, to_dict
 from domgen.data.samplers import TrainPool
 from domgen.errors import ConfigError
-from domgen.experiments.registry import EXPERIMENTS, resolve_config
+from domgen.runs.registry import EXPERIMENTS, resolve_config
 
 
 @pytest.mark.parametrize("exp", list("ABCDE"))

@@ -15,7 +15,7 @@ from domgen.data.repartition import domain_values
 from domgen.data.sources import DataLayoutError
 from domgen.data.sources.ham10000 import label_metadata
 from domgen.data.run_data import prepare_data
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 
 
 @pytest.fixture

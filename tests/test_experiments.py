@@ -14,9 +14,9 @@ import torch
 from domgen.data.labels import CLASSES
 from domgen.engine.logging import read_results
 from domgen.data.run_data import prepare_data
-from domgen.experiments.loo import format_loo, loo_experiments, run_loo
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.sampler_report import sampler_report
+from domgen.runs.loo import format_loo, loo_experiments, run_loo
+from domgen.runs.registry import resolve_config
+from domgen.runs.sampler_report import sampler_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_table_cli_reads_the_loo_run(loo_ph2, runs):
 
 @pytest.mark.slow
 def test_prune_u_smoke_shrinks_reloads_and_records(smoke_cache, runs):
-    from domgen.experiments.prune import PRUNED, run_prune
+    from domgen.runs.prune import PRUNED, run_prune
     from domgen.prune import count_params_macs, load_pruned
 
     cfg = resolve_config("U", "smoke", 0, overrides(smoke_cache, runs))

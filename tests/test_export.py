@@ -11,7 +11,7 @@ import torch
 from domgen.config import save_yaml
 from domgen.data.labels import CLASSES
 from domgen.engine.checkpoint import save_checkpoint
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 from domgen.export import export_model, load_run_model
 from domgen.models import build_model
 from domgen.prune import apply_selection, count_params_macs, save_pruned

@@ -21,8 +21,8 @@ from domgen.data.sources.metadata_csv import LAYOUT as CSV_LAYOUT
 from domgen.data.sources.metadata_csv import MetadataCsv
 from domgen.engine.logging import read_results
 from domgen.data.run_data import prepare_data
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.train import run_train
+from domgen.runs.registry import resolve_config
+from domgen.runs.train import run_train
 
 
 def _image(path: Path, value: int = 100) -> Path:

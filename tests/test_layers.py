@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data, models, losses", ("domgen.data", "domgen.models", "domgen.losses")),
     ("algorithms", ("domgen.algorithms", "domgen.regimes")),
     ("engine", ("domgen.engine", "domgen.prune")),
-    ("drivers", ("domgen.experiments", "domgen.runs", "domgen.export", "domgen.bench")),
+    ("drivers", ("domgen.runs", "domgen.export", "domgen.bench")),
     ("sweep, results", ("domgen.sweep", "domgen.results")),
     ("command line", ("domgen.cli_common", "domgen.run")),
 ]

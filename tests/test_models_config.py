@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from domgen.config import RunConfig, apply_overrides, config_hash, from_dict, to_dict
-from domgen.experiments.registry import EXPERIMENTS, resolve_config
+from domgen.runs.registry import EXPERIMENTS, resolve_config
 from domgen.models import WeightsUnavailable, build_model
 from domgen.registry import Registry
 

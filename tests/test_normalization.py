@@ -11,7 +11,7 @@ from PIL import Image
 from domgen.config import DataConfig, TransformConfig
 from domgen.data.transforms import IMAGENET, Normalization
 from domgen.engine.inputs import Inputs
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 from domgen.export import preprocessing
 from domgen.models import input_normalization
 

@@ -10,8 +10,8 @@ import pytest
 
 from domgen.engine.profile import PHASES, RunProfile, format_profile
 from domgen.engine.trainer import Hooks
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.train import run_train
+from domgen.runs.registry import resolve_config
+from domgen.runs.train import run_train
 
 
 @pytest.fixture(scope="module")

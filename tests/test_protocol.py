@@ -14,9 +14,9 @@ from domgen.data import labels
 from domgen.data.label_space import DERMOSCOPY7, LABEL_SPACES, LabelSpace, from_labels
 from domgen.data.sources import SOURCES
 from domgen.errors import ConfigError
-from domgen.experiments.loo import format_loo
-from domgen.experiments.registry import EXPERIMENTS, resolve_config
-from domgen.experiments.train import RunResult
+from domgen.runs.loo import format_loo
+from domgen.runs.registry import EXPERIMENTS, resolve_config
+from domgen.runs.train import RunResult
 
 
 def test_global_lists_are_derived_from_the_sources_in_the_papers_orders():
@@ -104,7 +104,7 @@ def test_every_experiment_resolves_to_canonical_holdouts():
 
 
 def test_a_warm_start_parent_without_primary_is_the_run_a_direct_launch_makes():
-    from domgen.experiments.train import parent_config
+    from domgen.runs.train import parent_config
 
     child = resolve_config("F", "smoke", overrides=["data.primary=none"])
     direct = resolve_config("A", "smoke", overrides=["data.primary=none"])

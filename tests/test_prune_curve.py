@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 from domgen.run import main, parse_count
 
 THRESHOLDS = [1e-5, 1e-4, 1e-3]
@@ -64,7 +64,7 @@ def test_curve_table_files_and_monotone_sizes(curve):
 @pytest.mark.slow
 def test_a_u_run_at_a_curve_threshold_prunes_to_the_curve_size(curve, smoke_cache):
     """The curve reads every threshold off one sweep; U alone at 1e-3 selects the same channels."""
-    from domgen.experiments.prune import run_prune
+    from domgen.runs.prune import run_prune
 
     cfg = resolve_config("U", "smoke", 0, _overrides(smoke_cache, curve["out"]) + ["prune.threshold=1e-3"])
     s = run_prune(cfg).summary
@@ -74,7 +74,7 @@ def test_a_u_run_at_a_curve_threshold_prunes_to_the_curve_size(curve, smoke_cach
 
 @pytest.mark.slow
 def test_target_params_picks_the_largest_model_within_the_budget(curve, smoke_cache):
-    from domgen.experiments.prune_curve import run_prune_curve
+    from domgen.runs.prune_curve import run_prune_curve
 
     rows = curve["record"]["rows"]
     target = (rows[1]["params"] + rows[2]["params"]) // 2  # between 1e-4 (over) and 1e-3 (within)

@@ -19,8 +19,8 @@ from domgen.data.catalog import load_catalog
 from domgen.engine.logging import read_results
 from domgen.engine.trainer import Hooks
 from domgen.errors import CheckpointError, RunFolderError, RunInterrupted, RunLocked
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.train import run_train
+from domgen.runs.registry import resolve_config
+from domgen.runs.train import run_train
 from domgen.lock import LOCK, TAKEOVERS, RunLock
 from domgen.results.collect import collect
 

@@ -12,7 +12,7 @@ import pytest
 
 from domgen.config import config_hash, to_dict
 from domgen.errors import ConfigError
-from domgen.experiments.registry import EXPERIMENTS, PRESETS, resolve_config
+from domgen.runs.registry import EXPERIMENTS, PRESETS, resolve_config
 from domgen.studies import REPO_EXPERIMENTS, find_study, load_study
 
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "yoon2019_resolved.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from domgen.experiments.train import parent_config, run_dir_for
+from domgen.runs.train import parent_config, run_dir_for
 from domgen.sweep.launch import SlurmOptions, launch, run_job
 from domgen.sweep.plan import DataSize, estimate_gpu_hours, parse_exps, plan_sweep
 from domgen.sweep.report import format_plan, format_status, status_counts, sweep_status
@@ -79,7 +79,7 @@ def test_plan_deduplicates_by_run_folder(tmp_path):
 
 
 def test_gpu_hours_by_hand():
-    from domgen.experiments.registry import resolve_config
+    from domgen.runs.registry import resolve_config
 
     # A, paper: 135 epochs x (1000 train + 300 val / 3) + (300 + 600) / 3 = 148,800 images at 2000/s
     assert estimate_gpu_hours(resolve_config("A", "paper"), SIZES) == pytest.approx(148_800 / 2000 / 3600)

@@ -14,8 +14,8 @@ import torch
 from domgen.algorithms import ALGORITHMS
 from domgen.data.samplers import chunks
 from domgen.engine.logging import read_results
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.train import run_train
+from domgen.runs.registry import resolve_config
+from domgen.runs.train import run_train
 
 TOY = '''
 """ERM that also keeps a running mean of its loss (state beside the model) and counts its steps."""

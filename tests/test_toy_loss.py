@@ -13,7 +13,7 @@ import torch
 from domgen.algorithms import ALGORITHMS, make_algorithm
 from domgen.config import LossConfig
 from domgen.engine.loop import train_epoch
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 from domgen.losses import LOSSES
 from tests.test_algorithm_contract import CPU, Toy, batches, toy_pool
 

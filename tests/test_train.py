@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from domgen.engine.logging import read_results
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.train import run_train
+from domgen.runs.registry import resolve_config
+from domgen.runs.train import run_train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import yaml
 
 from domgen import run
 from domgen.config import config_hash
-from domgen.experiments.registry import resolve_config
-from domgen.experiments.train import parent_config
+from domgen.runs.registry import resolve_config
+from domgen.runs.train import parent_config
 
 
 def test_weights_pass_down_the_chain_to_its_root():

@@ -16,7 +16,7 @@ from pathlib import Path
 from domgen.config import load_yaml
 from domgen.engine.logging import read_results
 from domgen.data.run_data import prepare_data
-from domgen.experiments.sampler_report import warm_start_terms
+from domgen.runs.sampler_report import warm_start_terms
 
 
 def balance(run_dir: Path) -> dict:

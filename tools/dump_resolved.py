@@ -13,7 +13,7 @@ import json
 import sys
 
 from domgen.config import config_hash, to_dict
-from domgen.experiments.registry import EXPERIMENTS, PRESETS, resolve_config
+from domgen.runs.registry import EXPERIMENTS, PRESETS, resolve_config
 
 
 def dump() -> dict:

@@ -42,8 +42,8 @@ def train_run(cfg: RunConfig, run_dir: Path) -> dict:
     """Train (or prune) one run with ``resume=True``, so a resubmitted interrupted job continues."""
     from domgen.data.catalog import load_catalog
     from domgen.engine.trainer import Hooks
-    from domgen.experiments.registry import study_of
-    from domgen.experiments.train import run_dir_for, run_train
+    from domgen.runs.registry import study_of
+    from domgen.runs.train import run_dir_for, run_train
 
     expected = run_dir_for(cfg, load_catalog(cfg.data).identity)
     if expected.resolve() != Path(run_dir).resolve():  # checked before hours of training go elsewhere
@@ -54,9 +54,9 @@ def train_run(cfg: RunConfig, run_dir: Path) -> dict:
     driver = run_train
     if study_of(cfg).experiments.get(cfg.exp).driver == "prune":
         try:
-            from domgen.experiments.prune import run_prune
+            from domgen.runs.prune import run_prune
         except ImportError as err:
-            raise LaunchError(f"experiment {cfg.exp} prunes, but domgen.experiments.prune is not available: {err}") from err
+            raise LaunchError(f"experiment {cfg.exp} prunes, but domgen.runs.prune is not available: {err}") from err
         driver = run_prune
     return driver(cfg, Hooks(log=_job_log), resume=True).summary
 
@@ -76,7 +76,7 @@ def run_job(cfg_dict: dict, run_dir: str | None = None, train_fn: TrainFn | None
     cfg = from_dict(cfg_dict)
     if run_dir is None:
         from domgen.data.catalog import load_catalog
-        from domgen.experiments.train import run_dir_for
+        from domgen.runs.train import run_dir_for
 
         run_dir = run_dir_for(cfg, load_catalog(cfg.data).identity)
     run_dir = Path(run_dir)

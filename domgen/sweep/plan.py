@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from domgen.config import DataConfig, RunConfig
-from domgen.experiments.registry import resolve_config, study_of
+from domgen.runs.registry import resolve_config, study_of
 from domgen.studies import DEFAULT_STUDY, Study, load_study
-from domgen.experiments.train import parent_config, run_dir_for
+from domgen.runs.train import parent_config, run_dir_for
 from domgen.sweep.status import read_state, read_states
 
 # ---- GPU-hour model ------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ from domgen.engine.loop import predict
 from domgen.engine.metrics import evaluate_domains
 from domgen.engine.trainer import BEST, Hooks, Trainer
 from domgen.data.run_data import RunData, prepare_data
-from domgen.experiments.prune import prepare_selection
-from domgen.experiments.train import parent_config, run_train
+from domgen.runs.prune import prepare_selection
+from domgen.runs.train import parent_config, run_train
 from domgen.models import build_model
 from domgen.prune import apply_selection, count_params_macs, sweep_channels_dcp
 from domgen.seeds import derive_seed

@@ -19,7 +19,7 @@ from domgen.config import RunConfig, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.trainer import BEST, Hooks, Trainer
 from domgen.data.run_data import RunData
-from domgen.experiments.train import RunResult, finish_run, open_run, parent_config, run_context, run_train
+from domgen.runs.train import RunResult, finish_run, open_run, parent_config, run_context, run_train
 from domgen.models import build_model
 from domgen.prune import count_params_macs, fit_aux_heads, load_pruned, prune_model, save_pruned, stratified_sample
 from domgen.seeds import derive_seed

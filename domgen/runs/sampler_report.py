@@ -68,7 +68,7 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) ->
     """Mean of each weighted term of the loss, as it enters the total ((1 - alpha) cls, alpha align,
     alpha sep), and of its gradient norm at the features, over the first ``n_batches`` pair batches of
     epoch 0, from the warm start's weights (the parent's best checkpoint, if it has been trained)."""
-    from domgen.experiments.train import parent_config, run_dir_for  # the drivers sit above this report
+    from domgen.runs.train import parent_config, run_dir_for  # the drivers sit above this report
 
     if not cfg.warm_start:
         return {"status": "no warm start: the experiment starts from its own initialisation"}

@@ -27,7 +27,7 @@ from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
 from domgen.data.catalog import Catalog
 from domgen.data.run_data import RunData, prepare_data
-from domgen.experiments.registry import resolve_config, study_of
+from domgen.runs.registry import resolve_config, study_of
 
 
 @dataclass

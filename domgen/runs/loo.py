@@ -6,9 +6,9 @@ from __future__ import annotations
 from domgen.data.catalog import load_catalog
 from domgen.data.labels import TABLE2_DOMAINS, domain_code
 from domgen.engine.trainer import Hooks
-from domgen.experiments.registry import resolve_config
+from domgen.runs.registry import resolve_config
 from domgen.studies import DEFAULT_STUDY, load_study
-from domgen.experiments.train import RunResult, run_train
+from domgen.runs.train import RunResult, run_train
 
 
 def loo_experiments(holdout: str, study: str = DEFAULT_STUDY) -> list[str]:
