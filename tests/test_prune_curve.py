@@ -59,6 +59,10 @@ def test_curve_table_files_and_monotone_sizes(curve):
     csv = (curve["folder"] / "curve.csv").read_text().splitlines()
     assert csv[0].startswith("threshold,params,macs,val_macro_recall") and len(csv) == 4
     assert (curve["folder"] / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the selection says where it is, one line per layer as it starts (minutes on a CPU otherwise silent)
+    dcp = [l for l in curve["lines"] if " DCP: selecting the channels of " in l]
+    assert dcp[0] == "[U s0] DCP: selecting the channels of g.layer1.0.conv1 (64 inputs; layer 1)"
+    assert {l.split(" of ")[1].split(" ")[0] for l in dcp} == set(rows[0]["channels_kept"])
 
 
 @pytest.mark.slow

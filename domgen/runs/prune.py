@@ -34,6 +34,19 @@ def calibration_positions(data: RunData, n: int, seed: int) -> np.ndarray:
     return data.pool[stratified_sample(strata, n, seed)]
 
 
+def unit_progress(hooks: Hooks, tag: str):
+    """A DCP progress callback that logs one line as each layer's channel selection starts (a selection
+    runs for minutes on a CPU with nothing else to show)."""
+    seen: list[str] = []
+
+    def progress(unit: str, kept: int, total: int, loss: float) -> None:
+        if not seen or seen[-1] != unit:
+            seen.append(unit)
+            hooks.log(f"{tag} DCP: selecting the channels of {unit} ({total} inputs; layer {len(seen)})")
+
+    return progress
+
+
 def prepare_selection(cfg: RunConfig, probe: Trainer, data: RunData, model, hooks: Hooks):
     """The calibration batches (``prune.batches`` of the stratified sample, eval-transformed, on the
     device) and, for ``prune.disc_head=aux``, DCP's auxiliary heads fitted on them."""
@@ -63,7 +76,8 @@ def _pruned_model(cfg: RunConfig, data: RunData, run_dir, hooks: Hooks, parent_s
     params0, macs0 = count_params_macs(model, size)
     example = torch.zeros((1, *size), device=probe.device)
     batches, heads = prepare_selection(cfg, probe, data, model, hooks)
-    kept = prune_model(model, cfg.prune, batches, example, heads=heads, seed=derive_seed(cfg.seed, "prune-aux-heads"))
+    kept = prune_model(model, cfg.prune, batches, example, progress=unit_progress(hooks, f"[{cfg.exp} s{cfg.seed}]"),
+                       heads=heads, seed=derive_seed(cfg.seed, "prune-aux-heads"))
     params, macs = count_params_macs(model, size)
     meta = {"params_before": params0, "macs_before": macs0, "params": params, "macs": macs, "channels_kept": kept,
             "prune_method": cfg.prune.method, "prune_threshold": cfg.prune.threshold,

@@ -32,7 +32,7 @@ from domgen.engine.loop import predict
 from domgen.engine.metrics import evaluate_domains
 from domgen.engine.trainer import BEST, Hooks, Trainer
 from domgen.data.run_data import RunData, prepare_data
-from domgen.runs.prune import prepare_selection
+from domgen.runs.prune import prepare_selection, unit_progress
 from domgen.runs.train import parent_config, run_train
 from domgen.models import build_model
 from domgen.prune import apply_selection, count_params_macs, sweep_channels_dcp
@@ -60,7 +60,7 @@ class _Evaluator:
     """Everything a threshold's evaluation needs: the parent's weights, calibration data, heads."""
 
     def __init__(self, cfg: RunConfig, data: RunData, state: dict, out_dir: Path, hooks: Hooks):
-        self.cfg, self.data, self.state = cfg, data, state
+        self.cfg, self.data, self.state, self.hooks = cfg, data, state, hooks
         model = self.fresh()
         self.probe = Trainer(cfg, data, out_dir, {}, hooks, model=model)  # inputs and device only
         self.size = (3, cfg.transform.size, cfg.transform.size)
@@ -78,6 +78,7 @@ class _Evaluator:
         """One DCP sweep over ``thresholds``; a row per threshold (thresholds sharing a model share it)."""
         model = self.fresh().to(self.probe.device)
         branches = sweep_channels_dcp(model, self.batches, self.cfg.prune, thresholds, heads=self.heads,
+                                      progress=unit_progress(self.hooks, f"[{self.cfg.exp} s{self.cfg.seed}]"),
                                       seed=derive_seed(self.cfg.seed, "prune-aux-heads"))
         measured: dict[int, dict[str, Any]] = {}
         for branch in {id(b): b for b in branches.values()}.values():
