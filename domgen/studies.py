@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -91,7 +92,12 @@ class Study:
 
 def search_dirs() -> list[Path]:
     env = os.environ.get("DOMGEN_EXPERIMENTS")
-    return ([Path(env).expanduser()] if env else []) + [REPO_EXPERIMENTS]
+    return ([Path(env).expanduser()] if env else []) + [REPO_EXPERIMENTS, installed_experiments()]
+
+
+def installed_experiments() -> Path:
+    """Where a non-editable install puts the repository's study files (pyproject's data-files)."""
+    return Path(sys.prefix) / "share" / "domgen" / "experiments"
 
 
 def find_study(ref: str | os.PathLike) -> Path:

@@ -75,6 +75,28 @@ def test_a_study_by_path_by_env_and_its_hash(tmp_path, monkeypatch):
     assert resolve_config("tuned", "smoke", 0, study="mine").study_file == ""  # its name finds it now
 
 
+def test_a_non_editable_install_finds_the_study_files_it_carries(tmp_path, monkeypatch):
+    """pyproject's data-files ship every study of experiments/ to <prefix>/share/domgen/experiments, where
+    find_study looks when the repository is not beside the package (a wheel install)."""
+    import shutil
+    import sys
+    import tomllib
+
+    import domgen.studies as studies
+
+    shipped = tomllib.loads((REPO_EXPERIMENTS.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    assert sorted(shipped["share/domgen/experiments"]) == sorted(
+        f"experiments/{p.name}" for p in REPO_EXPERIMENTS.iterdir() if p.suffix in (".yaml", ".md"))
+    share = tmp_path / "share" / "domgen" / "experiments"
+    share.mkdir(parents=True)
+    for name in ("yoon2019.yaml", "presets.yaml"):
+        shutil.copy(REPO_EXPERIMENTS / name, share / name)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(studies, "REPO_EXPERIMENTS", tmp_path / "no-repository")
+    monkeypatch.delenv("DOMGEN_EXPERIMENTS", raising=False)
+    assert find_study("yoon2019") == share / "yoon2019.yaml"
+
+
 def test_a_study_may_bring_its_own_preset(tmp_path):
     path = tmp_path / "p.yaml"
     smoke = (REPO_EXPERIMENTS / "presets.yaml").read_text().split("smoke:")[1]
