@@ -42,3 +42,24 @@ def smoke_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("domgen-cache")
     load_catalog(DataConfig(cache_dir=str(cache), synthetic_scale=0.25))
     return cache
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """``plugin(registry, name, text)``: ``text`` written to ``<name>.py`` and imported as a module of its
+    own, the way a user adds a dataset, an algorithm or a loss in one file; ``registry`` is restored after
+    the test."""
+    import importlib.util
+    import sys
+
+    def load(registry, name: str, text: str):
+        monkeypatch.setattr(registry, "_items", dict(registry._items))
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

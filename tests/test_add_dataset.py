@@ -4,8 +4,6 @@ the same catalog as the seven, with no edit anywhere else."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -60,16 +58,9 @@ DIAGNOSES = ["Naevus"] * 6 + ["melanoma"] * 4 + ["seborrhoeic keratosis"] * 3 + 
 
 
 @pytest.fixture
-def toy(tmp_path, monkeypatch):
+def toy(plugin):
     """The adapter file, imported as a module of its own; the registry is restored afterwards."""
-    monkeypatch.setattr(SOURCES, "_items", dict(SOURCES._items))
-    path = tmp_path / "toyderm.py"
-    path.write_text(ADAPTER)
-    spec = importlib.util.spec_from_file_location("toyderm", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "toyderm", module)
-    spec.loader.exec_module(module)
-    return module
+    return plugin(SOURCES, "toyderm", ADAPTER)
 
 
 def _root(tmp_path: Path) -> Path:

@@ -4,7 +4,6 @@ values and its state reach the run folder like ERM's and CCSA's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -60,15 +59,9 @@ class Toy(Algorithm):
 
 
 @pytest.fixture
-def toy(tmp_path, monkeypatch):
+def toy(plugin):
     """The toy module imported from a file of its own; the registry is restored afterwards."""
-    monkeypatch.setattr(ALGORITHMS, "_items", dict(ALGORITHMS._items))
-    path = tmp_path / "toy_algorithm.py"
-    path.write_text(TOY)
-    spec = importlib.util.spec_from_file_location("toy_algorithm", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return plugin(ALGORITHMS, "toy_algorithm", TOY)
 
 
 @pytest.mark.slow

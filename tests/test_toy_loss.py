@@ -3,7 +3,6 @@ with ``loss.name`` by every algorithm, with no edit to the package."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -43,14 +42,8 @@ class ToyFocal(nn.Module):
 
 
 @pytest.fixture
-def focal(tmp_path, monkeypatch):
-    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))
-    path = tmp_path / "toy_focal.py"
-    path.write_text(FOCAL)
-    spec = importlib.util.spec_from_file_location("toy_focal", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def focal(plugin):
+    return plugin(LOSSES, "toy_focal", FOCAL)
 
 
 def test_a_toy_loss_in_one_file_is_chosen_by_name_and_computes_what_it_says(focal):
