@@ -33,6 +33,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def real_ham_root(tmp_path, shared_data) -> Path:
+    """A data root holding only the real HAM10000 sample (linked, never copied), as a user lays it out."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "HAM10000").symlink_to(shared_data / "ham10000_sample")
+    return root
+
+
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
     """A cache folder holding the smoke-scale synthetic benchmark (generated once per test session)."""

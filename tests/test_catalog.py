@@ -13,15 +13,8 @@ from domgen.data.labels import CLASSES
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _root_with_real_ham(tmp_path: Path, shared_data: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "HAM10000").symlink_to(shared_data / "ham10000_sample")
-    return root
-
-
-def test_only_ham_present_loads_it_and_reports_the_six_absent(tmp_path, shared_data):
-    root = _root_with_real_ham(tmp_path, shared_data)
+def test_only_ham_present_loads_it_and_reports_the_six_absent(tmp_path, real_ham_root):
+    root = real_ham_root
     catalog = load_catalog(DataConfig(root=str(root), cache_dir=str(tmp_path / "c")))
     # the line that opens every run on this root
     assert catalog.describe() == f"{root.resolve()} (1 of 7 sources loaded; skipped Dermofit, Derm7pt, MSK, UDA, PH2, SONIC)"
@@ -32,8 +25,8 @@ def test_only_ham_present_loads_it_and_reports_the_six_absent(tmp_path, shared_d
     assert sum(line.endswith(")") and "skipped" in line for line in dropped_report(catalog)) == 6
 
 
-def test_summary_cli_on_a_real_root(tmp_path, shared_data):
-    root = _root_with_real_ham(tmp_path, shared_data)
+def test_summary_cli_on_a_real_root(tmp_path, real_ham_root):
+    root = real_ham_root
     out = subprocess.run([sys.executable, "-m", "domgen.run", "summary", "--data-root", str(root), "--out", str(tmp_path / "s")],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

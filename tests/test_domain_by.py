@@ -4,7 +4,6 @@ work), checked on the real HAM10000 metadata: counts per new domain from the rea
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -43,15 +42,8 @@ def test_localization_moves_a_lesion_whole_to_its_majority_site(ham_rows):
     assert per_lesion.max() == 1
 
 
-def _root(tmp_path: Path, shared_data: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "HAM10000").symlink_to(shared_data / "ham10000_sample")
-    return root
-
-
-def test_catalog_by_dx_type_on_the_real_sample_and_a_run_on_it(tmp_path, shared_data):
-    root = _root(tmp_path, shared_data)
+def test_catalog_by_dx_type_on_the_real_sample_and_a_run_on_it(tmp_path, shared_data, real_ham_root):
+    root = real_ham_root
     sample = pd.read_csv(shared_data / "ham10000_sample" / "HAM10000_metadata.csv", dtype=str)
     cfg = DataConfig(root=str(root), cache_dir=str(tmp_path / "c"), domain_by="dx_type")
     catalog = load_catalog(cfg)
@@ -68,13 +60,13 @@ def test_catalog_by_dx_type_on_the_real_sample_and_a_run_on_it(tmp_path, shared_
     assert pool["follow_up"] == 0 and pool["histo"] == int(((data.manifest["domain"] == "histo") & (data.manifest["split"] == "train")).sum())
 
 
-def test_default_primary_is_refused_when_domains_are_redrawn(tmp_path, shared_data):
-    cfg = DataConfig(root=str(_root(tmp_path, shared_data)), cache_dir=str(tmp_path / "c"), domain_by="localization")
+def test_default_primary_is_refused_when_domains_are_redrawn(tmp_path, real_ham_root):
+    cfg = DataConfig(root=str(real_ham_root), cache_dir=str(tmp_path / "c"), domain_by="localization")
     with pytest.raises(ValueError, match=r"data.primary=HAM is not a domain of this data \(abdomen, back, "):
         prepare_data(cfg)
 
 
-def test_unknown_column_lists_the_columns_there_are(tmp_path, shared_data):
-    cfg = DataConfig(root=str(_root(tmp_path, shared_data)), cache_dir=str(tmp_path / "c"), domain_by="skin_tone")
+def test_unknown_column_lists_the_columns_there_are(tmp_path, real_ham_root):
+    cfg = DataConfig(root=str(real_ham_root), cache_dir=str(tmp_path / "c"), domain_by="skin_tone")
     with pytest.raises(DataLayoutError, match="no loaded source has a column 'skin_tone' .*dx, dx_type, .*localization"):
         load_catalog(cfg)
