@@ -26,7 +26,7 @@ from domgen.algorithms import ALGORITHMS, make_algorithm
 from domgen.config import DataConfig, TransformConfig
 from domgen.data.samplers import TrainPool
 from domgen.engine.inputs import Inputs
-from domgen.engine.loop import prepare_model, resolve_precision, train_epoch
+from domgen.engine.loop import prepare_model, resolve_channels_last, resolve_precision, train_epoch
 from domgen.engine.trainer import pick_device
 from domgen.models import build_model
 from domgen.threads import thread_budget
@@ -113,7 +113,7 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
         "n_steps": n_steps,
         "workers": workers,
         "precision": resolve_precision(precision, dev),
-        "channels_last": channels_last == "on" or (channels_last == "auto" and dev.type == "cuda"),
+        "channels_last": resolve_channels_last(channels_last, dev),
         "compiled": compile,
         **_machine(dev), "usable_cores": budget.cores,
     }

@@ -24,11 +24,16 @@ def autocast(device: torch.device, precision: str = "auto"):
     return nullcontext()
 
 
+def resolve_channels_last(channels_last: str, device: torch.device) -> bool:
+    """``on``/``off``, or ``auto``: on for CUDA, where cuDNN's NHWC convolutions are faster under bf16
+    (on a CPU it is usually slower)."""
+    return channels_last == "on" or (channels_last == "auto" and device.type == "cuda")
+
+
 def prepare_model(model: nn.Module, device: torch.device, channels_last: str = "auto") -> nn.Module:
-    """``model`` on ``device``, in channels_last memory format when asked (``auto``: on CUDA, where
-    cuDNN's NHWC convolutions are faster under bf16; on CPU it is usually slower)."""
+    """``model`` on ``device``, in channels_last memory format when :func:`resolve_channels_last` says so."""
     model = model.to(device)
-    if channels_last == "on" or (channels_last == "auto" and device.type == "cuda"):
+    if resolve_channels_last(channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     return model
 

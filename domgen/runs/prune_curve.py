@@ -93,7 +93,7 @@ class _Evaluator:
         """Validation macro recall per training domain and their mean (the selection score)."""
         m = self.data.manifest
         batches = self.probe.inputs.eval_batches(self.val, 2 * self.cfg.optim.batch_size)
-        probs, y, _ = predict(model, batches, self.probe.device)
+        probs, y, _ = predict(model, batches, self.probe.device, precision=self.cfg.precision)
         rows, _ = evaluate_domains(y, probs, m["domain"].to_numpy()[self.val], m["split"].to_numpy()[self.val],
                                    classes=self.data.classes)
         per = {r["domain"]: float(r["macro_recall"]) for r in rows if r["domain"] in self.data.train_domains}
