@@ -60,14 +60,15 @@ def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batche
                     "expected": {"w1": float(exact.p1 @ w1), "w2": float(exact.p2 @ w2), "pair_w": float((exact.joint * pw).sum())}},
         "empirical": {"pairs": drawn, "epochs": epoch, "p1": emp.sum(1).tolist(), "p2": emp.sum(0).tolist(), "joint": emp.tolist(),
                       "p_equal": float(np.trace(emp)), "p_positive": positive / drawn},
-        "warm_start": warm_start_terms(cfg, data, warm_batches, bar),
+        "warm_start": warm_start_terms(cfg, data, warm_batches, bar, algorithm),
     }
 
 
-def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) -> dict:
+def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None, algorithm: Algorithm | None = None) -> dict:
     """Mean of each weighted term of the loss, as it enters the total ((1 - alpha) cls, alpha align,
     alpha sep), and of its gradient norm at the features, over the first ``n_batches`` pair batches of
-    epoch 0, from the warm start's weights (the parent's best checkpoint, if it has been trained)."""
+    epoch 0, from the warm start's weights (the parent's best checkpoint, if it has been trained).
+    ``algorithm``: the run's, already built by :func:`pair_algorithm` (its epoch-0 batches are seeded)."""
     from domgen.runs.train import parent_config, run_dir_for  # the drivers sit above this report
 
     if not cfg.warm_start:
@@ -76,7 +77,7 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None) ->
     best = run_dir_for(parent, data.identity) / "best.pt"
     if not best.exists():
         return {"status": f"warm start not trained yet (no {best}); train {cfg.warm_start} first"}
-    algorithm = pair_algorithm(cfg, data)
+    algorithm = algorithm or pair_algorithm(cfg, data)
     model = build_model(cfg.model.arch, "none", len(data.classes))
     model.load_state_dict(load_checkpoint(best)["model"])
     model.train()  # the first training step sees batch statistics
