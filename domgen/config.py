@@ -115,7 +115,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 = domgen.threads.thread_budget decides
     warm_start: str = ""  # experiment whose best checkpoint initialises this one ("" = none)
-    val_all_domains: bool = False  # validate every domain after each epoch, not only the selection domains
+    # evaluated after each epoch: "all" = validation and test splits of every domain, recorded so that the
+    # selection methods (train / lodo / oracle) can be applied afterwards; "selection" = only the training
+    # domains' validation; "auto" = all when the run holds a domain out (what lodo and oracle select on)
+    epoch_eval: str = "auto"
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     channels_last: str = "auto"  # auto (on CUDA) | on | off: the model's memory format
     data: DataConfig = field(default_factory=DataConfig)
@@ -128,7 +131,7 @@ class RunConfig:
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash.
-_NOT_HASHED = {"out", "study_file", "device", "threads", "val_all_domains", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -171,14 +174,31 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "precision": "auto", "channels_last": "auto", "study": "yoon2019"}
 
 
-def config_hash(cfg: RunConfig, data_identity: str = "") -> str:
+def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
     """Hash of everything that decides the result. ``data_identity`` names the data actually used
-    (e.g. "synthetic" or the resolved data root), since ``data.root`` itself may be empty."""
+    (e.g. "synthetic" or the resolved data root), since ``data.root`` itself may be empty. ``ignore``:
+    keys (``seed``) or sections (``algorithm.``) left out, for the keys that group runs (:func:`run_keys`)."""
     flat = {k: v for k, v in flatten(to_dict(cfg)).items()
-            if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
+            if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])
+            and not any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)}
     flat["data.identity"] = data_identity
     blob = json.dumps(flat, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def run_keys(cfg: RunConfig, data_identity: str = "") -> dict[str, str]:
+    """Hashes that group runs for model selection afterwards (``domgen.results.selection``):
+
+    * ``family``: everything but the experiment's name, the seed and which domains are held out. The
+      leave-one-out runs of one method and its hyperparameters (O-T, or ``loo --holdout all
+      --algorithm X``) share it, which is what leave-one-domain-out selection averages over.
+    * ``search``: the family without the algorithm's hyperparameters (its name kept): the trials of one
+      hyperparameter search (``sweep --hparams random``), among which a selection method chooses.
+    """
+    base = ("exp", "seed", "data.holdout")
+    algorithm = tuple(f"algorithm.{k}" for k in flatten(to_dict(cfg.algorithm)) if k != "name")
+    return {"family": config_hash(cfg, data_identity, ignore=base),
+            "search": config_hash(cfg, data_identity, ignore=base + algorithm)}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -269,6 +289,7 @@ def cache_dir(cfg: DataConfig) -> Path:
 
 # ---- normalisation: one spelling per computation, so equal runs share one hash ----
 LAYOUTS = ("native", "metadata_csv", "domain_folders")
+EPOCH_EVAL = ("auto", "all", "selection")
 
 
 def normalise(cfg: RunConfig) -> RunConfig:
@@ -343,6 +364,8 @@ def _problems(cfg: RunConfig):
         yield "device", cfg.device, "auto, cpu, cuda, cuda:N or mps"
     if cfg.precision not in ("auto", "bf16", "fp32"):
         yield "precision", cfg.precision, "auto, bf16 or fp32"
+    if cfg.epoch_eval not in EPOCH_EVAL:
+        yield "epoch_eval", cfg.epoch_eval, " or ".join(EPOCH_EVAL)
     if cfg.channels_last not in ("auto", "on", "off"):
         yield "channels_last", cfg.channels_last, "auto, on or off"
     yield from _loss_problems(loss)

@@ -60,8 +60,9 @@ def batches(algorithm, pool: TrainPool, epoch: int, n: int | None = None) -> lis
 def fresh(name: str, loss: LossConfig, seed: int = 0):
     torch.manual_seed(0)
     model = Toy()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     algorithm = make_algorithm(ALGORITHMS.get(name).Hparams(), loss, CPU).build(toy_pool(seed))
+    algorithm.attach(model)  # as the trainer does: the algorithm's own modules exist before the optimiser
+    optimizer = torch.optim.AdamW(algorithm.param_groups(model), lr=1e-2)
     return model, optimizer, algorithm
 
 

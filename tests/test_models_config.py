@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from domgen.config import RunConfig, apply_overrides, config_hash, from_dict, to_dict
+from domgen.config import RunConfig, apply_overrides, config_hash, from_dict, run_keys, to_dict
 from domgen.runs.registry import EXPERIMENTS, resolve_config
 from domgen.models import WeightsUnavailable, build_model
 from domgen.registry import Registry
@@ -73,6 +73,18 @@ def test_hash_follows_what_decides_the_result():
     assert config_hash(apply_overrides(cfg, ["optim.lr=2e-3"]), "synthetic:x") != h
     assert config_hash(cfg, "/data/real") != h
     assert config_hash(resolve_config("K", "quick", 1), "synthetic:x") != h
+
+
+def test_run_keys_group_the_leave_one_out_runs_and_the_trials_of_a_search():
+    o, r = resolve_config("O", "quick", 0), resolve_config("R", "quick", 3)  # DMF / PH2 held out, other seed
+    assert run_keys(o, "x")["family"] == run_keys(r, "x")["family"]  # siblings for lodo selection
+    assert config_hash(o, "x") != config_hash(r, "x")
+    other_margin = apply_overrides(r, ["algorithm.margin=20"])
+    assert run_keys(other_margin, "x")["family"] != run_keys(r, "x")["family"]  # another trial...
+    assert run_keys(other_margin, "x")["search"] == run_keys(r, "x")["search"]  # ...of the same search
+    erm = apply_overrides(r, ["algorithm.name=erm"])
+    assert run_keys(erm, "x")["search"] != run_keys(r, "x")["search"]  # another method
+    assert run_keys(apply_overrides(r, ["optim.lr=1e-2"]), "x")["search"] != run_keys(r, "x")["search"]
 
 
 def test_paper_preset_is_the_papers_recipe():

@@ -94,8 +94,11 @@ def test_gpu_hours_by_hand():
     # only the selection domains' 150 validation images after each epoch: 135 x (1000 + 50) + 300 = 142,050
     fewer = DataSize(pool=1000, val=300, test=600, val_epoch=150)
     assert estimate_gpu_hours(resolve_config("A", "paper"), fewer) == pytest.approx(142_050 / 2000 / 3600)
-    every = resolve_config("A", "paper", 0, ["val_all_domains=true"])
-    assert estimate_gpu_hours(every, fewer) == pytest.approx(148_800 / 2000 / 3600)
+    # every domain's validation and test after each epoch: 135 x (1000 + 300) + 300 = 175,800
+    every = resolve_config("A", "paper", 0, ["epoch_eval=all"])
+    assert estimate_gpu_hours(every, fewer) == pytest.approx(175_800 / 2000 / 3600)
+    # auto: all for a run that holds a domain out (R: warm stage, 20 epochs x (1000 x 2 + 900 / 3) + 300)
+    assert estimate_gpu_hours(resolve_config("R", "paper"), fewer) == pytest.approx(46_300 / 2000 / 3600)
 
 
 # ---- states from disk ----------------------------------------------------------------------------

@@ -59,11 +59,16 @@ def test_run_folder_explains_itself_and_selects_best_epoch(finished):
     assert list((result.run_dir / "tb").glob("events.out.tfevents.*"))
 
 
-def test_val_all_domains_records_every_domain_each_epoch_and_selects_the_same(finished, smoke_cache, tmp_path):
+def test_epoch_eval_all_records_every_domain_and_split_each_epoch_and_selects_the_same(finished, smoke_cache, tmp_path):
     result, _ = finished
-    every = run_train(smoke_cfg(smoke_cache, tmp_path, extra=["val_all_domains=true"]))
-    val = [r for r in read_results(every.run_dir) if r["stage"] == "val"]
-    assert len(val) == 2 * 7 and {r["domain"] for r in val} == {"HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON"}
+    every = run_train(smoke_cfg(smoke_cache, tmp_path, extra=["epoch_eval=all"]))
+    rows = [r for r in read_results(every.run_dir) if r["stage"] == "val"]
+    assert len(rows) == 2 * 7 * 2 and {r["domain"] for r in rows} == {"HAM", "DMF", "D7P", "MSK", "UDA", "PH2", "SON"}
+    assert {(r["epoch"], r["split"]) for r in rows} == {(1, "val"), (2, "val"), (1, "test"), (2, "test")}
+    # the epoch's test rows are the selected weights' final test rows: the same model, evaluated the same way
+    best = every.summary["best_epoch"]
+    at_best = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test" and r["epoch"] == best}
+    assert at_best == pytest.approx(every.summary["test_macro_recall"])
     assert every.run_dir.name == result.run_dir.name  # what is recorded, not what is computed
     assert every.summary["best_epoch"] == result.summary["best_epoch"]
     assert every.summary["test_macro_recall"] == pytest.approx(result.summary["test_macro_recall"])

@@ -4,11 +4,17 @@ An algorithm declares, beside its class, its hyperparameters (``Hparams``: a fro
 ``domgen.config.AlgorithmConfig``, each field with a default and, via :func:`hparam`, a random-search
 distribution, as DomainBed's ``hparams_registry`` does), the images each sampled unit brings
 (``images_per_sample``) and whether the run should record its test features for the projector
-(``shapes_features``). :meth:`Algorithm.build` makes its sampler and class weights from the training pool;
-:meth:`Algorithm.batches` lists an epoch's batches; :meth:`Algorithm.loss` turns one device batch into a
-:class:`Step`; ``state_dict``/``load_state_dict`` hold what it keeps beside the model (saved in and resumed
-from the run checkpoint); :meth:`Algorithm.describe` is what the run record says about the method. The
-engine's one optimiser/autocast path (``domgen.engine.loop``) does the rest.
+(``shapes_features``), and the paper it follows (``reference``, shown by ``list algorithms``).
+:meth:`Algorithm.build` makes its sampler and class weights from the training pool; :meth:`Algorithm.attach`
+sees the model once, before the optimiser is built (a method with modules of its own, such as DANN's
+discriminator, puts them in ``self.nets``, whose parameters train in the same optimiser; a method that
+changes the backbone's forward pass, such as MixStyle, registers its hooks there);
+:meth:`Algorithm.begin_epoch` tells it where training is (schedules such as DANN's lambda or IRM's
+annealing); :meth:`Algorithm.batches` lists an epoch's batches; :meth:`Algorithm.loss` turns one device
+batch into a :class:`Step`; ``state_dict``/``load_state_dict`` hold what it keeps beside the model (its
+sampler's identity, ``nets``, and state such as GroupDRO's q; saved in and resumed from the run
+checkpoint); :meth:`Algorithm.describe` is what the run record says about the method. The engine's one
+optimiser/autocast path (``domgen.engine.loop``) does the rest.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class Algorithm:
     Hparams: ClassVar[type] = AlgorithmConfig
     images_per_sample: ClassVar[int] = 1  # images per sampled unit; the sampler must agree (CCSA: pairs, 2)
     shapes_features: ClassVar[bool] = False  # True: the run writes test features to TensorBoard's projector
+    reference: ClassVar[str] = ""  # the paper (and equation) it implements, one line: `list algorithms` shows it
 
     def __init__(self, hparams: AlgorithmConfig, loss: LossConfig = LossConfig(), device: torch.device | str = "cpu"):
         if type(hparams) is not self.Hparams:
@@ -77,6 +84,8 @@ class Algorithm:
         self.hparams, self.loss_cfg, self.device = hparams, loss, torch.device(device)
         self.criterion = build_loss(loss)  # the classification loss: criterion(logits, y, class_w)
         self.sampler = None
+        self.nets = nn.ModuleDict()  # the algorithm's own trainable modules (see attach), empty for most
+        self.epoch, self.epochs = 0, 1  # where training is (begin_epoch): 0-based epoch of how many
 
     # ---- declared hyperparameters ----------------------------------------------------------------
     @classmethod
@@ -105,6 +114,24 @@ class Algorithm:
         """The classification weights: inverse probabilities of the classes the sampler draws."""
         self.class_w = class_weights(self.loss_cfg, self.sampler.class_probabilities(), self.device)
 
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the model (already on its device), after :meth:`build` and before the optimiser
+        is made from :meth:`param_groups`. Modules the method trains (a domain discriminator sized to
+        ``model.h.in_features``) go into ``self.nets`` on ``self.device``; forward hooks on the backbone
+        (MixStyle) are registered here. The base class needs nothing."""
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """What the one optimiser trains: the model's parameters, then those of ``self.nets`` (if any) as a
+        second group with the same settings. A method needing other settings for its own modules
+        (another learning rate) overrides this."""
+        groups = [{"params": list(model.parameters())}]
+        own = list(self.nets.parameters())
+        return groups + ([{"params": own}] if own else [])
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before each training epoch (0-based ``epoch`` of ``epochs``), a resumed one included."""
+        self.epoch, self.epochs = epoch, epochs
+
     def batches(self, epoch: int, batch_size: int) -> list[Draw]:
         """The epoch's batches as pool indices; ``batch_size`` counts sampled units (CCSA: pairs)."""
         return self.sampler.epoch_batches(epoch, batch_size)
@@ -116,11 +143,18 @@ class Algorithm:
 
     # ---- state and record ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """What the algorithm keeps beside the model: here only which sampler state it draws from."""
-        return {"sampler": self.sampler.state_dict()}
+        """What the algorithm keeps beside the model: which sampler state it draws from and, when it has
+        any, its own modules. Subclasses with state of their own (GroupDRO's q) add to this dict; every
+        value must survive ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts)."""
+        state: dict[str, Any] = {"sampler": self.sampler.state_dict()}
+        if len(self.nets):
+            state["nets"] = self.nets.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
+        if len(self.nets):
+            self.nets.load_state_dict(state["nets"])
 
     def describe(self) -> dict[str, Any]:
         """The method as the run record states it: the algorithm's hyperparameters and the loss's options."""

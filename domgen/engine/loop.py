@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -69,10 +69,12 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     precision: str = "auto",
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train over ``batches`` (``domgen.algorithms.Batch``); return the mean of every logged value,
     weighted by the images in each batch. The engine never asks which algorithm it runs: the algorithm
     gives a :class:`domgen.algorithms.Step`, the engine backpropagates ``step.loss`` and steps.
+    ``on_step`` is called after every optimiser step (a weight average's update).
 
     Components are summed on the device and read once at the end: a per-step ``.item()`` would make
     the host wait for the GPU every step and leave it idle while the next batch is prepared.
@@ -86,6 +88,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
         optimizer.step()
+        if on_step is not None:
+            on_step()
         n = batch.y.shape[0]
         for k, v in values.items():
             sums[k] = sums.get(k, 0) + v.detach().float() * n

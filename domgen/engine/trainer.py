@@ -92,10 +92,11 @@ class Trainer:
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
         self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar,
                              norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]))
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
+        self.algorithm.attach(self.model)  # its own modules and hooks exist before the optimiser sees them
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.algorithm.param_groups(self.model), lr=o.lr, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.profile = hooks.profile or NoProfile()
         self.profile.watch(self.optimizer)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
@@ -186,6 +187,7 @@ class Trainer:
         batches = self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
         batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
+        self.algorithm.begin_epoch(epoch, cfg.optim.epochs)
         losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -196,10 +198,14 @@ class Trainer:
         # results.jsonl too, so which term drove training can be read back without TensorBoard.
         append_results(self.run_dir, [self.context | {"epoch": self.epoch, "stage": "train", "split": "train", "domain": "pool"}
                                      | {f"train_{k}": v for k, v in losses.items()}])
+        # Shown: the validation splits model selection reads. The held-out domains' figures and every test
+        # split are recorded in results.jsonl (what oracle and lodo selection read afterwards), not shown:
+        # a curve on the screen invites choosing by it.
+        shown = [r for r in rows if r["split"] == "val" and r["domain"] in self.data.train_domains]
         self.tb.scalars(losses, self.epoch, prefix="train/")
-        self.tb.scalars({f"{r['domain']}": r["macro_recall"] for r in rows}, self.epoch, prefix="val_macro_recall/")
+        self.tb.scalars({f"{r['domain']}": r["macro_recall"] for r in shown}, self.epoch, prefix="val_macro_recall/")
         self.tb.scalars({"selection_score": score}, self.epoch, prefix="val/")
-        per_domain = " ".join(f"{r['domain']} {r['macro_recall']:.1f}" for r in sorted(rows, key=_domain_order))
+        per_domain = " ".join(f"{r['domain']} {r['macro_recall']:.1f}" for r in sorted(shown, key=_domain_order))
         loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "lr" and not k.startswith("gn_"))
         if any(k.startswith("gn_") for k in losses):
             loss += " | grad at features: " + " ".join(f"{k[3:]} {v:.3g}" for k, v in losses.items() if k.startswith("gn_"))
@@ -219,17 +225,27 @@ class Trainer:
         rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes)
         return rows, cms, (feats, y, doms, spl)
 
-    def epoch_domains(self) -> list[str] | None:
-        """Validation domains evaluated after each epoch: those model selection averages over (the
-        training domains), or every domain with ``val_all_domains`` (e.g. to record the held-out
-        domain's curve for an oracle). Every domain's validation and test run at the end (``final``)."""
-        return None if self.cfg.val_all_domains else list(self.data.train_domains)
+    def epoch_splits(self) -> tuple[tuple[str, ...], list[str] | None]:
+        """What is evaluated after each epoch: with ``epoch_eval=all`` the validation and test splits of
+        every domain, held-out ones included, so that every selection method (training-domain,
+        leave-one-domain-out, oracle: ``domgen.results.selection``) can be applied afterwards without
+        retraining, as DomainBed records every environment at every checkpoint; with ``selection`` only
+        the validation splits the training-domain selection averages over (cheaper); ``auto`` (default)
+        is ``all`` for a run that holds a domain out and ``selection`` otherwise. Every domain's
+        validation and test run at the end with the selected weights (``final``)."""
+        mode = self.cfg.epoch_eval
+        if mode == "selection" or (mode == "auto" and not self.cfg.data.holdout):
+            return ("val",), list(self.data.train_domains)
+        return ("val", "test"), None
 
     def validate(self, epoch: int) -> tuple[float, list[dict]]:
-        rows, _, _ = self._evaluate(("val",), domains=self.epoch_domains())
+        """Evaluate :meth:`epoch_splits`, record them (stage ``val``, each row's split named) and return the
+        selection score: the mean validation macro recall over the training domains (Yoon et al., Sec. 3)."""
+        splits, domains = self.epoch_splits()
+        rows, _, _ = self._evaluate(splits, domains=domains)
         rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
         append_results(self.run_dir, rows)
-        used = [r["macro_recall"] for r in rows if r["domain"] in self.data.train_domains]
+        used = [r["macro_recall"] for r in rows if r["split"] == "val" and r["domain"] in self.data.train_domains]
         score = float(np.nanmean(used)) if used else -math.inf
         return score, rows
 

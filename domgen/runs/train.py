@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from domgen.atomic import write_text_atomic
-from domgen.config import RunConfig, config_hash, normalise_data, save_yaml
+from domgen.config import RunConfig, config_hash, normalise_data, run_keys, save_yaml
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import RESULTS, is_done, read_results, write_done
 from domgen.engine.metrics import jsonable
@@ -53,6 +53,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "preset": cfg.preset,
         "study": cfg.study,
         "config_hash": run_dir.name.rsplit("-", 1)[-1],
+        **run_keys(cfg, data.identity),
         "data": data.identity,
         "synthetic": data.catalog.synthetic,
         "arch": cfg.model.arch,

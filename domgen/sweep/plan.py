@@ -32,7 +32,7 @@ THROUGHPUT_224 = {"resnet18": 2000.0, "resnet50": 800.0, "resnet152": 330.0}
 THROUGHPUT_OTHER = 800.0  # timm backbones: assume ResNet-50-like cost
 EVAL_COST = 1 / 3  # a forward pass costs about a third of forward + backward
 GPU_HOURS_ASSUMPTION = (
-    "GPU-hours = [epochs x (training images x images per sample (CCSA: 2, a pair) + val images / 3) + (val + test) / 3]"
+    "GPU-hours = [epochs x (training images x images per sample (CCSA: 2, a pair) + (val + test) images / 3) + (val + test) / 3]"
     " / (images/s on one H100: resnet18 2000, resnet50 800, resnet152 330 at 224 px, scaled by pixel count)"
     "; pruning adds one epoch for channel selection. An assumption, not a measurement."
 )
@@ -45,7 +45,7 @@ class DataSize:
     pool: int
     val: int
     test: int
-    val_epoch: int | None = None  # validation images evaluated after each epoch (the selection domains'); None = val
+    val_epoch: int | None = None  # validation images of the selection domains (epoch_eval=selection); None = every domain's
 
 
 def data_size(cfg: DataConfig) -> DataSize:
@@ -64,7 +64,8 @@ def estimate_gpu_hours(cfg: RunConfig, size: DataSize) -> float:
     # pruning: channel selection (about one epoch's worth) + fine-tuning for optim.epochs
     epochs = cfg.optim.epochs + (1 if study_of(cfg).experiments.get(cfg.exp).driver == "prune" else 0)
     train = size.pool * images_per_sample(cfg.algorithm)  # CCSA: one pair of images per pool image
-    per_epoch = size.val if cfg.val_all_domains or size.val_epoch is None else size.val_epoch
+    every = cfg.epoch_eval == "all" or (cfg.epoch_eval == "auto" and bool(cfg.data.holdout))
+    per_epoch = size.val + size.test if every else size.val if size.val_epoch is None else size.val_epoch
     images = epochs * (train + EVAL_COST * per_epoch) + EVAL_COST * (size.val + size.test)
     rate = THROUGHPUT_224.get(cfg.model.arch, THROUGHPUT_OTHER) * (224 / cfg.transform.size) ** 2
     return images / rate / 3600
