@@ -133,6 +133,9 @@ def cmd_loo(args: argparse.Namespace) -> int:
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
+    if args.algorithm:  # in place of the study row's (CCSA): warm-started from A the same way
+        overrides.append(f"algorithm.name={args.algorithm}")
+        args.set = [*args.set, f"algorithm.name={args.algorithm}"]
     cc.check_weights(cc.build_config(args, exp=loo_experiments(args.holdout, args.study)[0]))
     results = run_loo(args.holdout, args.preset, args.seed, overrides, cc.cli_hooks(), study=args.study, **cc.folder_options(args))
     cc.say(format_loo(results))
@@ -185,12 +188,20 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from domgen.sweep.launch import SlurmOptions, launch
-    from domgen.sweep.plan import plan_sweep
+    from domgen.sweep.plan import algorithm_variants, plan_sweep
     from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
     seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
-    plan = plan_sweep(args.exps, seeds, args.preset, overrides, out=args.out, study=args.study)
+    exps = args.exps
+    if args.holdout:  # the study's leave-one-out rows (yoon2019: O-T), like `loo --holdout`
+        from domgen.runs.loo import loo_experiments
+
+        if args.exps != "all":
+            raise ValueError("give --exps or --holdout, not both: --holdout names the leave-one-out rows itself")
+        exps = sorted({e for h in args.holdout.split(",") for e in loo_experiments(h.strip(), args.study)})
+    variants = algorithm_variants(args.algorithms, args.hparams, args.n_hparams)
+    plan = plan_sweep(exps, seeds, args.preset, overrides, out=args.out, study=args.study, variants=variants)
     if args.action == "status":
         print(format_status(sweep_status(plan)))
         return 0
@@ -212,6 +223,14 @@ def add_sweep_parser(sub) -> None:
     cc.add_data_options(sw)
     cc.add_study_option(sw)
     sw.add_argument("--exps", default="all", help="the study's rows: all, or ranges and lists in file order: A-V, F-K,U, A,K,R")
+    sw.add_argument("--holdout", default=None, metavar="DOMAINS",
+                    help="instead of --exps: the leave-one-out rows holding out these domains (PH2,SON), or all (yoon2019: O-T)")
+    sw.add_argument("--algorithms", default=None, metavar="A,B,...",
+                    help="train each row with each of these algorithms (`list algorithms`) instead of the row's own, e.g. erm,coral,ccsa")
+    sw.add_argument("--hparams", default="default", choices=["default", "random"],
+                    help="random: a DomainBed-style search, --n-hparams trials per algorithm (trial 0 = the defaults), "
+                         "each its own hashed, resumable run; `table --selection` picks among them")
+    sw.add_argument("--n-hparams", type=int, default=8, help="--hparams random: trials per algorithm")
     sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4) or a list (0,3,7)")
     sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
@@ -300,6 +319,11 @@ def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "algorithms":
+        from domgen.algorithms import describe_algorithms  # imports torch: only for this listing
+
+        print(describe_algorithms())
+        return 0
     from domgen.studies import load_study
 
     EXPERIMENTS = load_study(args.study).experiments
@@ -326,7 +350,9 @@ DESCRIPTIONS = {
              "(experiments U and V, Table 2's last rows). Trains K first if it is not done. With --thresholds or "
              "--target-params: the threshold-to-size curve from one channel selection, without fine-tuning.",
     "loo": "Leave one domain out (experiments O-T): the held-out source is removed from training and from model "
-           "selection and evaluated like the others. Trains or reuses A, then CCSA.",
+           "selection and evaluated like the others. Trains or reuses A, then CCSA (or --algorithm NAME). Every domain's "
+           "validation and test splits are recorded after each epoch, so `table --selection lodo|oracle` can be applied "
+           "afterwards; only the training domains' validation is shown while training.",
     "sampler": "Show the pair sampler's exact and empirical class probabilities, P(positive pair), the CCSA weights "
                "it implies and their expected size, and (once the warm start is trained) each weighted loss term and its "
                "gradient at the features on the first pair batches: for checking a configuration before training. Writes nothing.",
@@ -339,7 +365,8 @@ DESCRIPTIONS = {
     "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
              "Safe to repeat: finished runs are skipped, interrupted ones resume, failed ones wait for --retry-failed.",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
-    "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test.",
+    "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test; "
+            "`list algorithms`: every training algorithm, its default sampler and the paper it follows.",
 }
 
 
@@ -382,6 +409,9 @@ def parser() -> argparse.ArgumentParser:
     lo = _sub(sub, "loo", "leave one domain out (experiments O-T): trains or reuses A, then CCSA")
     cc.add_run_options(lo, exp=False)
     lo.add_argument("--holdout", required=True, help="DMF, D7P, MSK, PH2, SON, UDA (or folder names), or all")
+    lo.add_argument("--algorithm", default=None, metavar="NAME",
+                    help="train this algorithm instead of the study's (CCSA), warm-started from A the same way "
+                         "(`list algorithms`); same as --set algorithm.name=NAME")
     lo.set_defaults(func=cmd_loo)
     sa = _sub(sub, "sampler", "exact and empirical class probabilities and weights of the pair sampler")
     cc.add_run_options(sa, folder=False)
@@ -421,7 +451,9 @@ def parser() -> argparse.ArgumentParser:
                          "with --compile; steps/s, ratio and peak GPU memory per line")
     be.add_argument("--archs", default="resnet18", help="bench train --matrix: comma-separated backbones")
     be.set_defaults(func=cmd_bench)
-    ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V)")
+    ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V), or the algorithms")
+    ls.add_argument("what", nargs="?", default="experiments", choices=["experiments", "algorithms"],
+                    help="experiments: the study's rows; algorithms: every registered training algorithm and its paper")
     cc.add_study_option(ls)
     ls.set_defaults(func=cmd_list)
     return p

@@ -115,3 +115,14 @@ def test_resume_equals_uninterrupted(name, loss, weighted):
     assert resumed == straight
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_every_algorithm_names_its_paper_and_is_listed(name):
+    from domgen.algorithms import describe_algorithms
+
+    cls = ALGORITHMS.get(name)
+    assert cls.reference and cls.__doc__, f"{name}: `list algorithms` shows its docstring's first line and its paper"
+    listed = describe_algorithms().splitlines()
+    line = next(i for i, text in enumerate(listed) if text.split()[0] == name)
+    assert f"sampler={cls.Hparams().sampler}" in listed[line] and listed[line + 1].strip() == cls.reference

@@ -59,13 +59,15 @@ def test_holdout_sonic_and_son_are_one_run_with_one_hash():
 
 def test_the_loo_table_stars_a_holdout_given_by_folder_name():
     cfg = resolve_config("S", "smoke", overrides=["data.holdout=SONIC"])
-    summary = {"exp": cfg.exp, "holdout": list(cfg.data.holdout),  # what run_context writes
+    summary = {"exp": cfg.exp, "holdout": list(cfg.data.holdout), "algorithm": "coral",  # what run_context writes
                "test_macro_recall": {d: 50.0 + i for i, d in enumerate(labels.TABLE2_DOMAINS)}}
     row = format_loo([RunResult(Path("runs/S"), summary)]).splitlines()[1]
     cells = row.split()
-    assert cells[:2] == ["S", "SON"]
+    assert cells[:3] == ["S", "coral", "SON"]
     son = labels.TABLE2_DOMAINS.index("SON")
-    assert cells[2 + son] == "55.0*" and sum(c.endswith("*") for c in cells) == 1
+    assert cells[3 + son] == "55.0*" and sum(c.endswith("*") for c in cells) == 1
+    averaged = format_loo([RunResult(Path("runs/S"), summary | {"average": "swad"})]).splitlines()[1]
+    assert averaged.split()[1] == "coral+swad"
 
 
 def test_new_protocol_keys_leave_every_existing_hash_alone_until_set():

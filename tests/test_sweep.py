@@ -18,7 +18,7 @@ import pytest
 
 from domgen.runs.train import parent_config, run_dir_for
 from domgen.sweep.launch import SlurmOptions, launch, run_job
-from domgen.sweep.plan import DataSize, estimate_gpu_hours, parse_exps, plan_sweep
+from domgen.sweep.plan import DataSize, algorithm_variants, estimate_gpu_hours, parse_exps, plan_sweep
 from domgen.sweep.report import format_plan, format_status, status_counts, sweep_status
 from domgen.sweep.status import FAILED, RUNNING, STALE_S, read_state
 
@@ -76,6 +76,26 @@ def test_plan_deduplicates_by_run_folder(tmp_path):
     assert sorted((j.cfg.exp, j.requested, j.cfg.optim.lr) for j in lr.jobs) == [
         ("A", False, 1e-3), ("A", True, 0.5), ("F", True, 0.5)
     ]
+
+
+def test_algorithms_and_random_trials_plan_one_hashed_run_each_sharing_the_parent(tmp_path):
+    variants = algorithm_variants("erm,ccsa", "random", n_hparams=3)
+    # erm declares nothing to search: one variant; ccsa: trial 0 = its defaults, then two draws
+    assert variants[0] == ("algorithm.name=erm",) and variants[1] == ("algorithm.name=ccsa",) and len(variants) == 4
+    assert algorithm_variants("erm,ccsa", "random", n_hparams=3) == variants  # the same command plans the same trials
+    plan = plan_sweep("R", 2, "smoke", [], tmp_path / "runs", identity=IDENTITY, sizes=lambda d: SIZES, variants=variants)
+    requested = [j for j in plan.jobs if j.requested]
+    assert len(requested) == 2 * 4 and len({j.name for j in requested}) == 8  # each trial its own folder
+    assert sorted(j.cfg.exp for j in plan.jobs if not j.requested) == ["A", "A"]  # one parent per seed, shared
+    drawn = [j.cfg.algorithm for j in requested if j.cfg.seed == 0 and j.cfg.algorithm.name == "ccsa"]
+    margins = sorted(a.margin for a in drawn)
+    assert 50.0 in margins and all(10 <= m <= 100 for m in margins) and len(set(margins)) == 3  # 10^U(1, 2)
+    assert all(0.1 <= a.p_same <= 0.5 for a in drawn)
+    assert algorithm_variants(None) == [()]
+    with pytest.raises(ValueError, match="--algorithms"):
+        algorithm_variants(None, "random")
+    with pytest.raises(KeyError, match="unknown algorithm 'corral'"):
+        algorithm_variants("erm,corral")
 
 
 def test_gpu_hours_by_hand():

@@ -14,5 +14,18 @@ from domgen.algorithms import ccsa, erm  # noqa: E402,F401
 from domgen.algorithms.ccsa import CCSA, CCSAHparams  # noqa: E402
 from domgen.algorithms.erm import ERM  # noqa: E402
 
-__all__ = ["ALGORITHMS", "Algorithm", "Batch", "CCSA", "CCSAHparams", "ERM", "Step", "hparam", "images_per_sample",
+
+def describe_algorithms() -> str:
+    """One line per registered algorithm: name, default sampler, the first line of its docstring, its paper."""
+    lines = []
+    for name in ALGORITHMS.names():
+        cls = ALGORITHMS.get(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        lines.append(f"{name:<11} sampler={cls.Hparams().sampler:<15} {summary}")
+        if cls.reference:
+            lines.append(f"{'':<11} {cls.reference}")
+    return "\n".join(lines)
+
+
+__all__ = ["ALGORITHMS", "describe_algorithms", "Algorithm", "Batch", "CCSA", "CCSAHparams", "ERM", "Step", "hparam", "images_per_sample",
            "make_algorithm", "random_hparams"]

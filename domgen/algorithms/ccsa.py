@@ -39,9 +39,10 @@ class CCSAHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("ccsa")
 class CCSA(Algorithm):
-    """Weighted CCSA on pairs: one forward pass over both streams, the terms logged with their gradients."""
+    """Weighted CCSA: pairs from the dynamic sampler, classification + contrastive alignment/separation."""
 
     Hparams = CCSAHparams
+    reference = "Yoon, Hamarneh & Garbi, MICCAI 2019, eqs. 1-8; Motiian et al., ICCV 2017 (CCSA)"
     images_per_sample = 2
     shapes_features = True  # it aligns the features: the projector shows them by domain and class
 

@@ -30,12 +30,20 @@ def run_loo(holdout: str, preset: str, seed: int, overrides: list[str], hooks: H
     return [run_train(cfg, hooks, resume=resume, force=force, catalog=catalog, restart=restart, wait=wait) for cfg in cfgs]
 
 
+def _method(summary: dict) -> str:
+    """The algorithm a run trained (``loo --algorithm``), with its weight averaging when there is one."""
+    name = str(summary.get("algorithm", "?"))
+    average = summary.get("average")
+    return f"{name}+{average}" if average and average != "none" else name
+
+
 def format_loo(results: list[RunResult]) -> str:
     """Macro recall per domain (Table 2 order), the held-out domain starred, one line per experiment."""
     # Table 2's columns, then any other domain the runs were tested on (a toy source, a domain_by value)
     seen = {d for r in results for d in r.summary["test_macro_recall"]}
     columns = list(TABLE2_DOMAINS) + sorted(seen - set(TABLE2_DOMAINS))
-    header = "exp  held-out " + " ".join(f"{d:>6}" for d in columns) + "    avg"
+    width = max([9] + [len(_method(r.summary)) for r in results])
+    header = f"exp  {'algorithm':<{width}} held-out " + " ".join(f"{d:>6}" for d in columns) + "    avg"
     lines = [header]
     for r in results:
         s, held = r.summary, set(r.summary["holdout"])
@@ -43,6 +51,6 @@ def format_loo(results: list[RunResult]) -> str:
         cells = [f"{test[d]:5.1f}{'*' if d in held else ' '}" if d in test and test[d] is not None else "     -" for d in columns]
         vals = [v for v in test.values() if v is not None]
         avg = sum(vals) / len(vals) if vals else float("nan")
-        lines.append(f"{s['exp']:<4} {','.join(s['holdout']):<8} " + " ".join(cells) + f" {avg:6.1f}")
+        lines.append(f"{s['exp']:<4} {_method(s):<{width}} {','.join(s['holdout']):<8} " + " ".join(cells) + f" {avg:6.1f}")
     lines.append("macro-average recall x100 on each domain's test split; * = held out of training and model selection")
     return "\n".join(lines)

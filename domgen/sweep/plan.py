@@ -13,7 +13,7 @@ when a requested run still needs it), and runs that share a folder are planned o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -149,6 +149,41 @@ def parse_exps(spec: str, study: str | Study = DEFAULT_STUDY) -> list[str]:
     return [n for n in names if n in chosen]
 
 
+HPARAMS = ("default", "random")
+
+
+def algorithm_variants(algorithms: str | Iterable[str] | None, hparams: str = "default", n_hparams: int = 8) -> list[tuple[str, ...]]:
+    """``--algorithms erm,coral`` x ``--hparams``: the ``--set`` items each requested run is planned with.
+
+    ``default``: one variant per algorithm, at its declared defaults. ``random``: ``n_hparams`` trials per
+    algorithm (DomainBed's hyperparameter search): trial 0 is the defaults, trial i > 0 draws every
+    searched hyperparameter from the distribution its class declares (``domgen.algorithms.hparam``), seeded
+    by (algorithm, i), so the same command plans the same trials. Each trial's config is hashed like any
+    run's, so a search is resumable and skips finished trials; ``table --selection`` chooses among them.
+    No algorithms: the study rows' own (``default`` only)."""
+    if hparams not in HPARAMS:
+        raise ValueError(f"--hparams {hparams!r}: choose {' or '.join(HPARAMS)}")
+    names = [a.strip() for a in (algorithms.split(",") if isinstance(algorithms, str) else algorithms or ()) if a.strip()]
+    if not names:
+        if hparams == "random":
+            raise ValueError("--hparams random searches the hyperparameters of the algorithms named by --algorithms")
+        return [()]
+    if n_hparams < 1:
+        raise ValueError(f"--n-hparams {n_hparams}: at least one trial")
+    from domgen.algorithms import ALGORITHMS, random_hparams  # imports torch: only when a sweep names algorithms
+    from domgen.seeds import derive_seed
+
+    variants = []
+    for name in dict.fromkeys(names):
+        cls = ALGORITHMS.get(name)  # an unknown name fails here, with suggestions
+        variants.append((f"algorithm.name={name}",))
+        for trial in range(1, n_hparams if hparams == "random" else 1):
+            drawn = random_hparams(cls, derive_seed(name, trial, "hparams", bits=32))
+            searched = [f.name for f in fields(cls.Hparams) if f.metadata.get("search")]
+            variants.append((f"algorithm.name={name}", *(f"algorithm.{k}={getattr(drawn, k)}" for k in searched)))
+    return list(dict.fromkeys(variants))  # an algorithm with nothing to search has one trial, not n equal ones
+
+
 def plan_sweep(
     exps: str | Iterable[str],
     seeds: int | Iterable[int],
@@ -158,6 +193,7 @@ def plan_sweep(
     identity: str | None = None,
     sizes: Callable[[DataConfig], DataSize] | None = None,
     study: str | Study = DEFAULT_STUDY,
+    variants: Iterable[Iterable[str]] = ((),),
 ) -> Plan:
     """Every (experiment, seed) run plus the parents it needs, states read from disk.
 
@@ -166,7 +202,9 @@ def plan_sweep(
     :func:`parent_config`). ``identity`` is the data identity; by default it is computed once from the
     first run's data section. ``sizes`` gives the image counts for the GPU-hour estimate (default: the
     real counts of the data, via :func:`data_size`, counted only when an estimate is asked for).
-    ``study``: the study (name, path or loaded) whose rows ``exps`` names.
+    ``study``: the study (name, path or loaded) whose rows ``exps`` names. ``variants``: each requested
+    (experiment, seed) is planned once per variant, its ``--set`` items after ``overrides``
+    (:func:`algorithm_variants`: one per algorithm, or per trial of a hyperparameter search).
     """
     study = study if isinstance(study, Study) else load_study(study)
     names = parse_exps(exps if isinstance(exps, str) else ",".join(exps), study)
@@ -174,7 +212,7 @@ def plan_sweep(
     if not seed_list:
         raise ValueError("a sweep needs at least one seed")
     items = [f"out={out}", *overrides]
-    cfgs = [resolve_config(e, preset, s, items, study=study) for e in names for s in seed_list]
+    cfgs = [resolve_config(e, preset, s, [*items, *v], study=study) for e in names for v in variants for s in seed_list]
     if identity is None:
         from domgen.data.catalog import load_catalog
 

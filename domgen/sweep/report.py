@@ -30,21 +30,24 @@ def sweep_status(plan: "Plan") -> pd.DataFrame:
         rec = job.record
         rows.append(
             {
-                "run": job.name, "exp": job.cfg.exp, "seed": job.cfg.seed, "state": state[job.name],
+                "run": job.name, "exp": job.cfg.exp, "algorithm": job.cfg.algorithm.name, "seed": job.cfg.seed, "state": state[job.name],
                 "requested": job.requested, "after": ",".join(job.parents),
                 "job_id": rec.get("slurm_job_id") or rec.get("job_id") or "", "host": rec.get("host") or "",
                 "error": rec.get("error", "") if state[job.name] != "running" else "",
                 "log": rec.get("stderr") or "", "run_dir": str(job.run_dir),
             }
         )
-    return pd.DataFrame(rows, columns=["run", "exp", "seed", "state", "requested", "after", "job_id",
+    return pd.DataFrame(rows, columns=["run", "exp", "algorithm", "seed", "state", "requested", "after", "job_id",
                                        "host", "error", "log", "run_dir"])
 
 
 def status_counts(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Experiment x state counts (columns in ``STATES`` order, plus total), and an ``all`` row."""
-    table = pd.crosstab(jobs["exp"], jobs["state"]).reindex(columns=list(STATES), fill_value=0)
-    table = table.reindex(list(dict.fromkeys(jobs["exp"])))  # plan order: parents' experiments first
+    """Experiment x state counts (columns in ``STATES`` order, plus total), and an ``all`` row. When one
+    experiment is trained with several algorithms (``--algorithms``), each (experiment, algorithm) is a row."""
+    several = "algorithm" in jobs and (jobs.groupby("exp")["algorithm"].nunique() > 1).any()
+    key = jobs["exp"] + " " + jobs["algorithm"] if several else jobs["exp"]
+    table = pd.crosstab(key, jobs["state"]).reindex(columns=list(STATES), fill_value=0)
+    table = table.reindex(list(dict.fromkeys(key)))  # plan order: parents' experiments first
     table["total"] = table.sum(axis=1)
     table.loc["all"] = table.sum(axis=0)
     table.columns.name, table.index.name = None, "exp"
@@ -72,7 +75,7 @@ def format_status(jobs: pd.DataFrame) -> str:
 def format_plan(plan: "Plan") -> str:
     """What ``--dry-run`` shows: every run with its state, what it waits for and its estimated GPU-hours."""
     rows = [
-        {"run": j.name, "state": j.state, "wave": j.depth, "after": ",".join(j.parents) or "-",
+        {"run": j.name, "algorithm": j.cfg.algorithm.name, "state": j.state, "wave": j.depth, "after": ",".join(j.parents) or "-",
          "requested": "yes" if j.requested else "parent", "gpu_h": f"{j.gpu_hours:.2f}"}
         for j in plan.jobs
     ]
