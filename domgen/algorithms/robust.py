@@ -1,0 +1,107 @@
+"""Robust risk minimisation over the training domains: GroupDRO and V-REx.
+
+**GroupDRO** (Sagawa, Koh, Hashimoto & Liang, ICLR 2020, Algorithm 1; DomainBed ``GroupDRO``): a
+distribution q over the pool's domains, uniform at the start. Each step, for every domain d present in the
+batch, its classification loss L_d (the run's criterion on the domain's images, with the run's class weights)
+updates ``q_d <- q_d exp(eta L_d)``; q is renormalised over all domains and the loss is
+``sum_d q_d L_d`` over the present domains, with the updated q as in Algorithm 1 and DomainBed. q is the
+algorithm's state (saved in the checkpoint, resumed exactly).
+
+**V-REx** (Krueger et al., ICML 2021, eq. 8; DomainBed ``VREx``): the mean of the per-domain risks plus
+lambda times their variance (the biased variance, over the domains present in the batch), with lambda 1.0
+for the first ``anneal_steps`` optimiser steps and ``penalty_weight`` after, as DomainBed does.
+
+Deviations from DomainBed, and why:
+
+* DomainBed's minibatches hold exactly one domain each and every training domain each step. domgen's
+  batches mark the domain of each image, and any domain may be absent or hold one image; a domain counts
+  when it has at least one image (GroupDRO's q of an absent domain is left as is, apart from the
+  renormalisation). Both default to the ``domain_balanced`` sampler (each draw picks a domain uniformly,
+  then one of its images), the nearest to DomainBed's equal minibatch per domain.
+* DomainBed resets Adam when the annealing ends (V-REx, IRM, Fishr), because the penalty's gradients jump.
+  domgen has one optimiser, owned by the engine, so the reset is not done; ``anneal_steps=0`` starts with the
+  full weight, which avoids the jump altogether.
+* Per-domain risks use the run's classification loss and class weights, not plain cross-entropy.
+
+``loss`` is called once per optimiser step (``domgen.engine.loop.train_epoch``), so the state it updates
+(q, the step counter) advances once per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam
+from domgen.config import AlgorithmConfig
+from domgen.data.samplers import TrainPool
+
+
+def domain_groups(domain: Tensor, min_images: int = 1) -> list[tuple[int, Tensor]]:
+    """(domain index, [n_d] positions in the batch, in batch order) for each domain with at least
+    ``min_images`` images in the batch, by increasing domain index."""
+    present, counts = torch.unique(domain, sorted=True, return_counts=True)
+    return [(int(d), torch.nonzero(domain == d).squeeze(1))
+            for d, n in zip(present.tolist(), counts.tolist()) if n >= min_images]
+
+
+def domain_risks(criterion, logits: Tensor, y: Tensor, domain: Tensor, class_w: Tensor | None) -> tuple[list[int], Tensor]:
+    """The domains present in the batch and their classification losses [P] (the run's criterion on each
+    domain's images, with the run's class weights)."""
+    groups = domain_groups(domain)
+    risks = torch.stack([criterion(logits[i], y[i], class_w) for _, i in groups])
+    return [d for d, _ in groups], risks
+
+
+# ---- GroupDRO -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupDROHparams(AlgorithmConfig):
+    name: str = "groupdro"
+    sampler: str = "domain_balanced"  # DomainBed: an equal minibatch from every domain each step
+    eta: float = hparam(1e-2, lambda r: float(10 ** r.uniform(-3, -1)))  # step size of q (DomainBed groupdro_eta)
+
+
+@ALGORITHMS.register("groupdro")
+class GroupDRO(Algorithm):
+    """The q-weighted sum of per-domain losses, q updated by exponentiated gradient ascent each step."""
+
+    Hparams = GroupDROHparams
+    reference = "Sagawa et al., ICLR 2020 (Algorithm 1); DomainBed algorithms.py GroupDRO"
+
+    @classmethod
+    def problems(cls, hp: GroupDROHparams):
+        yield from super().problems(hp)
+        if not (np.isfinite(hp.eta) and hp.eta >= 0):
+            yield "eta", hp.eta, "must be finite and >= 0 (0: q stays uniform)"
+
+    def build(self, pool: TrainPool) -> "GroupDRO":
+        super().build(pool)
+        n = len(pool.domain_names)
+        self.q = torch.full((n,), 1.0 / n, device=self.device)  # [n_domains], over all pool domains
+        return self
+
+    def loss(self, model, batch: Batch) -> Step:
+        logits = model(batch.x)
+        present, risks = domain_risks(self.criterion, logits, batch.y, batch.domain, self.class_w)
+        idx = torch.as_tensor(present, device=self.q.device)
+        with torch.no_grad():  # q is a constant of this step's loss (Algorithm 1 and DomainBed)
+            q = self.q.clone()
+            q[idx] = q[idx] * torch.exp(self.hparams.eta * risks.detach().float())
+            self.q = q / q.sum()
+        loss = (self.q[idx] * risks).sum()
+        return Step(loss, {"q_max": self.q.max(), "worst_domain_loss": risks.detach().max()})
+
+    def state_dict(self) -> dict[str, Any]:
+        # a list of Python floats holds float32 exactly and compares with == after a checkpoint
+        return super().state_dict() | {"q": self.q.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if len(state["q"]) != len(self.q):
+            raise ValueError(f"GroupDRO state has q over {len(state['q'])} domains, the pool has {len(self.q)}: "
+                             "a different pool")
+        self.q = torch.tensor(state["q"], dtype=torch.float32, device=self.device)
