@@ -4,8 +4,10 @@
 distribution q over the pool's domains, uniform at the start. Each step, for every domain d present in the
 batch, its classification loss L_d (the run's criterion on the domain's images, with the run's class weights)
 updates ``q_d <- q_d exp(eta L_d)``; q is renormalised over all domains and the loss is
-``sum_d q_d L_d`` over the present domains, with the updated q as in Algorithm 1 and DomainBed. q is the
-algorithm's state (saved in the checkpoint, resumed exactly).
+``sum_d q_d L_d`` over the present domains, with the updated q as in Algorithm 1 and DomainBed. An absent
+domain's loss counts as 0, as in the authors' code (kohpangwei/group_DRO ``compute_robust_loss``), so the
+loss is not renormalised over the present domains. q is the algorithm's state (saved in the checkpoint,
+resumed exactly).
 
 **V-REx** (Krueger et al., ICML 2021, eq. 8; DomainBed ``VREx``): the mean of the per-domain risks plus
 lambda times their variance (the biased variance, over the domains present in the batch), with lambda 1.0
@@ -30,7 +32,7 @@ Deviations from DomainBed, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -105,3 +107,68 @@ class GroupDRO(Algorithm):
             raise ValueError(f"GroupDRO state has q over {len(state['q'])} domains, the pool has {len(self.q)}: "
                              "a different pool")
         self.q = torch.tensor(state["q"], dtype=torch.float32, device=self.device)
+
+
+# ---- annealed penalties (V-REx here, IRM and Fishr in domgen.algorithms.invariance) ----------------
+class AnnealedPenalty(Algorithm):
+    """A penalty whose weight is ``warmup_weight`` for the first ``hparams.anneal_steps`` optimiser steps,
+    then ``hparams.penalty_weight`` (DomainBed's ``*_penalty_anneal_iters``); the step counter is state."""
+
+    warmup_weight: ClassVar[float] = 1.0  # DomainBed: 1.0 for IRM and V-REx, 0 for Fishr
+
+    def __init__(self, hparams, *args, **kwargs):
+        super().__init__(hparams, *args, **kwargs)
+        self.steps = 0  # optimiser steps taken (loss is called once per step)
+
+    @classmethod
+    def problems(cls, hp):
+        yield from super().problems(hp)
+        if not (np.isfinite(hp.penalty_weight) and hp.penalty_weight >= 0):
+            yield "penalty_weight", hp.penalty_weight, "must be finite and >= 0"
+        if not hp.anneal_steps >= 0:
+            yield "anneal_steps", hp.anneal_steps, "must be >= 0 (0: the full weight from the first step)"
+
+    def next_weight(self) -> float:
+        """This step's penalty weight; advances the step counter."""
+        hp = self.hparams
+        weight = hp.penalty_weight if self.steps >= hp.anneal_steps else self.warmup_weight
+        self.steps += 1
+        return weight
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.steps = int(state["steps"])
+
+
+def anneal_search(r: np.random.Generator) -> int:
+    """DomainBed's search of IRM's and V-REx's annealing steps: 10^U(0, 4)."""
+    return int(10 ** r.uniform(0, 4))
+
+
+# ---- V-REx ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VRExHparams(AlgorithmConfig):
+    name: str = "vrex"
+    sampler: str = "domain_balanced"  # the variance compares domains: draw each equally often
+    penalty_weight: float = hparam(1e1, lambda r: float(10 ** r.uniform(-1, 5)))  # lambda (DomainBed vrex_lambda)
+    anneal_steps: int = hparam(500, anneal_search)  # steps at weight 1.0 (DomainBed vrex_penalty_anneal_iters)
+
+
+@ALGORITHMS.register("vrex")
+class VREx(AnnealedPenalty):
+    """Mean of the per-domain risks + lambda x their variance."""
+
+    Hparams = VRExHparams
+    reference = "Krueger et al., ICML 2021 (eq. 8, V-REx); DomainBed algorithms.py VREx"
+
+    def loss(self, model, batch: Batch) -> Step:
+        logits, z = model.forward_both(batch.x)
+        _, risks = domain_risks(self.criterion, logits, batch.y, batch.domain, self.class_w)  # [P] present domains
+        mean = risks.mean()
+        penalty = ((risks - mean) ** 2).mean()  # biased variance, as DomainBed; 0 with one domain present
+        weighted = self.next_weight() * penalty
+        logs = {"nll": mean.detach(), "penalty": penalty.detach()}
+        return Step(mean + weighted, logs, {"risk": mean, "penalty": weighted}, z)
