@@ -95,6 +95,7 @@ def test_groupdro_q_and_loss_after_one_step_by_hand():
     # the loss is sum over present domains of the updated q times their loss (Algorithm 1)
     assert step.loss.item() == pytest.approx(q[0] * math.log(4 / 3) + q[1] * LN2, rel=1e-6)
     assert step.logs["worst_domain_loss"].item() == pytest.approx(LN2, rel=1e-6)
+    assert [step.logs[f"q_{d}"].item() for d in "ABC"] == pytest.approx(q.tolist(), rel=1e-6)  # logged per domain
     # a second identical step compounds: q proportional to exp(2 eta L_d)
     dro.loss(identity_head(), dro_batch())
     raw2 = np.array([4 / 3, 2.0, 1.0])
@@ -293,3 +294,11 @@ def test_fishr_penalty_trains_the_head_as_the_autograd_penalty_does():
     torch.testing.assert_close(closed, reference)
     for a, b in zip(torch.autograd.grad(closed, params), torch.autograd.grad(reference, params)):
         torch.testing.assert_close(a, b)
+
+
+def test_groupdro_q_stays_a_distribution_when_eta_times_loss_is_huge():
+    # exp(1000 * 5) overflows float32; the update is a softmax of log q, so q moves wholly to domain 0
+    dro = built("groupdro", eta=1000.0)
+    for _ in range(3):
+        step = dro.loss(identity_head(), make_batch([[0.0, 5.0], [3.0, 0.0]], [0, 1], [0, 1]))
+    assert dro.q.tolist() == [1.0, 0.0, 0.0] and torch.isfinite(step.loss)

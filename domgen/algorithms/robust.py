@@ -46,9 +46,9 @@ from domgen.data.samplers import TrainPool
 def domain_groups(domain: Tensor, min_images: int = 1) -> list[tuple[int, Tensor]]:
     """(domain index, [n_d] positions in the batch, in batch order) for each domain with at least
     ``min_images`` images in the batch, by increasing domain index."""
-    present, counts = torch.unique(domain, sorted=True, return_counts=True)
-    return [(int(d), torch.nonzero(domain == d).squeeze(1))
-            for d, n in zip(present.tolist(), counts.tolist()) if n >= min_images]
+    codes = np.asarray(domain.tolist())  # one read from the device per step, not one per domain
+    groups = ((int(d), np.flatnonzero(codes == d)) for d in np.unique(codes))
+    return [(d, torch.as_tensor(pos, device=domain.device)) for d, pos in groups if len(pos) >= min_images]
 
 
 def domain_risks(criterion, logits: Tensor, y: Tensor, domain: Tensor, class_w: Tensor | None) -> tuple[list[int], Tensor]:
@@ -84,6 +84,7 @@ class GroupDRO(Algorithm):
         super().build(pool)
         n = len(pool.domain_names)
         self.q = torch.full((n,), 1.0 / n, device=self.device)  # [n_domains], over all pool domains
+        self.domain_names = pool.domain_names  # q is logged per domain (train_q_<domain>)
         return self
 
     def loss(self, model, batch: Batch) -> Step:
@@ -91,11 +92,13 @@ class GroupDRO(Algorithm):
         present, risks = domain_risks(self.criterion, logits, batch.y, batch.domain, self.class_w)
         idx = torch.as_tensor(present, device=self.q.device)
         with torch.no_grad():  # q is a constant of this step's loss (Algorithm 1 and DomainBed)
-            q = self.q.clone()
-            q[idx] = q[idx] * torch.exp(self.hparams.eta * risks.detach().float())
-            self.q = q / q.sum()
+            # q_d exp(eta L_d), renormalised, as a softmax of log q: no overflow when eta L_d is large
+            log_q = self.q.log()
+            log_q[idx] += self.hparams.eta * risks.detach().float()
+            self.q = torch.softmax(log_q, dim=0)
         loss = (self.q[idx] * risks).sum()
-        return Step(loss, {"q_max": self.q.max(), "worst_domain_loss": risks.detach().max()})
+        logs = {f"q_{name}": self.q[d] for d, name in enumerate(self.domain_names)}
+        return Step(loss, logs | {"worst_domain_loss": risks.detach().max()})
 
     def state_dict(self) -> dict[str, Any]:
         # a list of Python floats holds float32 exactly and compares with == after a checkpoint
@@ -171,4 +174,4 @@ class VREx(AnnealedPenalty):
         penalty = ((risks - mean) ** 2).mean()  # biased variance, as DomainBed; 0 with one domain present
         weighted = self.next_weight() * penalty
         logs = {"nll": mean.detach(), "penalty": penalty.detach()}
-        return Step(mean + weighted, logs, {"risk": mean, "penalty": weighted}, z)
+        return Step(mean + weighted, logs, {"nll": mean, "penalty": weighted}, z)
