@@ -65,7 +65,7 @@ class IRMHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("irm")
 class IRM(AnnealedPenalty):
-    """Mean per-domain loss + lambda x the mean per-domain IRMv1 penalty (split-batch estimate)."""
+    """Invariant risk minimisation (IRMv1): mean per-domain loss + lambda x the split-batch gradient penalty."""
 
     Hparams = IRMHparams
     reference = "Arjovsky et al., arXiv 2019 (IRMv1, eq. 3); DomainBed algorithms.py IRM"
@@ -113,7 +113,7 @@ class FishrHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("fishr")
 class Fishr(AnnealedPenalty):
-    """Classification loss + lambda x the spread over domains of the (EMA) variances of head gradients."""
+    """Fishr: classification loss + lambda x the spread over domains of head-gradient variances (EMA)."""
 
     Hparams = FishrHparams
     reference = "Rame et al., ICML 2022 (Fishr, eqs. 4-6); DomainBed algorithms.py Fishr"

@@ -69,7 +69,7 @@ class GroupDROHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("groupdro")
 class GroupDRO(Algorithm):
-    """The q-weighted sum of per-domain losses, q updated by exponentiated gradient ascent each step."""
+    """Group DRO: per-domain losses weighted by q, which exponentiated-gradient ascent moves to the worst domains."""
 
     Hparams = GroupDROHparams
     reference = "Sagawa et al., ICLR 2020 (Algorithm 1); DomainBed algorithms.py GroupDRO"
@@ -162,7 +162,7 @@ class VRExHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("vrex")
 class VREx(AnnealedPenalty):
-    """Mean of the per-domain risks + lambda x their variance."""
+    """Variance risk extrapolation (V-REx): mean of the per-domain risks + lambda x their variance."""
 
     Hparams = VRExHparams
     reference = "Krueger et al., ICML 2021 (eq. 8, V-REx); DomainBed algorithms.py VREx"
