@@ -13,6 +13,7 @@ from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam, i
 from domgen.algorithms import ccsa, erm  # noqa: E402,F401
 from domgen.algorithms.ccsa import CCSA, CCSAHparams  # noqa: E402
 from domgen.algorithms.erm import ERM  # noqa: E402
+from domgen.algorithms import invariance, robust  # noqa: E402,F401  (irm, fishr; groupdro, vrex)
 
 
 def describe_algorithms() -> str:
