@@ -83,3 +83,27 @@ def test_matching_loss_is_classification_plus_gamma_times_the_penalty(name):
     assert step.loss.item() == pytest.approx(math.log(K) + 0.5 * penalty, rel=1e-6)
     assert step.terms["penalty"].item() == pytest.approx(0.5 * penalty, rel=1e-6)
     assert step.logs["cls"].item() == pytest.approx(math.log(K))
+
+
+def numpy_mmd(x: np.ndarray, y: np.ndarray) -> float:
+    """MMD^2 (biased) with k(a, b) = sum_g exp(-g ||a - b||^2), written out pair by pair."""
+    def k(a, b):
+        return sum(math.exp(-g * float(((a - b) ** 2).sum())) for g in MMD_GAMMAS)
+
+    def mean_k(p, q):
+        return np.mean([[k(a, b) for b in q] for a in p])
+
+    return mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+
+
+def test_mmd_penalty_equals_a_direct_numpy_gaussian_kernel_mmd():
+    rng = np.random.default_rng(0)
+    x, y, w = rng.normal(0, 0.5, (3, 2)), rng.normal(0.3, 0.5, (4, 2)), rng.normal(-0.2, 1.0, (2, 2))
+    z, d = features(x.tolist(), y.tolist())
+    assert pairwise_penalty(z, d, mmd_divergence).item() == pytest.approx(numpy_mmd(x, y), rel=1e-5)
+    z, d = features(x.tolist(), y.tolist(), w.tolist())
+    want = (numpy_mmd(x, y) + numpy_mmd(x, w) + numpy_mmd(y, w)) / 3
+    assert pairwise_penalty(z, d, mmd_divergence).item() == pytest.approx(want, rel=1e-5)
+    assert numpy_mmd(x, y) > 1e-3  # the constructed pair differs: the check is not 0 == 0
+    z, d = features(x.tolist(), x.tolist())
+    assert pairwise_penalty(z, d, mmd_divergence).item() == pytest.approx(0.0, abs=1e-5)
