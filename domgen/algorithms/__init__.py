@@ -10,10 +10,11 @@ from __future__ import annotations
 from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam, images_per_sample, make_algorithm, random_hparams
 
 # Imported after ALGORITHMS exists: each module registers its algorithm on import.
-from domgen.algorithms import ccsa, erm, matching  # noqa: E402,F401
+from domgen.algorithms import adversarial, ccsa, erm, matching  # noqa: E402,F401
+from domgen.algorithms.adversarial import CDANN, DANN  # noqa: E402
 from domgen.algorithms.ccsa import CCSA, CCSAHparams  # noqa: E402
 from domgen.algorithms.erm import ERM  # noqa: E402
 from domgen.algorithms.matching import CORAL, MMD  # noqa: E402
 
-__all__ = ["ALGORITHMS", "Algorithm", "Batch", "CCSA", "CCSAHparams", "CORAL", "ERM", "MMD", "Step", "hparam",
-           "images_per_sample", "make_algorithm", "random_hparams"]
+__all__ = ["ALGORITHMS", "Algorithm", "Batch", "CCSA", "CCSAHparams", "CDANN", "CORAL", "DANN", "ERM", "MMD", "Step",
+           "hparam", "images_per_sample", "make_algorithm", "random_hparams"]
