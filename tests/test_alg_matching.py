@@ -5,6 +5,7 @@ loss the engine backpropagates."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -227,3 +228,18 @@ def test_features_receive_minus_lambda_times_the_discriminator_gradient(name):
     torch.testing.assert_close(z.grad, g_cls - 0.7 * g_d[0])  # the features play against the discriminator
     for got, want in zip(disc_grads, g_d[1:]):
         torch.testing.assert_close(got, want)  # the discriminator (and E) descend L_d
+
+
+INVALID = [("coral", "mmd_gamma=-1", "must be >= 0"), ("mmd", "mmd_gamma=-0.5", "must be >= 0"),
+           ("dann", "schedule=linear", "ganin | constant"), ("cdann", "mlp_depth=1", ">= 2")]
+
+
+@pytest.mark.parametrize("name, bad, why", INVALID)
+def test_invalid_hyperparameters_are_refused_by_the_config(name, bad, why):
+    from domgen.errors import ConfigError
+    from domgen.runs.registry import resolve_config
+
+    assert resolve_config("A", "smoke", 0, [f"algorithm.name={name}"]).algorithm.sampler == "domain_balanced"
+    with pytest.raises(ConfigError, match=re.escape(f"algorithm.{bad.split('=')[0]}=")) as err:
+        resolve_config("A", "smoke", 0, [f"algorithm.name={name}", f"algorithm.{bad}"])
+    assert why in str(err.value)

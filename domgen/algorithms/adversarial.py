@@ -7,7 +7,7 @@ that trains with the discriminator (DomainBed's ``class_embeddings``), so it is 
 features are made uninformative about, not P(domain | z).
 
 domgen trains with one optimiser and one backward per step, so the min-max game is played with a gradient
-reversal layer (Ganin et al., sec. 5.2, eq. 13-14): identity forward, ``-lambda_p`` times the gradient
+reversal layer (Ganin et al., sec. 4.2): identity forward, ``-lambda_p`` times the gradient
 backward. The step loss is ``criterion(logits, y, class_w) + L_d``: the discriminator (and E) descend
 ``L_d`` while the backbone receives ``-lambda_p dL_d/dz``, the generator step of DomainBed's
 ``cls - lambda L_d`` at every step. ``lambda_p = lambda_max (2 / (1 + exp(-10 p)) - 1)`` (Ganin et al.,
@@ -55,7 +55,7 @@ SCHEDULES = ("ganin", "constant")
 
 
 class GradReverse(torch.autograd.Function):
-    """Identity forward; backward multiplies the incoming gradient by ``-lam`` (Ganin et al., eq. 13-14)."""
+    """Identity forward; backward multiplies the incoming gradient by ``-lam`` (Ganin et al., sec. 4.2)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, lam: float) -> Tensor:
@@ -123,7 +123,7 @@ class DANN(Algorithm):
     Hparams = DANNHparams
     conditional: ClassVar[bool] = False  # CDANN: the discriminator reads z + E[y]
     shapes_features = True  # it aligns the features: the projector shows them by domain and class
-    reference = "Ganin et al., JMLR 2016 (eq. 13-14, sec. 5.2.2 schedule); DomainBed algorithms.py DANN"
+    reference = "Ganin et al., JMLR 2016 (GRL sec. 4.2, lambda_p sec. 5.2.2); DomainBed algorithms.py DANN"
 
     def __init__(self, hparams, *args, **kwargs):
         super().__init__(hparams, *args, **kwargs)

@@ -10,7 +10,7 @@ domains present in the batch, averaged over the pairs, weighted by ``mmd_gamma``
   covariances ``C = (z - mu)^T (z - mu) / (n - 1)``; that is ``||mu_x - mu_y||^2 / D + ||C_x - C_y||_F^2 / D^2``.
   Sun & Saenko's eq. 1 is ``||C_S - C_T||_F^2 / (4 D^2)`` alone; DomainBed adds the means' term and drops
   the 1/4, and domgen follows DomainBed so that its searched ``mmd_gamma`` means the same.
-* ``mmd``: the maximum mean discrepancy (Gretton et al., JMLR 2012, eq. 3, the biased V-statistic) with
+* ``mmd``: the maximum mean discrepancy (Gretton et al., JMLR 2012, the biased estimate MMD_b) with
   DomainBed's kernel, a sum of Gaussians over bandwidths ``gamma`` in 1e-3 .. 1e3:
   ``k(x, y) = sum_g exp(-g ||x - y||^2)``; ``div = mean K_xx + mean K_yy - 2 mean K_xy`` (Li et al.,
   CVPR 2018, MMD-AAE, is DomainBed's citation).
@@ -139,4 +139,4 @@ class MMD(PairwiseMatching):
 
     Hparams = MMDHparams
     divergence = staticmethod(mmd_divergence)
-    reference = "Gretton et al., JMLR 2012 (eq. 3); Li et al., CVPR 2018; DomainBed algorithms.py MMD (AbstractMMD)"
+    reference = "Gretton et al., JMLR 2012 (MMD_b); Li et al., CVPR 2018; DomainBed algorithms.py MMD (AbstractMMD)"
