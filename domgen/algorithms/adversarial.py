@@ -118,7 +118,7 @@ class CDANNHparams(DANNHparams):
 
 @ALGORITHMS.register("dann")
 class DANN(Algorithm):
-    """Classification plus a domain discriminator on the features behind a gradient reversal layer."""
+    """DANN: classification plus a domain discriminator that reads the features through a gradient reversal layer."""
 
     Hparams = DANNHparams
     conditional: ClassVar[bool] = False  # CDANN: the discriminator reads z + E[y]
@@ -206,7 +206,7 @@ class DANN(Algorithm):
 
 @ALGORITHMS.register("cdann")
 class CDANN(DANN):
-    """DANN whose discriminator reads z + E[y]: the features are made uninformative of the domain given the class."""
+    """CDANN: DANN with a class-conditional discriminator (it reads z + E[y]): no domain information given the class."""
 
     Hparams = CDANNHparams
     conditional = True

@@ -126,7 +126,7 @@ class PairwiseMatching(Algorithm):
 
 @ALGORITHMS.register("coral")
 class CORAL(PairwiseMatching):
-    """Deep CORAL: match the domains' feature means and covariances."""
+    """Deep CORAL: match every pair of domains' feature means and covariances."""
 
     Hparams = CORALHparams
     divergence = staticmethod(coral_divergence)
@@ -135,7 +135,7 @@ class CORAL(PairwiseMatching):
 
 @ALGORITHMS.register("mmd")
 class MMD(PairwiseMatching):
-    """MMD with a sum of Gaussian kernels between every pair of domains."""
+    """MMD: match every pair of domains' feature distributions under a sum of Gaussian kernels."""
 
     Hparams = MMDHparams
     divergence = staticmethod(mmd_divergence)
