@@ -65,5 +65,7 @@ def test_every_algorithm_trains_with_the_toy_loss(focal, algorithm):
     model = Toy()
     method = make_algorithm(ALGORITHMS.get(algorithm).Hparams(), LossConfig(name="toy_focal"), CPU).build(toy_pool())
     assert isinstance(method.criterion, focal.ToyFocal)
-    out = train_epoch(model, batches(method, toy_pool(), 0, n=2), method, torch.optim.SGD(model.parameters(), lr=0.1), CPU)
+    method.attach(model)  # as the trainer does: a method's own modules (DANN's discriminator) train too
+    optimizer = torch.optim.SGD(method.param_groups(model), lr=0.1)
+    out = train_epoch(model, batches(method, toy_pool(), 0, n=2), method, optimizer, CPU)
     assert np.isfinite(out["loss"]) and out["loss"] > 0

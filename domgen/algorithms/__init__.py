@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam, images_per_sample, make_algorithm, random_hparams
 
-# Imported after ALGORITHMS exists: each module registers its algorithm on import.
-from domgen.algorithms import ccsa, erm  # noqa: E402,F401
+# Imported after ALGORITHMS exists: each module registers its algorithms on import, in the order
+# `list algorithms` shows them (the baseline and the paper's method first, then DomainBed's families).
+from domgen.algorithms import erm, ccsa  # noqa: E402,F401,I001
+from domgen.algorithms import matching, adversarial  # noqa: E402,F401  (coral, mmd; dann, cdann)
+from domgen.algorithms import robust, invariance  # noqa: E402,F401  (groupdro, vrex; irm, fishr)
+from domgen.algorithms.adversarial import CDANN, DANN  # noqa: E402
 from domgen.algorithms.ccsa import CCSA, CCSAHparams  # noqa: E402
 from domgen.algorithms.erm import ERM  # noqa: E402
-from domgen.algorithms import invariance, robust  # noqa: E402,F401  (irm, fishr; groupdro, vrex)
+from domgen.algorithms.matching import CORAL, MMD  # noqa: E402
 
 
 def describe_algorithms() -> str:
@@ -28,5 +32,5 @@ def describe_algorithms() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ALGORITHMS", "describe_algorithms", "Algorithm", "Batch", "CCSA", "CCSAHparams", "ERM", "Step", "hparam", "images_per_sample",
-           "make_algorithm", "random_hparams"]
+__all__ = ["ALGORITHMS", "Algorithm", "Batch", "CCSA", "CCSAHparams", "CDANN", "CORAL", "DANN", "ERM", "MMD", "Step",
+           "describe_algorithms", "hparam", "images_per_sample", "make_algorithm", "random_hparams"]
