@@ -98,3 +98,76 @@ def test_mixup_rejects_a_non_positive_alpha():
     cls = ALGORITHMS.get("mixup")
     assert [p[0] for p in cls.problems(cls.Hparams(alpha=0.0))] == ["alpha"]
     assert cls.Hparams().sampler == "domain_balanced" and cls.Hparams().alpha == 0.2
+
+
+# ---- selfreg -------------------------------------------------------------------------------------------
+
+def np_bn_train(x: np.ndarray, bn: nn.BatchNorm1d) -> np.ndarray:
+    """BatchNorm1d in training mode: the batch's mean and biased variance."""
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    return (x - mean) / np.sqrt(var + bn.eps) * bn.weight.detach().numpy() + bn.bias.detach().numpy()
+
+
+def np_cdpl(z: np.ndarray, net: nn.Sequential) -> np.ndarray:
+    """DomainBed's CDPL recomputed layer by layer: Linear-BN-ReLU-Linear-BN-ReLU-Linear-BN."""
+    lin = [m for m in net if isinstance(m, nn.Linear)]
+    bns = [m for m in net if isinstance(m, nn.BatchNorm1d)]
+    assert len(lin) == len(bns) == 3 and [m.out_features for m in lin] == [24, 24, 12]  # hidden 2D for D != 2048
+    h = z
+    for i, (l, b) in enumerate(zip(lin, bns)):
+        h = np_bn_train(h @ l.weight.detach().numpy().T + l.bias.detach().numpy(), b)
+        h = np.maximum(h, 0) if i < 2 else h
+    return h
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_selfreg_terms_equal_a_numpy_recomputation(weighted):
+    algorithm = built("selfreg", weighted=weighted)
+    model = Linear(12)
+    torch.manual_seed(3)
+    algorithm.attach(model)
+    with torch.no_grad():  # BatchNorm affine parameters away from (1, 0), so the test sees them used
+        for m in algorithm.nets["cdpl"]:
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(7, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    y, domain = torch.tensor([2, 0, 2, 1, 0, 2, 0]), torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    with torch.no_grad():  # image feature c marks class c and the head reads it: L_cls < 1, so C = L_cls
+        x.view(7, -1)[torch.arange(7), y] += 2.0
+        model.h.weight.mul_(0.2)[:, :K] += 2.0 * torch.eye(K)
+
+    torch.manual_seed(11)
+    lam, j, k = algorithm.draw(y)
+    torch.manual_seed(11)
+    step = algorithm.loss(model, Batch(x, y, domain))
+    assert bool((y[j] == y).all() and (y[k] == y).all())  # same-class partners
+    for c in range(K):  # each a permutation of the class's images
+        idx = (y == c).nonzero().squeeze(1)
+        assert sorted(j[idx].tolist()) == sorted(k[idx].tolist()) == idx.tolist()
+
+    z = x.numpy().reshape(7, -1).astype(np.float64)
+    o = z @ model.h.weight.detach().numpy().T.astype(np.float64)
+    p = np_cdpl(z, algorithm.nets["cdpl"])
+    jn, kn = j.numpy(), k.numpy()
+    mse = lambda a, b: float(((a - b) ** 2).mean())  # noqa: E731
+    ind = mse(o, o[jn]) + 0.3 * mse(z, p[jn])
+    hdl = mse(o, lam * o[jn] + (1 - lam) * o[kn]) + 0.3 * mse(z, lam * p[jn] + (1 - lam) * p[kn])
+    cls = np_ce(o, y.numpy(), algorithm.class_w.numpy() if weighted else None)
+    assert cls < 1
+    assert step.logs["ind"].item() == pytest.approx(ind, rel=1e-4)
+    assert step.logs["hdl"].item() == pytest.approx(hdl, rel=1e-4)
+    assert step.logs["c_scale"].item() == pytest.approx(cls, rel=1e-5)
+    assert step.loss.item() == pytest.approx(cls + cls * (lam * ind + (1 - lam) * hdl), rel=1e-4)
+    assert step.terms["selfreg"].requires_grad and step.features is not None
+
+
+def test_selfreg_scale_is_capped_at_one_and_carries_no_gradient():
+    algorithm = built("selfreg", weighted=False)
+    model = Linear(12)
+    algorithm.attach(model)
+    model.h.weight.data *= 50.0  # large logits: L_cls >> 1, so C = 1
+    x = torch.randn(6, 3, 2, 2, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    step = algorithm.loss(model, Batch(x, y, torch.zeros(6, dtype=torch.long)))
+    assert step.logs["cls"].item() > 1 and step.logs["c_scale"].item() == 1.0
+    assert not step.logs["c_scale"].requires_grad
