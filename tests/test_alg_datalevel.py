@@ -18,9 +18,12 @@ LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1])
 DOMAINS = np.array(["A", "A", "A", "B", "B", "C", "C", "C"])
 
 
+def pool() -> TrainPool:
+    return TrainPool.of(LABELS, DOMAINS, num_classes=K, seed=0, primary="A")  # A holds every class
+
+
 def built(name: str, weighted: bool = True, **hp):
-    pool = TrainPool.of(LABELS, DOMAINS, num_classes=K, seed=0)
-    return make_algorithm(ALGORITHMS.get(name).Hparams(**hp), LossConfig(weighted=weighted), "cpu").build(pool)
+    return make_algorithm(ALGORITHMS.get(name).Hparams(**hp), LossConfig(weighted=weighted), "cpu").build(pool())
 
 
 def np_ce(logits: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
@@ -171,3 +174,33 @@ def test_selfreg_scale_is_capped_at_one_and_carries_no_gradient():
     step = algorithm.loss(model, Batch(x, y, torch.zeros(6, dtype=torch.long)))
     assert step.logs["cls"].item() > 1 and step.logs["c_scale"].item() == 1.0
     assert not step.logs["c_scale"].requires_grad
+
+
+# ---- erm_pairs -----------------------------------------------------------------------------------------
+
+def pair_batch(algorithm) -> Batch:
+    """The first batch of pairs the sampler draws, with images made up for it."""
+    d = algorithm.batches(0, batch_size=4)[0]
+    idx = np.asarray(d.idx)
+    x = torch.randn(len(idx), 3, 2, 2, generator=torch.Generator().manual_seed(5))
+    extras = {k: torch.as_tensor(np.asarray(v)) for k, v in d.extras.items()}
+    return Batch(x, torch.as_tensor(pool().labels[idx]), torch.as_tensor(pool().domains[idx]), extras)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_erm_pairs_is_ccsa_at_alpha_zero(weighted):
+    ours, ccsa = built("erm_pairs", weighted=weighted), built("ccsa", weighted=weighted, alpha=0.0)
+    assert [f for f in ours.describe() if f in ("alpha", "margin", "weighted_align")] == []
+    batch = pair_batch(ours)
+    assert torch.equal(batch.x, pair_batch(ccsa).x) and batch.y.shape[0] == 8  # the same 4 pairs
+    model = Linear(12)
+    step, reference = ours.loss(model, batch), ccsa.loss(model, batch)
+    assert step.loss.item() == reference.loss.item()
+    # ... which is L_C1 + L_C2, each stream with its own class weights
+    logits = model(batch.x).detach().numpy()
+    y, b = batch.y.numpy(), 4
+    w1, w2 = (ours.class_w1.numpy(), ours.class_w2.numpy()) if weighted else (None, None)
+    assert weighted == (w1 is not None and not np.allclose(w1, w2))  # the streams' weights differ
+    expected = np_ce(logits[:b], y[:b], w1) + np_ce(logits[b:], y[b:], w2)
+    assert step.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert step.logs["align"].item() >= 0 and step.terms["align"].item() == 0.0  # logged, not trained
