@@ -204,3 +204,55 @@ def test_erm_pairs_is_ccsa_at_alpha_zero(weighted):
     expected = np_ce(logits[:b], y[:b], w1) + np_ce(logits[b:], y[b:], w2)
     assert step.loss.item() == pytest.approx(expected, rel=1e-5)
     assert step.logs["align"].item() >= 0 and step.terms["align"].item() == 0.0  # logged, not trained
+
+
+# ---- sd and rsc ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_sd_adds_reg_times_the_mean_squared_logit(weighted):
+    algorithm = built("sd", weighted=weighted, sd_reg=0.25)
+    model = Linear(12)
+    x = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([0, 2, 1, 2])
+    step = algorithm.loss(model, Batch(x, y, torch.zeros(4, dtype=torch.long)))
+    logits = x.numpy().reshape(4, -1) @ model.h.weight.detach().numpy().T
+    cls = np_ce(logits, y.numpy(), algorithm.class_w.numpy() if weighted else None)
+    assert step.logs["penalty"].item() == pytest.approx(float((logits ** 2).sum() / 12), rel=1e-5)
+    assert step.loss.item() == pytest.approx(cls + 0.25 * (logits ** 2).mean(), rel=1e-5)
+    assert built("sd").hparams.sd_reg == 0.1 and built("sd").hparams.sampler == "uniform"
+
+
+def rsc_case():
+    """D = 6 features, K = 3 classes: head row c is a permutation of 0..5, so d logit_c / d z = W[c] and
+    each class's top third (2 features) is known: class 0 -> features 4, 5; class 1 -> 0, 1; class 2 -> 2, 5."""
+    model = Linear(6)
+    w = torch.tensor([[0.0, 1, 2, 3, 4, 5], [5, 4, 0, 1, 2, 3], [0, 1, 5, 2, 3, 4]]) / 4
+    model.h.weight.data.copy_(w)
+    x = torch.rand(6, 6, 1, 1, generator=torch.Generator().manual_seed(9)) + 0.1  # z = x flattened, positive
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    return model, x, y, {0: [4, 5], 1: [0, 1], 2: [2, 5]}
+
+
+def test_rsc_mask_drops_each_samples_top_third_features_on_the_top_third_samples():
+    algorithm = built("rsc", weighted=False)
+    model, x, y, top = rsc_case()
+    z = model.g(x)
+    m = algorithm.mask(model, z, y).numpy()
+
+    # By hand: each sample's top-third features zeroed, then the confidence each sample loses.
+    zn, wn = z.detach().numpy(), model.h.weight.detach().numpy()
+    mask_f = np.ones((6, 6))
+    for b, c in enumerate(y.tolist()):
+        mask_f[b, top[c]] = 0
+    softmax = lambda a: np.exp(a) / np.exp(a).sum(axis=1, keepdims=True)  # noqa: E731
+    rows = np.arange(6)
+    change = softmax(zn @ wn.T)[rows, y] - softmax((zn * mask_f) @ wn.T)[rows, y]
+    chosen = np.argsort(change)[-2:]  # b_drop 1/3 of 6 samples: the two largest drops
+    expected = np.ones((6, 6))
+    expected[chosen] = mask_f[chosen]
+    np.testing.assert_array_equal(m, expected)
+    assert (m == 0).sum() == 4 and len(set(y[chosen].tolist())) == 2  # two samples (two classes) x two features
+
+    step = algorithm.loss(model, Batch(x, y, torch.zeros(6, dtype=torch.long)))
+    assert step.loss.item() == pytest.approx(np_ce((zn * expected) @ wn.T, y.numpy(), None), rel=1e-5)
+    assert step.logs["muted_frac"].item() == pytest.approx(2 / 6)

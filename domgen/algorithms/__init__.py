@@ -13,7 +13,7 @@ from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam, i
 from domgen.algorithms import ccsa, erm  # noqa: E402,F401
 from domgen.algorithms.ccsa import CCSA, CCSAHparams  # noqa: E402
 from domgen.algorithms.erm import ERM  # noqa: E402
-from domgen.algorithms import erm_pairs, mixing, selfreg  # noqa: E402,F401  (data-level methods, #12)
+from domgen.algorithms import erm_pairs, mixing, regularisers, selfreg  # noqa: E402,F401  (data-level methods, #12)
 
 __all__ = ["ALGORITHMS", "Algorithm", "Batch", "CCSA", "CCSAHparams", "ERM", "Step", "hparam", "images_per_sample",
            "make_algorithm", "random_hparams"]
