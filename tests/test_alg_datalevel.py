@@ -3,6 +3,8 @@ hand or NumPy computations on constructed batches."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from domgen.algorithms import ALGORITHMS, Batch, make_algorithm
 from domgen.algorithms.mixing import other_domain_partners
 from domgen.config import LossConfig
 from domgen.data.samplers import TrainPool
+from domgen.errors import ConfigError
 
 K = 3
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -256,3 +259,82 @@ def test_rsc_mask_drops_each_samples_top_third_features_on_the_top_third_samples
     step = algorithm.loss(model, Batch(x, y, torch.zeros(6, dtype=torch.long)))
     assert step.loss.item() == pytest.approx(np_ce((zn * expected) @ wn.T, y.numpy(), None), rel=1e-5)
     assert step.logs["muted_frac"].item() == pytest.approx(2 / 6)
+
+
+# ---- mixstyle ------------------------------------------------------------------------------------------
+
+class Staged(nn.Module):
+    """g: stages layer1 and layer2 that pass the image through (so a hook's output is the mixed image),
+    then flatten; h: linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.g = nn.Sequential(OrderedDict(layer1=nn.Identity(), layer2=nn.Identity(), flatten=nn.Flatten()))
+        self.h = nn.Linear(12, K)
+
+    def forward(self, x):
+        return self.h(self.g(x))
+
+
+def test_mixstyle_hook_mixes_each_samples_statistics_with_its_partners():
+    algorithm = built("mixstyle", stages="layer1")
+    model = Staged()
+    algorithm.attach(model)
+    x = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 + 1
+    lam, perm = torch.tensor([0.2, 0.5, 0.9, 1.0]), torch.tensor([2, 3, 0, 1])
+    algorithm.draw = lambda b, device: (lam, perm)  # the drawn lam and partners, fixed
+    out = model.g.layer1(x).numpy()
+
+    xn = x.numpy()
+    mu = xn.mean(axis=(2, 3), keepdims=True)  # [B, C, 1, 1]
+    sig = np.sqrt(xn.var(axis=(2, 3), ddof=1, keepdims=True) + 1e-6)
+    ln = lam.double().numpy()[:, None, None, None]
+    mu_mix = ln * mu + (1 - ln) * mu[perm.numpy()]
+    sig_mix = ln * sig + (1 - ln) * sig[perm.numpy()]
+    np.testing.assert_allclose(out, (xn - mu) / sig * sig_mix + mu_mix, rtol=1e-5, atol=1e-6)
+    # the output carries the mixed statistics: its mean exactly, its std up to eps
+    np.testing.assert_allclose(out.mean(axis=(2, 3), keepdims=True), mu_mix, atol=1e-6)
+    np.testing.assert_allclose(out.std(axis=(2, 3), ddof=1, keepdims=True), sig_mix, rtol=1e-5)
+    np.testing.assert_allclose(out[3], xn[3], atol=1e-5)  # lam = 1: the sample keeps its own style
+
+    model.eval()  # evaluation: the identity
+    assert torch.equal(model.g.layer1(x), x) and torch.equal(model.g.layer2(x), x)
+
+
+def test_mixstyle_crossdomain_partners_and_probability():
+    algorithm = built("mixstyle", p=1.0)
+    assert algorithm.hparams.mode == "crossdomain" and algorithm.hparams.sampler == "domain_balanced"
+    domain = torch.tensor([0, 0, 1, 2, 2])
+    algorithm._domain = domain
+    torch.manual_seed(0)
+    for _ in range(50):
+        lam, perm = algorithm.draw(5, torch.device("cpu"))
+        assert bool((domain[perm] != domain).all()) and lam.shape == (5,) and bool(((lam >= 0) & (lam <= 1)).all())
+    never = built("mixstyle", p=0.0)
+    model = Staged()
+    never.attach(model)
+    x = torch.randn(5, 3, 2, 2)
+    assert all(never.draw(5, torch.device("cpu")) is None for _ in range(20))
+    assert torch.equal(model.g(x), x.flatten(1))  # training mode, p = 0: unchanged
+
+
+def test_mixstyle_unknown_stage_fails_listing_the_models_stages():
+    algorithm = built("mixstyle", stages="layer1,layer9")
+    with pytest.raises(ConfigError, match=r"layer9 not a stage.*layer1, layer2, flatten"):
+        algorithm.attach(Staged())
+    cls = ALGORITHMS.get("mixstyle")
+    assert {p[0] for p in cls.problems(cls.Hparams(stages=" , ", mode="half", p=1.5))} == {"stages", "mode", "p"}
+
+
+def test_mixstyle_loss_shows_the_hooks_the_batchs_domains_and_only_while_it_runs():
+    algorithm = built("mixstyle", weighted=False, p=1.0)
+    model = Staged()
+    algorithm.attach(model)
+    seen, draw = [], algorithm.draw
+    algorithm.draw = lambda b, device: (seen.append(algorithm._domain), draw(b, device))[1]
+    x, y, domain = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 1, 2])
+    torch.manual_seed(0)
+    step = algorithm.loss(model, Batch(x, y, domain))
+    assert len(seen) == 2 and all(d is domain for d in seen) and algorithm._domain is None  # both stages
+    model.eval()  # the same model without mixing gives another loss: the hooks acted in training
+    assert step.loss.item() != pytest.approx(torch.nn.functional.cross_entropy(model(x), y).item(), rel=1e-3)

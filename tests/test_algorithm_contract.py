@@ -5,6 +5,7 @@ a weights-only checkpoint, and a run resumed from that checkpoint equals the uni
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -27,11 +28,14 @@ CASES = [(a, loss, w) for a in ALGORITHMS.names() for loss in LOSSES.names() for
 
 
 class Toy(nn.Module):
-    """g: flatten + linear to D features; h: linear to K logits (the interface of domgen.models)."""
+    """g: two 1x1 conv stages named like ResNet's (where MixStyle hooks in), flatten + linear to D
+    features; h: linear to K logits (the interface of domgen.models)."""
 
     def __init__(self):
         super().__init__()
-        self.g = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, D), nn.BatchNorm1d(D), nn.ReLU())
+        self.g = nn.Sequential(OrderedDict(
+            layer1=nn.Conv2d(3, 3, 1), layer2=nn.Conv2d(3, 3, 1), flatten=nn.Flatten(), fc=nn.Linear(3 * 2 * 2, D),
+            bn=nn.BatchNorm1d(D), relu=nn.ReLU()))
         self.h = nn.Linear(D, K)
 
     def forward_both(self, x):
