@@ -79,7 +79,7 @@ class Mixup(Algorithm):
     """Inter-domain Mixup: images mixed with partners of other domains, the loss mixed with the same lam."""
 
     Hparams = MixupHparams
-    reference = "Yan et al., arXiv 2001.00677 2020 (inter-domain mixup; Zhang et al. ICLR 2018 eq. 1); DomainBed algorithms.py Mixup"
+    reference = "Yan et al., arXiv 2001.00677 2020 (Zhang et al., ICLR 2018 eq. 1); DomainBed algorithms.py Mixup"
 
     @classmethod
     def problems(cls, hp: MixupHparams):
@@ -99,7 +99,8 @@ class Mixup(Algorithm):
         own = self.criterion(logits, batch.y, self.class_w)
         partner = self.criterion(logits, batch.y[j], self.class_w)
         loss = lam * own + (1.0 - lam) * partner
-        return Step(loss, {"lam": torch.tensor(lam, device=logits.device), "cross_domain": (batch.domain != batch.domain[j]).float().mean()})
+        cross = (batch.domain != batch.domain[j]).float().mean()  # share of images mixed across domains
+        return Step(loss, {"lam": torch.tensor(lam, device=logits.device), "cross_domain": cross})
 
 
 def mix_style(x: Tensor, lam: Tensor, perm: Tensor, eps: float) -> Tensor:
@@ -181,7 +182,7 @@ class MixStyle(Algorithm):
         if not module.training:  # evaluation: the stage's output unchanged
             return None
         if output.dim() != 4:
-            raise ValueError(f"MixStyle needs [B, C, H, W] feature maps after its stages, got shape {tuple(output.shape)}")
+            raise ValueError(f"MixStyle needs [B, C, H, W] feature maps after its stages, got {tuple(output.shape)}")
         drawn = self.draw(output.shape[0], output.device)
         return None if drawn is None else mix_style(output, *drawn, self.hparams.eps)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam
