@@ -49,7 +49,7 @@ class ERMPairsHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("erm_pairs")
 class ERMPairs(CCSA):
-    """CCSA's pairs and classification terms at alpha = 0: L_C1 + L_C2 with each stream's class weights."""
+    """ERM on CCSA's pairs: CCSA at alpha = 0, L_C1 + L_C2 with each stream's class weights."""
 
     Hparams = ERMPairsHparams
     reference = "Yoon et al., MICCAI 2019 (eq. 1-8 at alpha = 0): ERM on CCSA's pair sampler, an ablation"

@@ -76,7 +76,7 @@ class MixupHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("mixup")
 class Mixup(Algorithm):
-    """Inter-domain Mixup: images mixed with partners of other domains, the loss mixed with the same lam."""
+    """Mixup across domains: images mixed with partners of other domains, the loss mixed with the same lam."""
 
     Hparams = MixupHparams
     reference = "Yan et al., arXiv 2001.00677 2020 (Zhang et al., ICLR 2018 eq. 1); DomainBed algorithms.py Mixup"
@@ -133,7 +133,7 @@ class MixStyleHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("mixstyle")
 class MixStyle(Algorithm):
-    """The classification loss on a forward pass whose named stages mix feature statistics across samples."""
+    """MixStyle: named backbone stages mix per-sample channel statistics with a partner's while training."""
 
     Hparams = MixStyleHparams
     reference = "Zhou et al., ICLR 2021 (eq. 1-5); authors' mixstyle-release MixStyle (not in DomainBed)"

@@ -44,7 +44,7 @@ class SDHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("sd")
 class SD(Algorithm):
-    """Classification plus sd_reg times the mean squared logit."""
+    """Spectral Decoupling: classification + sd_reg x the mean squared logit."""
 
     Hparams = SDHparams
     reference = "Pezeshki et al., NeurIPS 2021 (eq. 25 of arXiv 2011.09468); DomainBed algorithms.py SD"
@@ -81,7 +81,7 @@ def top_feature_mask(grad: Tensor, f_drop: float) -> Tensor:
 
 @ALGORITHMS.register("rsc")
 class RSC(Algorithm):
-    """Mute the features carrying the true class's gradient, on the samples whose confidence drops most."""
+    """RSC: mute the features with the top true-class gradients on the samples whose confidence drops most."""
 
     Hparams = RSCHparams
     reference = "Huang et al., ECCV 2020 (eq. 1-5, Sec. 3.3); DomainBed algorithms.py RSC"

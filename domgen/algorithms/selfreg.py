@@ -75,7 +75,7 @@ class SelfRegHparams(AlgorithmConfig):
 
 @ALGORITHMS.register("selfreg")
 class SelfReg(Algorithm):
-    """Classification plus same-class logit and feature distances to (mixed) partners, scaled by min(L_cls, 1)."""
+    """SelfReg: classification + same-class logit/feature distances to (mixed) partners, x min(L_cls, 1)."""
 
     Hparams = SelfRegHparams
     reference = "Kim et al., ICCV 2021 (eq. 1-6); DomainBed algorithms.py SelfReg"
