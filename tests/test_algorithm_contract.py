@@ -5,6 +5,7 @@ a weights-only checkpoint, and a run resumed from that checkpoint equals the uni
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from torch import nn
 from domgen.algorithms import ALGORITHMS, Batch, make_algorithm
 from domgen.config import LossConfig
 from domgen.data.samplers import TrainPool
+from domgen.engine.checkpoint import rng_state, set_rng_state
 from domgen.engine.loop import train_epoch
 from domgen.losses import LOSSES
 
@@ -26,11 +28,14 @@ CASES = [(a, loss, w) for a in ALGORITHMS.names() for loss in LOSSES.names() for
 
 
 class Toy(nn.Module):
-    """g: flatten + linear to D features; h: linear to K logits (the interface of domgen.models)."""
+    """g: two 1x1 conv stages named like ResNet's (where MixStyle hooks in), flatten + linear to D
+    features; h: linear to K logits (the interface of domgen.models)."""
 
     def __init__(self):
         super().__init__()
-        self.g = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, D), nn.BatchNorm1d(D), nn.ReLU())
+        self.g = nn.Sequential(OrderedDict(
+            layer1=nn.Conv2d(3, 3, 1), layer2=nn.Conv2d(3, 3, 1), flatten=nn.Flatten(), fc=nn.Linear(3 * 2 * 2, D),
+            bn=nn.BatchNorm1d(D), relu=nn.ReLU()))
         self.h = nn.Linear(D, K)
 
     def forward_both(self, x):
@@ -115,14 +120,17 @@ def test_resume_equals_uninterrupted(name, loss, weighted):
     model, optimizer, algorithm = fresh(name, cfg)
     pool = toy_pool()
     train_epoch(model, batches(algorithm, pool, 0), algorithm, optimizer, CPU)
+    # The global RNGs travel in the checkpoint as the trainer saves them: methods that draw (Mixup's lam,
+    # MixStyle's permutations) resume from the same random state.
     saved = through_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "algorithm": algorithm.state_dict()})
+                                "algorithm": algorithm.state_dict(), "rng": rng_state()})
     straight = train_epoch(model, batches(algorithm, pool, 1), algorithm, optimizer, CPU)
 
     model2, optimizer2, algorithm2 = fresh(name, cfg)
     model2.load_state_dict(saved["model"])
     optimizer2.load_state_dict(saved["optimizer"])
     algorithm2.load_state_dict(saved["algorithm"])
+    set_rng_state(saved["rng"])
     resumed = train_epoch(model2, batches(algorithm2, pool, 1), algorithm2, optimizer2, CPU)
     assert resumed == straight
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):

@@ -11,9 +11,10 @@ from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam, i
 
 # Imported after ALGORITHMS exists: each module registers its algorithms on import, in the order
 # `list algorithms` shows them (the baseline and the paper's method first, then DomainBed's families).
-from domgen.algorithms import erm, ccsa  # noqa: E402,F401,I001
+from domgen.algorithms import erm, ccsa, erm_pairs  # noqa: E402,F401,I001
 from domgen.algorithms import matching, adversarial  # noqa: E402,F401  (coral, mmd; dann, cdann)
 from domgen.algorithms import robust, invariance  # noqa: E402,F401  (groupdro, vrex; irm, fishr)
+from domgen.algorithms import mixing, regularisers, selfreg  # noqa: E402,F401  (mixup, mixstyle; sd, rsc; selfreg)
 from domgen.algorithms.adversarial import CDANN, DANN  # noqa: E402
 from domgen.algorithms.ccsa import CCSA, CCSAHparams  # noqa: E402
 from domgen.algorithms.erm import ERM  # noqa: E402
