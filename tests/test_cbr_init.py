@@ -46,15 +46,16 @@ def test_cbr_counts_in_the_papers_convention_match_its_table_1():
         assert sum(c.weight.numel() for c in convs[1:]) + 5 * g.num_features == listed, arch
 
 
-def test_cbr_large_t_spatial_sizes_follow_same_convs_and_3x3_stride_2_pools():
+def test_cbr_large_t_spatial_sizes_follow_same_convs_and_3x3_stride_2_pools_rounding_up():
     g = build_model("cbr_large_t", "none").g
     shapes = []
     hooks = [getattr(g, n).register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:]))) for n in g.block_names]
-    g(torch.randn(1, 3, 64, 64))
+    g(torch.randn(1, 3, 63, 63))
     for h in hooks:
         h.remove()
-    # conv keeps 64; pool: floor((64 - 3) / 2) + 1 = 31, then 15, 7, 3; no pool after the last conv
-    assert shapes == [(32, 31, 31), (64, 15, 15), (128, 7, 7), (256, 3, 3), (512, 3, 3)]
+    # conv keeps the size; pool (3x3, stride 2, pad 1): floor((s + 2 - 3) / 2) + 1 = ceil(s / 2), so
+    # 63 -> 32 -> 16 -> 8 -> 4; no pool after the last conv
+    assert shapes == [(32, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 4, 4)]
 
 
 def test_cbr_has_no_imagenet_weights():

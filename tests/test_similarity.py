@@ -153,8 +153,8 @@ def test_collect_activations_names_the_layers_and_restores_the_mode():
     x = torch.randn(5, 3, 40, 40)
     acts = collect_activations(model, x, batch_size=2)  # three forward passes, concatenated
     assert list(acts) == ["layer1", "layer2", "layer3", "layer4", "features"]
-    # 5x5 'same' convs, 3x3/2 pools: 40 -> 19 -> 9 -> 4 -> 1
-    assert [tuple(a.shape) for a in acts.values()] == [(5, 64, 19, 19), (5, 128, 9, 9), (5, 256, 4, 4), (5, 512, 1, 1), (5, 512)]
+    # 5x5 'same' convs, 3x3/2 pools rounding up: 40 -> 20 -> 10 -> 5 -> 3
+    assert [tuple(a.shape) for a in acts.values()] == [(5, 64, 20, 20), (5, 128, 10, 10), (5, 256, 5, 5), (5, 512, 3, 3), (5, 512)]
     assert model.training
     model.eval()
     assert torch.allclose(acts["features"], model.g(x), atol=1e-6)

@@ -13,9 +13,11 @@ CBR-Tiny implementation's header; the paper PDF itself was not in the searchable
 - every maxpool has a 3x3 window and stride 2; every convolution has stride 1.
 
 Choices the appendix leaves open (none changes a parameter count): convolutions are padded to keep the
-size ("SAME", TF-Slim's default, the paper's framework) and carry no bias (the BN that follows makes one
-redundant); max pools are unpadded ("VALID", TF-Slim's default). ``g`` ends at the global average pool,
-so ``h`` (domgen's linear head) is the paper's "classification" layer.
+size ("SAME", TF-Slim's default; the paper used TensorFlow) and carry no bias (the BN that follows makes one
+redundant); max pools are padded by 1, so each halves the size rounding up (TF's "SAME" sizes) and small
+inputs (the smoke presets' 28 px) never shrink to nothing, where unpadded pools would stop at 2x2 after
+three. ``g`` ends at the global average pool, so ``h`` (domgen's linear head) is the paper's
+"classification" layer.
 
 No ImageNet weights exist for these models (the paper trained its own): ``--weights imagenet`` fails with
 a clear message; a local file (``PATH``, ``meanvar:PATH``, ``transfer:K:PATH``) works as for every
@@ -43,7 +45,7 @@ def _cbr_block(c_in: int, c_out: int, k: int, pool: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, k, stride=1, padding=k // 2, bias=False),
                                nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
     if pool:
-        layers.append(nn.MaxPool2d(3, stride=2))
+        layers.append(nn.MaxPool2d(3, stride=2, padding=1))  # [h, w] -> [ceil(h/2), ceil(w/2)]
     return nn.Sequential(*layers)
 
 
