@@ -113,9 +113,11 @@ class CCA:
 
 def _cca(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor) -> CCA:
     """CCA from cross-products: whiten each side (W^T S W = I on its non-degenerate span), then the
-    singular values of Wx^T Sxy Wy are the canonical correlations (e.g. Uurtio et al. 2017, Sec. 3)."""
+    singular values of Wx^T Sxy Wy are the canonical correlations (the standard whitening solution)."""
     lx, vx = _eig(xx)
     ly, vy = _eig(yy)
+    if lx.numel() == 0 or ly.numel() == 0:
+        raise ValueError("a representation is constant over the samples: its similarity is undefined")
     wx, wy = vx / lx.sqrt(), vy / ly.sqrt()  # [p, kx], [q, ky]
     u, s, _ = torch.linalg.svd(wx.T @ yx.T @ wy, full_matrices=False)  # [kx, r], [r]
     return CCA(s.clamp(0.0, 1.0), wx @ u, xx)
