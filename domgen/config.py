@@ -51,7 +51,7 @@ class TransformConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet18"  # torchvision resnet18/50/152, or "timm:<name>"
-    weights: str = "imagenet"  # "imagenet" | "none" | a local file path
+    weights: str = "imagenet"  # "imagenet" | "none" | a local file path | "meanvar[:PATH]" | "transfer:K[:PATH]"
 
 
 @dataclass(frozen=True)
