@@ -186,12 +186,27 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     cc.add_study_option(p)
 
 
+def parse_seeds(text: str) -> int | list[int]:
+    """``5`` -> a count (seeds 0-4); ``0,3,7``, ``2-4`` or ``2,`` (one seed) -> those seeds."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)") from None
+    return list(dict.fromkeys(seeds))
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from domgen.sweep.launch import SlurmOptions, launch
     from domgen.sweep.plan import algorithm_variants, plan_sweep
     from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
-    seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
+    seeds = parse_seeds(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
     exps = args.exps
     if args.holdout:  # the study's leave-one-out rows (yoon2019: O-T), like `loo --holdout`
@@ -231,7 +246,7 @@ def add_sweep_parser(sub) -> None:
                     help="random: a DomainBed-style search, --n-hparams trials per algorithm (trial 0 = the defaults), "
                          "each its own hashed, resumable run; `table --selection` picks among them")
     sw.add_argument("--n-hparams", type=int, default=8, help="--hparams random: trials per algorithm")
-    sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4) or a list (0,3,7)")
+    sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)")
     sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -170,3 +170,12 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(smoke_cache, tmp_path):
     assert errors(stderr) == [f"interrupted after epoch {saved}: resume with python -m domgen.run "
                               + " ".join(train_args(smoke_cache, out, "--set", "optim.epochs=40")) + " --resume"]
     assert not (run_dir / LOCK).exists()
+
+
+def test_seeds_are_a_count_a_list_a_range_or_one_seed():
+    from domgen.run import parse_seeds
+
+    assert parse_seeds("3") == 3 and parse_seeds("0,3,7") == [0, 3, 7] and parse_seeds("2-4") == [2, 3, 4]
+    assert parse_seeds("2,") == [2] and parse_seeds("0,2-3,2") == [0, 2, 3]
+    with pytest.raises(ValueError, match="one seed"):
+        parse_seeds("two")
