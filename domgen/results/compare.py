@@ -55,14 +55,16 @@ def paired_stats(x: np.ndarray, y: np.ndarray, wilcoxon_min: int = 5) -> dict:
 
 
 def by_algorithms(df: pd.DataFrame, a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` name algorithms of the runs in ``df`` rather than experiments."""
+    """Whether ``a`` and ``b`` name algorithms of the runs in ``df`` rather than experiments (letters keep
+    meaning experiments, exactly as before algorithms could be named)."""
     from domgen.results.by_algorithm import algorithm_label
 
     if df.empty or "algorithm" not in df.columns:
         return False
     exps = set(df["exp"].astype(str))
     labels = {algorithm_label(r) for r in df.drop_duplicates("run").to_dict("records")}
-    return {a, b} <= labels and not {a, b} <= exps
+    # an algorithm's name on either side (and no experiment's): the other is then a missing algorithm
+    return bool({a, b} & labels) and not {a, b} & exps
 
 
 def compare(
