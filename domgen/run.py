@@ -157,6 +157,15 @@ def _results(args: argparse.Namespace):
     return select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
 
 
+def _exps(args: argparse.Namespace) -> list[str] | None:
+    """``--exps``: the experiments reported (selection still reads every run, e.g. lodo's siblings)."""
+    if not args.exps:
+        return None
+    from domgen.sweep.plan import parse_exps  # imports torch: only when asked
+
+    return parse_exps(args.exps, args.study)
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from domgen.results.tables import plot_table, pruning_report, table2
 
@@ -168,21 +177,23 @@ def cmd_table(args: argparse.Namespace) -> int:
 
         if args.plot:
             raise ValueError("--plot draws Table 2 by experiment; leave out --by algorithm or --plot")
-        print(algorithm_table(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection))
+        print(algorithm_table(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection,
+                              exps=_exps(args)))
         return 0
-    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection))
+    exps = _exps(args)
+    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection, exps=exps))
     final = df[(df["stage"] == "final") & (df["split"] == "test")]  # the pruning keys are on the final rows
     if args.format == "md" and "params" in final.columns and final["params"].notna().any():
         print("\n" + pruning_report(final))
     if args.plot:
-        cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric, selection=args.selection)}")
+        cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric, selection=args.selection, exps=exps)}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from domgen.results.compare import format_compare
 
-    print(format_compare(_results(args), args.a, args.b, metric=args.metric, selection=args.selection))
+    print(format_compare(_results(args), args.a, args.b, metric=args.metric, selection=args.selection, exps=_exps(args)))
     return 0
 
 
@@ -194,6 +205,9 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
     p.add_argument("--preset", default=None, help="only runs of this preset")
     p.add_argument("--metric", default="macro_recall", help="macro_recall, balanced_acc, mel_auc, mel_sens, ...")
+    p.add_argument("--exps", default=None, help="report only these rows of the study, in its file order: O-T, A,K,R (e.g. "
+                   "the leave-one-out runs without their warm-start parent, for --selection lodo or oracle); selection "
+                   "still reads every run")
     p.add_argument("--selection", default="train", choices=SELECTIONS,
                    help="model selection: train = training-domain validation (what the trainer chose); lodo = "
                         "leave-one-domain-out validation (needs a loo --holdout all sweep); oracle = the held-out "

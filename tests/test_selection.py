@@ -266,3 +266,15 @@ def test_table2_by_experiment_under_oracle_says_upper_bound(tmp_path):
     # O holds out HAM: oracle epoch 2 -> HAM 21, 25 -> 23.0 +/- 2.8, starred
     assert md_row(md, "O")[6] == "23.0 ± 2.8*"
     assert "Model selection" not in table2(df)  # train: Table 2's captions as they always were
+
+
+def test_reporting_some_experiments_keeps_every_run_as_a_sibling(tmp_path):
+    runs = loo_family(tmp_path)
+    write(tmp_path, "A-s0-x", context("A", 0, "fx", "sx", "erm", [], DOMS), {d: [1, 2, 3] for d in DOMS},
+          {d: [1, 2, 3] for d in DOMS}, 3)  # the warm-start parent, holding nothing out: lodo cannot score it
+    df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
+    rows = select_rows(df, "lodo", exps=["O"])  # P and R are not reported, yet still score O's epochs
+    assert set(rows["run"]) == {runs["HAM"]} and held_value(rows, runs["HAM"], "HAM") == 31
+    res = compare(df, "O", "P", selection="lodo")  # letters: only O and P are selected, A is left alone
+    assert res.attrs["by"] == "exp" and res.loc["HAM", "diff"] == pytest.approx(31 - (40 + 10 + 1))
+    assert cli.main(["table", "--runs", str(tmp_path), "--selection", "lodo", "--exps", "O-R"]) == 0

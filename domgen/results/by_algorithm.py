@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,7 @@ def _layout(label: str, rows: pd.DataFrame) -> str:
         return LOO
     raise SelectionError(f"{label}'s runs hold out different sets of domains ({'; '.join(' '.join(h) or 'none' for h in sorted(holdouts))}): "
                          "a table by algorithm needs one leave-one-out sweep or runs holding out the same domains; "
-                         "choose runs with --preset / --study or a separate --runs folder")
+                         "choose runs with --exps / --preset / --study or a separate --runs folder")
 
 
 def _check_one_run(cells: pd.DataFrame) -> None:
@@ -71,13 +72,14 @@ def _check_one_run(cells: pd.DataFrame) -> None:
         (label, seed, domain), names = clash.index[0], clash.iloc[0]
         raise SelectionError(f"{len(clash)} cells of the table by algorithm come from several runs, e.g. {label} seed "
                              f"{seed} {domain}: {', '.join(sorted(names))}; averaging them would mix settings: choose "
-                             "runs with --preset / --study or a separate --runs folder")
+                             "runs with --exps / --preset / --study or a separate --runs folder")
 
 
 def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False,
-                 selection: str = DEFAULT) -> ByAlgorithm:
-    """The per-seed values the table and ``compare`` by algorithm share (column rule: module docstring)."""
-    rows = select_rows(select(df, include_unfinished=include_unfinished), selection)
+                 selection: str = DEFAULT, exps: Iterable[str] | None = None) -> ByAlgorithm:
+    """The per-seed values the table and ``compare`` by algorithm share (column rule: module docstring);
+    ``exps``: only these experiments' runs (others still count as lodo siblings)."""
+    rows = select_rows(select(df, include_unfinished=include_unfinished), selection, exps)
     if rows.empty:
         return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, rows)
     rows = rows.assign(label=[algorithm_label(r) for r in rows.to_dict("records")], value=metric_values(rows, metric))
@@ -95,7 +97,7 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
         loo = sorted(k for k, v in layouts.items() if v == LOO)
         raise SelectionError(f"{', '.join(loo)} ran leave-one-out sweeps and {', '.join(sorted(set(layouts) - set(loo)))} "
                              "did not: one table by algorithm cannot give both the same columns; choose runs with "
-                             "--preset / --study or a separate --runs folder")
+                             "--exps / --preset / --study or a separate --runs folder")
     cells = pd.concat(parts)
     _check_one_run(cells)
     wide = cells.set_index(["label", "seed", "domain"])["value"].unstack("domain").astype(float)
@@ -164,9 +166,9 @@ def _cells(res: ByAlgorithm, frame: pd.DataFrame, pm: str) -> list[list[str]]:
 
 
 def algorithm_table(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False,
-                    selection: str = DEFAULT) -> str:
+                    selection: str = DEFAULT, exps: Iterable[str] | None = None) -> str:
     """The table by algorithm as Markdown, LaTeX or CSV (the numeric :func:`algorithm_frame`)."""
-    res = by_algorithm(df, metric, include_unfinished, selection)
+    res = by_algorithm(df, metric, include_unfinished, selection, exps)
     frame = algorithm_frame(res)
     if frame.empty:
         return "No finished runs with test results.\n"

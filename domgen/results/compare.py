@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -75,21 +76,24 @@ def compare(
     include_unfinished: bool = False,
     wilcoxon_min: int = 5,
     selection: str = DEFAULT,
+    exps: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Per column (HAM..UDA, avg; or the algorithms' columns): matched-seed statistics of a - b
     (:data:`STAT_COLUMNS`).
 
     ``attrs`` holds a, b, metric, the seeds of each side, the domains ``avg`` is over, ``by`` (``exp`` or
-    ``algorithm``), ``layout`` (by algorithm: ``loo`` or ``same``) and ``selection``.
+    ``algorithm``), ``layout`` (by algorithm: ``loo`` or ``same``) and ``selection``. Only the runs of
+    experiments ``a`` and ``b`` (by algorithm: of ``exps``, when given) are selected; every run still counts
+    as a lodo sibling.
     """
     by, layout = "exp", None
     if by_algorithms(df, a, b):
         from domgen.results.by_algorithm import by_algorithm
 
-        res = by_algorithm(df, metric, include_unfinished, selection)
+        res = by_algorithm(df, metric, include_unfinished, selection, exps)
         wide, avg_domains, columns, by, layout = res.wide, tuple(res.columns), (*res.columns, AVG), "algorithm", res.layout
     else:
-        wide, avg_domains = per_seed(df, metric, include_unfinished, selection)
+        wide, avg_domains = per_seed(df, metric, include_unfinished, selection, exps=(a, b))
         columns = COLUMNS
     level = "exp" if by == "exp" else "algorithm"
     present = set(wide.index.get_level_values(level))
@@ -126,9 +130,10 @@ def format_compare(
     include_unfinished: bool = False,
     wilcoxon_min: int = 5,
     selection: str = DEFAULT,
+    exps: Iterable[str] | None = None,
 ) -> str:
     """:func:`compare` as a Markdown table with the matched seeds and what the numbers can support."""
-    res = compare(df, a, b, metric, include_unfinished, wilcoxon_min, selection)
+    res = compare(df, a, b, metric, include_unfinished, wilcoxon_min, selection, exps)
     at = res.attrs
     matched = sorted(set(at["seeds_a"]) & set(at["seeds_b"]))
     only_a = sorted(set(at["seeds_a"]) - set(matched))

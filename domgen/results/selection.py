@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import pandas as pd
 
@@ -95,15 +96,26 @@ class RunIndex:
                           _domains(r.get("holdout")), _domains(r.get("train_domains")), bool(r["finished"]))
             for r in df.drop_duplicates("run").to_dict("records")
         }
+        # looked up once per run below: split by run once, not filtered per run
+        self._val = {k: g.droplevel("run") for k, g in self.val.groupby(level="run", sort=False)}
+        self._epoch_test = {k: g for k, g in self.epoch_test.groupby("run", sort=False)}
+        self._final_test = {k: g for k, g in self.final_test.groupby("run", sort=False)}
+        self.by_family: dict[tuple, list[Run]] = {}
+        for r in sorted(self.runs.values(), key=lambda r: r.run):
+            self.by_family.setdefault((r.family, r.seed), []).append(r)
+
+    def final_test_rows(self, run: str) -> pd.DataFrame:
+        return self._final_test.get(run, self.final_test.iloc[:0])
 
     def val_curve(self, run: str, domains) -> pd.DataFrame:
         """epoch x ``domains`` validation scores of ``run`` (columns it never recorded are all NaN)."""
-        if run not in self.val.index.get_level_values("run"):
+        if run not in self._val:
             return pd.DataFrame(columns=list(domains), dtype=float)
-        return self.val.loc[run].reindex(columns=list(domains)).sort_index()
+        return self._val[run].reindex(columns=list(domains)).sort_index()
 
     def epoch_test_rows(self, run: str, epoch: int, method: str) -> pd.DataFrame:
-        rows = self.epoch_test[(self.epoch_test["run"] == run) & (self.epoch_test["epoch"] == epoch)]
+        rows = self._epoch_test.get(run, self.epoch_test.iloc[:0])
+        rows = rows[rows["epoch"] == epoch]
         if rows.empty:
             raise SelectionError(
                 f"{method} selection reports a run's test rows at the selected epoch, and {run} recorded none at "
@@ -142,7 +154,7 @@ class TrainDomain(SelectionMethod):
 
     def reported(self, run: Run, epoch: int | None, index: RunIndex) -> pd.DataFrame:
         # the selected weights' own evaluation at the end; its epoch column is the trainer's best epoch
-        return index.final_test[index.final_test["run"] == run.run]
+        return index.final_test_rows(run.run)
 
 
 @SELECTIONS.register("oracle")
@@ -155,7 +167,7 @@ class Oracle(SelectionMethod):
     def curve(self, run: Run, index: RunIndex) -> pd.Series:
         if not run.holdout:
             raise SelectionError(f"oracle selection scores a run on its held-out domains, and {run.run} holds none "
-                                 "out; use it on runs with data.holdout set (loo, experiments O-T)")
+                                 "out; use it on runs with data.holdout set (loo runs: e.g. table --exps O-T)")
         curve = index.val_curve(run.run, run.holdout).mean(axis=1).dropna()
         if curve.empty:
             raise SelectionError(f"oracle selection needs per-epoch validation rows of the held-out "
@@ -174,14 +186,13 @@ class LeaveOneDomainOut(SelectionMethod):
     def siblings(self, run: Run, index: RunIndex) -> list[Run]:
         if len(run.holdout) != 1:
             raise SelectionError(f"lodo selection applies to runs holding out exactly one domain; {run.run} holds out "
-                                 f"{' '.join(run.holdout) or 'none'}")
+                                 f"{' '.join(run.holdout) or 'none'} (leave it out, e.g. table --exps O-T)")
         if run.family is None:
             raise SelectionError(f"lodo selection groups leave-one-out runs by their family key, and {run.run} was "
                                  "recorded before runs carried it; rerun the leave-one-out sweep")
         sibs = {}
-        for other in sorted(index.runs.values(), key=lambda r: r.run):
-            if (other.family == run.family and other.seed == run.seed and other.finished
-                    and len(other.holdout) == 1 and other.holdout != run.holdout):
+        for other in index.by_family.get((run.family, run.seed), []):
+            if other.finished and len(other.holdout) == 1 and other.holdout != run.holdout:
                 sibs.setdefault(other.holdout, other)  # one sibling per held-out domain
         if not sibs:
             raise SelectionError(
@@ -220,12 +231,17 @@ def trial_key(run: Run) -> tuple:
     return (run.exp, run.search if run.search is not None else f"run:{run.run}", run.holdout, run.seed)
 
 
-def selected_epochs(df: pd.DataFrame, method: str = DEFAULT) -> pd.DataFrame:
-    """One row per run in ``df``: ``run``, ``epoch`` (argmax of the method's score), ``score``, ``trial``
-    (its trial group) and ``chosen`` (whether it wins its group). No trial choice is skipped."""
-    m, index = get_selection(method), RunIndex(df)
+def selected_epochs(df: pd.DataFrame, method: str = DEFAULT, index: RunIndex | None = None,
+                    exps: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per run in ``df`` (of ``exps`` only, when given): ``run``, ``epoch`` (argmax of the method's
+    score), ``score``, ``trial`` (its trial group) and ``chosen`` (whether it wins its group). Runs of other
+    experiments still serve as lodo siblings."""
+    m, index = get_selection(method), index or RunIndex(df)
+    keep = None if exps is None else set(exps)
     recs = []
     for run in sorted(index.runs.values(), key=lambda r: r.run):
+        if keep is not None and run.exp not in keep:
+            continue
         score, epoch = _best(m.curve(run, index))
         recs.append({"run": run.run, "epoch": epoch, "score": score, "trial": trial_key(run)})
     out = pd.DataFrame(recs, columns=["run", "epoch", "score", "trial"])
@@ -239,23 +255,25 @@ def selected_epochs(df: pd.DataFrame, method: str = DEFAULT) -> pd.DataFrame:
     return out
 
 
-def select_rows(df: pd.DataFrame, method: str = DEFAULT) -> pd.DataFrame:
+def select_rows(df: pd.DataFrame, method: str = DEFAULT, exps: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per (selected run, domain): the run's test row under ``method`` with every context and metric
     column, ``epoch`` = the selected epoch, ``score`` = the selection score, ``selection`` = the method.
-    Tables and comparisons read these in place of the final test rows."""
+    Tables and comparisons read these in place of the final test rows. ``exps``: report only these
+    experiments' runs (the others still count as lodo siblings)."""
     m = get_selection(method)
     if df.empty:
         return df.assign(score=pd.Series(dtype=float), selection=pd.Series(dtype=object))
+    if not df.index.is_unique:  # rows are picked by index label below
+        df = df.reset_index(drop=True)
     index = RunIndex(df)
-    picks = selected_epochs(df, method)
-    parts = []
+    picks = selected_epochs(df, method, index, exps)
+    labels, scores = [], {}
     for rec in picks[picks["chosen"]].to_dict("records"):
         epoch = None if pd.isna(rec["epoch"]) else int(rec["epoch"])
-        rows = m.reported(index.runs[rec["run"]], epoch, index)
-        parts.append(rows.assign(score=rec["score"], selection=m.name))
-    if not parts:
-        return df.iloc[:0].assign(score=pd.Series(dtype=float), selection=pd.Series(dtype=object))
-    return pd.concat(parts).sort_index()  # the collected order (run folders sorted), as the tables had it
+        labels.extend(m.reported(index.runs[rec["run"]], epoch, index).index)
+        scores[rec["run"]] = rec["score"]
+    out = df.loc[sorted(labels)]  # the collected order (run folders sorted), as the tables had it
+    return out.assign(score=out["run"].map(scores).astype(float), selection=m.name)
 
 
 def selection_line(method: str) -> str:

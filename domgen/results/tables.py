@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -32,19 +33,22 @@ META = ("Exp", "nsec", "arch", "Cl", "Al", "Pr")
 _FRACTIONS = {"mel_auc", "mel_sens", "mel_spec"}
 
 
-def table_rows(df: pd.DataFrame, include_unfinished: bool = False, selection: str = DEFAULT_SELECTION) -> pd.DataFrame:
-    """The test rows of finished runs that ``selection`` picks (Table 2's source; with ``train``, the final
-    test rows), checked to hold one run per (exp, seed). See :mod:`domgen.results.selection`."""
-    rows = select_rows(select(df, include_unfinished=include_unfinished), selection)
+def table_rows(df: pd.DataFrame, include_unfinished: bool = False, selection: str = DEFAULT_SELECTION,
+               exps: Iterable[str] | None = None) -> pd.DataFrame:
+    """The test rows of finished runs (of ``exps``, when given) that ``selection`` picks (Table 2's source;
+    with ``train``, the final test rows), checked to hold one run per (exp, seed). See
+    :mod:`domgen.results.selection`."""
+    rows = select_rows(select(df, include_unfinished=include_unfinished), selection, exps)
     check_one_run_per_seed(rows)
     return rows
 
 
 def per_seed(
-    df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False, selection: str = DEFAULT_SELECTION
+    df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False, selection: str = DEFAULT_SELECTION,
+    exps: Iterable[str] | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """(exp, seed) x (HAM..UDA, avg) values of ``metric``, and the domains ``avg`` is taken over."""
-    return wide_values(table_rows(df, include_unfinished, selection), metric, ["exp", "seed"])
+    return wide_values(table_rows(df, include_unfinished, selection, exps), metric, ["exp", "seed"])
 
 
 def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
@@ -127,12 +131,12 @@ def _describe(rows: pd.DataFrame) -> dict:
 
 
 def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False,
-                 selection: str = DEFAULT_SELECTION) -> pd.DataFrame:
+                 selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> pd.DataFrame:
     """Numeric Table 2: index exp (registry order); descriptor columns; ``seeds``; and for each of
     HAM..UDA, avg: ``<col>_mean``, ``<col>_std`` (ddof=1; NaN with one seed), ``<col>_n``.
     ``attrs["avg_domains"]`` names the domains each seed's average is over; ``selection`` picks the
     epoch (and trial) each run is read at (:mod:`domgen.results.selection`)."""
-    rows = table_rows(df, include_unfinished, selection)
+    rows = table_rows(df, include_unfinished, selection, exps)
     wide, avg_domains = wide_values(rows, metric, ["exp", "seed"])
     out = []
     for exp in _order(rows["exp"].unique(), _study(rows)):
@@ -235,10 +239,10 @@ def _latex(caption: list[str], cells: list[list[str]], left=META, right=(*COLUMN
 
 
 def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False,
-           selection: str = DEFAULT_SELECTION) -> str:
+           selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> str:
     """Table 2 as Markdown (``md``), LaTeX (``latex``, booktabs) or CSV (``csv``: the numeric
     :func:`table2_frame`, one column per mean / std / n, round-trips to numbers)."""
-    frame = table2_frame(df, metric, include_unfinished, selection)
+    frame = table2_frame(df, metric, include_unfinished, selection, exps)
     if frame.empty:
         left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
         return f"No finished runs with final test results ({len(left_out)} unfinished run(s) left out).\n"
@@ -253,13 +257,13 @@ def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", incl
 
 
 def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", include_unfinished: bool = False,
-               selection: str = DEFAULT_SELECTION) -> Path:
+               selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> Path:
     """Grouped bars: per domain (and avg), one bar per experiment, error bars = std over seeds;
     held-out cells hatched and starred. Saved as PNG without touching pyplot's global state."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # lazy: matplotlib only when plotting
 
-    frame = table2_frame(df, metric, include_unfinished, selection)
+    frame = table2_frame(df, metric, include_unfinished, selection, exps)
     x, width = np.arange(len(COLUMNS)), 0.8 / max(len(frame), 1)
     fig = Figure(figsize=(max(8.0, 0.12 * len(frame) * len(COLUMNS)), 4.5))
     ax = fig.add_subplot()
