@@ -79,7 +79,6 @@ class RunIndex:
     per-epoch validation scores, per-epoch test rows, final test rows, and each run's identity."""
 
     def __init__(self, df: pd.DataFrame):
-        self.df = df
         stage, split = df["stage"], df["split"]
         val = df[(stage == "val") & (split == "val")]
         self.epoch_test = df[(stage == "val") & (split == "test")]
