@@ -278,3 +278,5 @@ def test_reporting_some_experiments_keeps_every_run_as_a_sibling(tmp_path):
     res = compare(df, "O", "P", selection="lodo")  # letters: only O and P are selected, A is left alone
     assert res.attrs["by"] == "exp" and res.loc["HAM", "diff"] == pytest.approx(31 - (40 + 10 + 1))
     assert cli.main(["table", "--runs", str(tmp_path), "--selection", "lodo", "--exps", "O-R"]) == 0
+    with pytest.raises(KeyError, match=r"experiment 'K' \(have: A, O, P, R\)"):
+        compare(df, "K", "A")

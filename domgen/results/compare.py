@@ -95,12 +95,13 @@ def compare(
     else:
         wide, avg_domains = per_seed(df, metric, include_unfinished, selection, exps=(a, b))
         columns = COLUMNS
-    level = "exp" if by == "exp" else "algorithm"
-    present = set(wide.index.get_level_values(level))
+    present = set(wide.index.get_level_values("exp" if by == "exp" else "algorithm"))
     for name in (a, b):
         if name not in present:
+            # only a and b were selected: name every experiment with finished runs
+            have = present if by != "exp" else set(df.loc[df["finished"].astype(bool) | include_unfinished, "exp"])
             raise KeyError(f"no finished runs of {'experiment' if by == 'exp' else 'algorithm'} {name!r} "
-                           f"(have: {', '.join(sorted(present)) or 'none'})")
+                           f"(have: {', '.join(sorted(map(str, have))) or 'none'})")
     wa, wb = wide.loc[a], wide.loc[b]  # index: seed
     rows = []
     for col in columns:
