@@ -215,12 +215,22 @@ def test_table_by_algorithm_same_holdout_stars_and_averaging_label(tmp_path):
     assert md_row(md, "erm")[3] == "52.0 ± 1.4" and "* = held out of training and selection" in md
 
 
-def test_mixed_holdouts_and_several_runs_per_cell_are_refused(tmp_path):
+def test_runs_beside_a_sweep_are_left_out_and_said_so_mixed_holdouts_and_clashes_refused(tmp_path):
     loo_family(tmp_path)
-    write(tmp_path, "A-s0-x", context("A", 0, "fx", "sx", "erm", [], DOMS), {d: [1, 2, 3] for d in DOMS},
-          {d: [1, 2, 3] for d in DOMS}, 3)
-    with pytest.raises(SelectionError, match="erm's runs hold out different sets of domains"):
-        by_algorithm(collect(tmp_path, stages=("val", "final"), splits=("val", "test")))
+    plain = dict(val={d: [1, 2, 3] for d in DOMS}, test={d: [1, 2, 3] for d in DOMS}, final_epoch=3)
+    write(tmp_path, "A-s0-x", context("A", 0, "fx", "sx", "erm", [], DOMS), **plain)  # the sweep's parent
+    write(tmp_path, "C-s0-x", context("C", 0, "fc", "sc", "coral", [], DOMS), **plain)  # coral ran no sweep
+    df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
+    res = by_algorithm(df, selection="lodo")  # the parent holds nothing out: lodo could not score it
+    assert res.left_out == ["A-s0-x", "C-s0-x"] and list(res.wide.index) == [("erm", 0)]
+    md = algorithm_table(df, selection="lodo")
+    assert md_row(md, "erm")[1:4] == ["31.0*", "52.0*", "93.0*"] and "| coral |" not in md
+    assert "Left out: 2 run(s) holding no single domain out beside the leave-one-out sweeps" in md
+    mixed = tmp_path / "mixed"
+    loo_run(mixed, "DMF")
+    write(mixed, "A-s0-x", context("A", 0, "fx", "sx", "erm", [], DOMS), **plain)
+    with pytest.raises(SelectionError, match="erm's runs hold out different sets of domains \\(none; DMF\\)"):
+        by_algorithm(collect(mixed, stages=("val", "final"), splits=("val", "test")))
     again = tmp_path / "again"
     loo_family(again)
     loo_family(again, family="f2", search="s-other")  # another setting of erm, not a trial of the same search

@@ -9,8 +9,11 @@ Columns follow one rule for the table and for ``compare`` by algorithm:
 * an algorithm whose runs all hold out the same domains (none, or the same ones): the columns are every
   domain those runs were tested on, held-out ones starred, and ``avg`` is over all of them (Table 2's).
 
-All algorithms of one table must follow the same rule. ``avg`` is each seed's mean over the columns
-first, then mean and std across seeds (a seed missing a column has no ``avg``).
+When any algorithm ran a leave-one-out sweep, the table's columns are held-out domains, so the runs that
+hold no single domain out (the sweep's warm-start parent, an algorithm without a sweep) have no cell:
+they are left out and the caption names them. An algorithm whose runs mix holdouts otherwise (none and
+one domain) is refused. ``avg`` is each seed's mean over the columns first, then mean and std across
+seeds (a seed missing a column has no ``avg``).
 """
 
 from __future__ import annotations
@@ -52,17 +55,35 @@ class ByAlgorithm:
     layout: str  # LOO or SAME
     held: dict[str, set] = field(default_factory=dict)  # algorithm -> starred columns
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # the selected rows the cells come from
+    left_out: list[str] = field(default_factory=list)  # runs beside the leave-one-out sweeps, not in the table
 
 
-def _layout(label: str, rows: pd.DataFrame) -> str:
-    holdouts = {h if isinstance(h, tuple) else () for h in rows.drop_duplicates("run")["holdout"]}
-    if len(holdouts) == 1:
-        return SAME
-    if all(len(h) == 1 for h in holdouts):
-        return LOO
-    raise SelectionError(f"{label}'s runs hold out different sets of domains ({'; '.join(' '.join(h) or 'none' for h in sorted(holdouts))}): "
-                         "a table by algorithm needs one leave-one-out sweep or runs holding out the same domains; "
-                         "choose runs with --exps / --preset / --study or a separate --runs folder")
+def _plan(runs: pd.DataFrame) -> tuple[dict[str, str], list[str], list[str]]:
+    """From one row per run (``run``, ``label``, ``holdout``): each algorithm's layout, the runs to report
+    and the runs left out (those beside leave-one-out sweeps that hold no single domain out, such as the
+    sweep's warm-start parent: they have no held-out column to stand for)."""
+    layouts, keep, left = {}, [], []
+    for label, group in runs.groupby("label", sort=True):
+        holdouts = set(group["holdout"])
+        single = group["holdout"].map(len) == 1
+        if len({h for h in holdouts if len(h) == 1}) > 1:  # a leave-one-out sweep over several domains
+            layouts[label] = LOO
+            keep += group.loc[single, "run"].tolist()
+            left += group.loc[~single, "run"].tolist()
+        elif len(holdouts) == 1:
+            layouts[label] = SAME
+            keep += group["run"].tolist()
+        else:
+            raise SelectionError(
+                f"{label}'s runs hold out different sets of domains ({'; '.join(' '.join(h) or 'none' for h in sorted(holdouts))}): "
+                "a table by algorithm needs one leave-one-out sweep or runs holding out the same domains; choose "
+                "runs with --exps / --preset / --study or a separate --runs folder")
+    if LOO in layouts.values():  # algorithms without a sweep have no held-out column: left out, and said so
+        for label in [k for k, v in layouts.items() if v != LOO]:
+            left += runs.loc[runs["label"] == label, "run"].tolist()
+            keep = [r for r in keep if r not in set(left)]
+            del layouts[label]
+    return layouts, keep, sorted(left)
 
 
 def _check_one_run(cells: pd.DataFrame) -> None:
@@ -79,13 +100,21 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
                  selection: str = DEFAULT, exps: Iterable[str] | None = None) -> ByAlgorithm:
     """The per-seed values the table and ``compare`` by algorithm share (column rule: module docstring);
     ``exps``: only these experiments' runs (others still count as lodo siblings)."""
-    rows = select_rows(select(df, include_unfinished=include_unfinished), selection, exps)
+    base = select(df, include_unfinished=include_unfinished)
+    if base.empty:
+        return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, base)
+    runs = base.drop_duplicates("run")
+    if exps is not None:
+        runs = runs[runs["exp"].isin(list(exps))]
+    runs = runs.assign(label=[algorithm_label(r) for r in runs.to_dict("records")],
+                       holdout=[h if isinstance(h, tuple) else () for h in runs.get("holdout", [()] * len(runs))])
+    layouts, keep, left = _plan(runs)
+    rows = select_rows(base, selection, runs=keep)  # every run of base still counts as a lodo sibling
     if rows.empty:
-        return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, rows)
-    rows = rows.assign(label=[algorithm_label(r) for r in rows.to_dict("records")], value=metric_values(rows, metric))
-    layouts, parts, held = {}, [], {}
+        return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, rows, left)
+    rows = rows.assign(label=rows["run"].map(runs.set_index("run")["label"]), value=metric_values(rows, metric))
+    parts, held = [], {}
     for label, group in rows.groupby("label", sort=True):
-        layouts[label] = _layout(label, group)
         if layouts[label] == LOO:  # each run stands for its held-out domain only
             group = group[[d in h for d, h in zip(group["domain"], group["holdout"])]]
             held[label] = set(group["domain"])
@@ -93,11 +122,6 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
             h = group["holdout"].iloc[0]
             held[label] = set(h) if isinstance(h, tuple) else set()
         parts.append(group)
-    if len(set(layouts.values())) > 1:
-        loo = sorted(k for k, v in layouts.items() if v == LOO)
-        raise SelectionError(f"{', '.join(loo)} ran leave-one-out sweeps and {', '.join(sorted(set(layouts) - set(loo)))} "
-                             "did not: one table by algorithm cannot give both the same columns; choose runs with "
-                             "--exps / --preset / --study or a separate --runs folder")
     cells = pd.concat(parts)
     _check_one_run(cells)
     wide = cells.set_index(["label", "seed", "domain"])["value"].unstack("domain").astype(float)
@@ -106,7 +130,7 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
     wide.index.names = ["algorithm", "seed"]
     # skipna=False: a seed missing one column gets no avg rather than an avg over fewer domains
     wide[AVG] = wide[columns].mean(axis=1, skipna=False) if columns else np.nan
-    return ByAlgorithm(wide, columns, next(iter(layouts.values())), held, cells)
+    return ByAlgorithm(wide, columns, next(iter(layouts.values())), held, cells, left)
 
 
 def algorithm_frame(res: ByAlgorithm) -> pd.DataFrame:
@@ -175,6 +199,9 @@ def algorithm_table(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_reca
     if fmt == "csv":
         return frame.to_csv()
     lines = caption(res, frame, metric, selection) + left_out_lines(df, include_unfinished)
+    if res.left_out:
+        lines.append(f"Left out: {len(res.left_out)} run(s) holding no single domain out beside the leave-one-out "
+                     f"sweeps (no held-out column to stand for): {', '.join(res.left_out)}.")
     right = (*res.columns, AVG, "seeds")
     if fmt == "md":
         return _markdown(lines, _cells(res, frame, " ± "), left=("Algorithm",), right=right)

@@ -231,15 +231,15 @@ def trial_key(run: Run) -> tuple:
 
 
 def selected_epochs(df: pd.DataFrame, method: str = DEFAULT, index: RunIndex | None = None,
-                    exps: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per run in ``df`` (of ``exps`` only, when given): ``run``, ``epoch`` (argmax of the method's
-    score), ``score``, ``trial`` (its trial group) and ``chosen`` (whether it wins its group). Runs of other
-    experiments still serve as lodo siblings."""
+                    exps: Iterable[str] | None = None, runs: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per run in ``df`` (only of ``exps`` / only ``runs``, when given): ``run``, ``epoch`` (argmax
+    of the method's score), ``score``, ``trial`` (its trial group) and ``chosen`` (whether it wins its
+    group). Runs left out here still serve as lodo siblings."""
     m, index = get_selection(method), index or RunIndex(df)
-    keep = None if exps is None else set(exps)
+    keep_exps, keep_runs = (None if x is None else set(x) for x in (exps, runs))
     recs = []
     for run in sorted(index.runs.values(), key=lambda r: r.run):
-        if keep is not None and run.exp not in keep:
+        if (keep_exps is not None and run.exp not in keep_exps) or (keep_runs is not None and run.run not in keep_runs):
             continue
         score, epoch = _best(m.curve(run, index))
         recs.append({"run": run.run, "epoch": epoch, "score": score, "trial": trial_key(run)})
@@ -254,18 +254,19 @@ def selected_epochs(df: pd.DataFrame, method: str = DEFAULT, index: RunIndex | N
     return out
 
 
-def select_rows(df: pd.DataFrame, method: str = DEFAULT, exps: Iterable[str] | None = None) -> pd.DataFrame:
+def select_rows(df: pd.DataFrame, method: str = DEFAULT, exps: Iterable[str] | None = None,
+                runs: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per (selected run, domain): the run's test row under ``method`` with every context and metric
     column, ``epoch`` = the selected epoch, ``score`` = the selection score, ``selection`` = the method.
-    Tables and comparisons read these in place of the final test rows. ``exps``: report only these
-    experiments' runs (the others still count as lodo siblings)."""
+    Tables and comparisons read these in place of the final test rows. ``exps`` / ``runs``: report only
+    these experiments' runs / these runs (the others still count as lodo siblings)."""
     m = get_selection(method)
     if df.empty:
         return df.assign(score=pd.Series(dtype=float), selection=pd.Series(dtype=object))
     if not df.index.is_unique:  # rows are picked by index label below
         df = df.reset_index(drop=True)
     index = RunIndex(df)
-    picks = selected_epochs(df, method, index, exps)
+    picks = selected_epochs(df, method, index, exps, runs)
     labels, scores = [], {}
     for rec in picks[picks["chosen"]].to_dict("records"):
         epoch = None if pd.isna(rec["epoch"]) else int(rec["epoch"])
