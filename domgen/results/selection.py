@@ -23,6 +23,9 @@ every epoch (stage ``val``, ``epoch_eval=auto``), other runs the training domain
   all``: one run per held-out domain) are reused, so the sibling scored on U was trained on T's training
   images. T's labels still never choose anything for the run that holds T out (its own T rows are only
   reported), and no extra training is needed; the price is that the score comes from models that saw T.
+  DomainBed also needs a run for every other domain and scores on U's whole "in" split; here the mean is
+  over the siblings present (a sweep may leave domains out: yoon2019's O-T never hold out HAM) and over
+  U's validation split, the split every other method selects on.
 
 Trials: the runs of one random search share ``search`` (``domgen.config.run_keys``: the config without
 exp, seed, holdout and the algorithm's hyperparameters) and differ in ``family``. Within one
