@@ -151,38 +151,70 @@ def cmd_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_table(args: argparse.Namespace) -> int:
+def _results(args: argparse.Namespace):
+    """Every row selection may read (per-epoch and final, validation and test) of the asked study and preset."""
     from domgen.results.collect import collect, select
-    from domgen.results.tables import plot_table, pruning_report, table2
-
     from domgen.studies import load_study
 
-    df = select(collect(Path(args.runs)), include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
-    if df.empty:
+    df = collect(Path(args.runs), stages=("val", "final"), splits=("val", "test"))
+    return select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
+
+
+def _exps(args: argparse.Namespace) -> list[str] | None:
+    """``--exps``: the experiments reported (selection still reads every run, e.g. lodo's siblings)."""
+    if not args.exps:
+        return None
+    from domgen.sweep.plan import parse_exps  # imports torch: only when asked
+
+    return parse_exps(args.exps, args.study)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from domgen.results.tables import plot_table, pruning_report, table2
+
+    df = _results(args)
+    if df.empty or not ((df["stage"] == "final") & (df["split"] == "test")).any():
         raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
-    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all))
-    if args.format == "md" and "params" in df.columns and df["params"].notna().any():
-        print("\n" + pruning_report(df))
+    if args.by == "algorithm":
+        from domgen.results.by_algorithm import algorithm_table
+
+        if args.plot:
+            raise ValueError("--plot draws Table 2 by experiment; leave out --by algorithm or --plot")
+        print(algorithm_table(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection,
+                              exps=_exps(args)))
+        return 0
+    exps = _exps(args)
+    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection, exps=exps))
+    final = df[(df["stage"] == "final") & (df["split"] == "test")]  # the pruning keys are on the final rows
+    if args.format == "md" and "params" in final.columns and final["params"].notna().any():
+        print("\n" + pruning_report(final))
     if args.plot:
-        cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric)}")
+        cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric, selection=args.selection, exps=exps)}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from domgen.results.collect import collect, select
     from domgen.results.compare import format_compare
 
-    from domgen.studies import load_study
-
-    df = select(collect(Path(args.runs)), include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
-    print(format_compare(df, args.a, args.b, metric=args.metric))
+    print(format_compare(_results(args), args.a, args.b, metric=args.metric, selection=args.selection, exps=_exps(args)))
     return 0
+
+
+# domgen.results.selection's registry (a test checks they agree); spelled here so --help needs no pandas
+SELECTIONS = ("train", "lodo", "oracle")
 
 
 def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
     p.add_argument("--preset", default=None, help="only runs of this preset")
     p.add_argument("--metric", default="macro_recall", help="macro_recall, balanced_acc, mel_auc, mel_sens, ...")
+    p.add_argument("--exps", default=None, help="report only these rows of the study, in its file order: O-T, A,K,R (e.g. "
+                   "the leave-one-out runs without their warm-start parent, for --selection lodo or oracle); selection "
+                   "still reads every run")
+    p.add_argument("--selection", default="train", choices=SELECTIONS,
+                   help="model selection: train = training-domain validation (what the trainer chose); lodo = "
+                        "leave-one-domain-out validation (needs a loo --holdout all sweep); oracle = the held-out "
+                        "domain's own validation, an upper bound, not a result")
     cc.add_study_option(p)
 
 
@@ -374,9 +406,10 @@ DESCRIPTIONS = {
     "export": "Write a finished run's model (pruned or not) as ONNX or TorchScript for deployment, with the "
               "preprocessing it expects in preprocessing.json; checks the exported outputs against PyTorch and reports "
               "file size, single-image CPU latency, parameters and MACs.",
-    "table": "Build the paper's Table 2 (mean +/- std over seeds, per domain) from the results files under --runs. "
-             "Reads results only.",
-    "compare": "Paired, seed-matched difference between two experiments (e.g. K vs A), with a confidence interval.",
+    "table": "Build the paper's Table 2 (mean +/- std over seeds, per domain) from the results files under --runs, or "
+             "a table by algorithm (--by algorithm), under a named model selection (--selection). Reads results only.",
+    "compare": "Paired, seed-matched difference between two experiments (e.g. K vs A) or two algorithms (e.g. coral vs "
+               "erm), with a confidence interval, under a named model selection.",
     "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
              "Safe to repeat: finished runs are skipped, interrupted ones resume, failed ones wait for --retry-failed.",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
@@ -438,10 +471,12 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX (booktabs) or CSV")
     tb.add_argument("--plot", default=None, metavar="FILE.png", help="also plot per-domain recall by experiment")
     tb.add_argument("--all", action="store_true", help="include unfinished runs")
+    tb.add_argument("--by", default="exp", choices=["exp", "algorithm"],
+                    help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table)")
     tb.set_defaults(func=cmd_table)
     co = _sub(sub, "compare", "paired, seed-matched difference between two experiments")
-    co.add_argument("a", help="experiment letter, e.g. K")
-    co.add_argument("b", help="experiment letter to compare against, e.g. A")
+    co.add_argument("a", help="experiment letter, e.g. K, or an algorithm, e.g. coral")
+    co.add_argument("b", help="experiment letter or algorithm to compare against, e.g. A or erm")
     add_results_options(co)
     co.set_defaults(func=cmd_compare)
     add_sweep_parser(sub)

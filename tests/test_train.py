@@ -69,6 +69,15 @@ def test_epoch_eval_all_records_every_domain_and_split_each_epoch_and_selects_th
     best = every.summary["best_epoch"]
     at_best = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test" and r["epoch"] == best}
     assert at_best == pytest.approx(every.summary["test_macro_recall"])
+    # train selection recomputed afterwards from the recorded rows picks the trainer's epoch, and its
+    # per-epoch test rows there are the final rows it reports (domgen.results.selection)
+    from domgen.results.collect import collect
+    from domgen.results.selection import select_rows, selected_epochs
+
+    df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
+    assert selected_epochs(df, "train")["epoch"].tolist() == [best]
+    reported = select_rows(df, "train")
+    assert dict(zip(reported["domain"], reported["macro_recall"])) == pytest.approx(at_best)
     assert every.run_dir.name == result.run_dir.name  # what is recorded, not what is computed
     assert every.summary["best_epoch"] == result.summary["best_epoch"]
     assert every.summary["test_macro_recall"] == pytest.approx(result.summary["test_macro_recall"])

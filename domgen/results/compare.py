@@ -6,18 +6,25 @@ difference a - b removes that shared noise); only seeds present in both count. R
 difference, its 95% confidence interval from the t distribution (mean +/- t_{0.975, n-1} sd / sqrt(n)),
 the paired t-test p-value and, from ``wilcoxon_min`` matched seeds on, the Wilcoxon signed-rank
 p-value. With one matched seed there is a difference and nothing else.
+
+``a`` and ``b`` are experiments (Table 2's letters) or, when both name algorithms of the runs (``coral``,
+``erm``, ``erm+swad``), algorithms: then the columns follow :mod:`domgen.results.by_algorithm` (the
+held-out domains of leave-one-out sweeps, or every domain). Either way the runs are read under a named
+model selection (:mod:`domgen.results.selection`, default ``train``), which the output states.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from domgen.results.tables import COLUMNS, per_seed
+from domgen.results.selection import DEFAULT, get_selection, selection_line
+from domgen.results.tables import AVG, COLUMNS, per_seed
 
 STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "seeds")
 
@@ -48,6 +55,19 @@ def paired_stats(x: np.ndarray, y: np.ndarray, wilcoxon_min: int = 5) -> dict:
     return out
 
 
+def by_algorithms(df: pd.DataFrame, a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name algorithms of the runs in ``df`` rather than experiments (letters keep
+    meaning experiments, exactly as before algorithms could be named)."""
+    from domgen.results.by_algorithm import algorithm_label
+
+    if df.empty or "algorithm" not in df.columns:
+        return False
+    exps = set(df["exp"].astype(str))
+    labels = {algorithm_label(r) for r in df.drop_duplicates("run").to_dict("records")}
+    # an algorithm's name on either side (and no experiment's): the other is then a missing algorithm
+    return bool({a, b} & labels) and not {a, b} & exps
+
+
 def compare(
     df: pd.DataFrame,
     a: str,
@@ -55,26 +75,43 @@ def compare(
     metric: str = "macro_recall",
     include_unfinished: bool = False,
     wilcoxon_min: int = 5,
+    selection: str = DEFAULT,
+    exps: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Per column (HAM..UDA, avg): matched-seed statistics of a - b (:data:`STAT_COLUMNS`).
+    """Per column (HAM..UDA, avg; or the algorithms' columns): matched-seed statistics of a - b
+    (:data:`STAT_COLUMNS`).
 
-    ``attrs`` holds a, b, metric, the seeds of each experiment and the domains ``avg`` is over.
+    ``attrs`` holds a, b, metric, the seeds of each side, the domains ``avg`` is over, ``by`` (``exp`` or
+    ``algorithm``), ``layout`` (by algorithm: ``loo`` or ``same``) and ``selection``. Only the runs of
+    experiments ``a`` and ``b`` (by algorithm: of ``exps``, when given) are selected; every run still counts
+    as a lodo sibling.
     """
-    wide, avg_domains = per_seed(df, metric, include_unfinished)
-    present = set(wide.index.get_level_values("exp"))
-    for exp in (a, b):
-        if exp not in present:
-            raise KeyError(f"no finished runs of experiment {exp!r} (have: {', '.join(sorted(present)) or 'none'})")
+    by, layout = "exp", None
+    if by_algorithms(df, a, b):
+        from domgen.results.by_algorithm import by_algorithm
+
+        res = by_algorithm(df, metric, include_unfinished, selection, exps)
+        wide, avg_domains, columns, by, layout = res.wide, tuple(res.columns), (*res.columns, AVG), "algorithm", res.layout
+    else:
+        wide, avg_domains = per_seed(df, metric, include_unfinished, selection, exps=(a, b))
+        columns = COLUMNS
+    present = set(wide.index.get_level_values("exp" if by == "exp" else "algorithm"))
+    for name in (a, b):
+        if name not in present:
+            # only a and b were selected: name every experiment with finished runs
+            have = present if by != "exp" else set(df.loc[df["finished"].astype(bool) | include_unfinished, "exp"])
+            raise KeyError(f"no finished runs of {'experiment' if by == 'exp' else 'algorithm'} {name!r} "
+                           f"(have: {', '.join(sorted(map(str, have))) or 'none'})")
     wa, wb = wide.loc[a], wide.loc[b]  # index: seed
     rows = []
-    for col in COLUMNS:
+    for col in columns:
         # Outer join on seed, then drop seeds missing on either side: only matched pairs remain.
         pair = pd.concat({"a": wa[col], "b": wb[col]}, axis=1).dropna()
         rec = paired_stats(pair["a"].to_numpy(), pair["b"].to_numpy(), wilcoxon_min)
         rows.append({"column": col, **rec, "seeds": " ".join(str(s) for s in pair.index)})
     out = pd.DataFrame(rows, columns=["column", *STAT_COLUMNS]).set_index("column")
     out.attrs.update(a=a, b=b, metric=metric, seeds_a=sorted(wa.index.tolist()), seeds_b=sorted(wb.index.tolist()),
-                     avg_domains=avg_domains, wilcoxon_min=wilcoxon_min)
+                     avg_domains=avg_domains, wilcoxon_min=wilcoxon_min, by=by, layout=layout, selection=selection)
     return out
 
 
@@ -93,15 +130,19 @@ def format_compare(
     metric: str = "macro_recall",
     include_unfinished: bool = False,
     wilcoxon_min: int = 5,
+    selection: str = DEFAULT,
+    exps: Iterable[str] | None = None,
 ) -> str:
     """:func:`compare` as a Markdown table with the matched seeds and what the numbers can support."""
-    res = compare(df, a, b, metric, include_unfinished, wilcoxon_min)
+    res = compare(df, a, b, metric, include_unfinished, wilcoxon_min, selection, exps)
     at = res.attrs
     matched = sorted(set(at["seeds_a"]) & set(at["seeds_b"]))
     only_a = sorted(set(at["seeds_a"]) - set(matched))
     only_b = sorted(set(at["seeds_b"]) - set(matched))
     lines = [
-        f"{a} - {b}: test {metric} (x100), paired by seed.",
+        f"{a} - {b}: test {metric} (x100), paired by seed"
+        + (" (an upper bound, not a result)." if get_selection(selection).upper_bound else "."),
+        selection_line(selection),
         f"Seeds matched: {len(matched)} ({' '.join(map(str, matched)) or 'none'}); dropped, only in {a}: "
         f"{' '.join(map(str, only_a)) or 'none'}; only in {b}: {' '.join(map(str, only_b)) or 'none'}.",
         "",
@@ -114,7 +155,12 @@ def format_compare(
             f"| {col} | {r['n']} | {_num(r['mean_a'], '{:.2f}')} | {_num(r['mean_b'], '{:.2f}')} | "
             f"{_num(r['diff'])} | {ci} | {_p(r['t_p'])} | {_p(r['wilcoxon_p'])} |"
         )
-    lines += ["", f"avg = each seed's mean over {' '.join(at['avg_domains'])} (held-out included), then paired."]
+    if at["layout"] == "loo":
+        avg = (f"columns = held-out domains, each from the runs holding it out; avg = each seed's mean over "
+               f"{' '.join(at['avg_domains'])}, then paired.")
+    else:
+        avg = f"avg = each seed's mean over {' '.join(at['avg_domains'])} (held-out included), then paired."
+    lines += ["", avg]
     n = int(res["n"].max()) if len(res) else 0
     if n <= 1:
         lines.append("Only one matched seed: a single difference with no spread, no interval and no test; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from domgen.data.labels import TABLE2_DOMAINS
 from domgen.errors import ConfigError
 from domgen.studies import DEFAULT_STUDY, load_study
 from domgen.results.collect import check_one_run_per_seed, collect, select, unfinished_runs
+from domgen.results.selection import DEFAULT as DEFAULT_SELECTION, get_selection, select_rows, selection_line
 
 AVG = "avg"
 COLUMNS: tuple[str, ...] = (*TABLE2_DOMAINS, AVG)
@@ -31,28 +33,40 @@ META = ("Exp", "nsec", "arch", "Cl", "Al", "Pr")
 _FRACTIONS = {"mel_auc", "mel_sens", "mel_spec"}
 
 
-def table_rows(df: pd.DataFrame, include_unfinished: bool = False) -> pd.DataFrame:
-    """Final test rows of finished runs (Table 2's source), checked to hold one run per (exp, seed)."""
-    rows = df[(df["stage"] == "final") & (df["split"] == "test")]
-    rows = select(rows, include_unfinished=include_unfinished)
+def table_rows(df: pd.DataFrame, include_unfinished: bool = False, selection: str = DEFAULT_SELECTION,
+               exps: Iterable[str] | None = None) -> pd.DataFrame:
+    """The test rows of finished runs (of ``exps``, when given) that ``selection`` picks (Table 2's source;
+    with ``train``, the final test rows), checked to hold one run per (exp, seed). See
+    :mod:`domgen.results.selection`."""
+    rows = select_rows(select(df, include_unfinished=include_unfinished), selection, exps)
     check_one_run_per_seed(rows)
     return rows
 
 
 def per_seed(
-    df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False
+    df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False, selection: str = DEFAULT_SELECTION,
+    exps: Iterable[str] | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """(exp, seed) x (HAM..UDA, avg) values of ``metric``, and the domains ``avg`` is taken over."""
-    rows = table_rows(df, include_unfinished)
+    return wide_values(table_rows(df, include_unfinished, selection, exps), metric, ["exp", "seed"])
+
+
+def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` of each row as a number, fractions (AUC, sensitivity) x100 like macro recall."""
     if metric not in rows.columns:
         if len(rows):
             known = [c for c in rows.columns if pd.api.types.is_numeric_dtype(rows[c])]
             raise KeyError(f"unknown metric {metric!r}; numeric columns: {', '.join(known)}")
-        rows = rows.assign(**{metric: pd.Series(dtype=float)})
+        return pd.Series(np.nan, index=rows.index, dtype=float)
     scale = 100.0 if metric in _FRACTIONS else 1.0
-    values = rows.assign(value=pd.to_numeric(rows[metric], errors="coerce") * scale)
-    values = values.drop_duplicates(["exp", "seed", "domain"], keep="last")
-    wide = values.set_index(["exp", "seed", "domain"])["value"].unstack("domain")
+    return pd.to_numeric(rows[metric], errors="coerce") * scale
+
+
+def wide_values(rows: pd.DataFrame, metric: str, keys: list[str]) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """``keys`` x (HAM..UDA, avg) values of ``metric`` in ``rows``, and the domains ``avg`` is over."""
+    values = rows.assign(value=metric_values(rows, metric))
+    values = values.drop_duplicates([*keys, "domain"], keep="last")
+    wide = values.set_index([*keys, "domain"])["value"].unstack("domain")
     wide = wide.reindex(columns=list(TABLE2_DOMAINS)).astype(float)
     avg_domains = tuple(d for d in TABLE2_DOMAINS if wide[d].notna().any())
     # skipna=False: a seed missing one averaged domain gets no avg rather than an avg over fewer.
@@ -116,12 +130,14 @@ def _describe(rows: pd.DataFrame) -> dict:
     }
 
 
-def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False) -> pd.DataFrame:
+def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False,
+                 selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> pd.DataFrame:
     """Numeric Table 2: index exp (registry order); descriptor columns; ``seeds``; and for each of
     HAM..UDA, avg: ``<col>_mean``, ``<col>_std`` (ddof=1; NaN with one seed), ``<col>_n``.
-    ``attrs["avg_domains"]`` names the domains each seed's average is over."""
-    wide, avg_domains = per_seed(df, metric, include_unfinished)
-    rows = table_rows(df, include_unfinished)
+    ``attrs["avg_domains"]`` names the domains each seed's average is over; ``selection`` picks the
+    epoch (and trial) each run is read at (:mod:`domgen.results.selection`)."""
+    rows = table_rows(df, include_unfinished, selection, exps)
+    wide, avg_domains = wide_values(rows, metric, ["exp", "seed"])
     out = []
     for exp in _order(rows["exp"].unique(), _study(rows)):
         rec = {"exp": exp} | _describe(rows[rows["exp"] == exp])
@@ -134,8 +150,7 @@ def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
             rec[f"{col}_n"] = int(len(v))
         out.append(rec)
     frame = pd.DataFrame(out).set_index("exp") if out else pd.DataFrame()
-    frame.attrs["avg_domains"] = avg_domains
-    frame.attrs["metric"] = metric
+    frame.attrs.update(avg_domains=avg_domains, metric=metric, selection=selection, study=_study(rows))
     return frame
 
 
@@ -157,6 +172,7 @@ def _cells(frame: pd.DataFrame, pm: str) -> list[list[str]]:
 
 
 def _data_line(frame: pd.DataFrame) -> str:
+    """What data the rows of ``frame`` (columns ``synthetic``, ``data``) come from."""
     synth = frame.index[frame["synthetic"]].tolist()
     if not synth:
         return f"Data: real ({'; '.join(sorted(set(frame['data'])))})."
@@ -177,20 +193,28 @@ def caption_lines(df: pd.DataFrame, frame: pd.DataFrame, include_unfinished: boo
         _data_line(frame),
         f"Preset: {', '.join(sorted(set(' '.join(frame['preset']).split())))}.",
     ]
-    study = _study(table_rows(df, include_unfinished))
+    if frame.attrs.get("selection", DEFAULT_SELECTION) != DEFAULT_SELECTION:
+        # train is what Table 2 always meant (the trainer's own choice), so its quoted captions stay as they are
+        lines.insert(1, selection_line(frame.attrs["selection"]))
+    study = frame.attrs["study"]
     if study != DEFAULT_STUDY:  # Table 2 itself says nothing more, so its quoted captions stay as they are
         lines.insert(2, f"Study: {study}.")
+    return lines + left_out_lines(df, include_unfinished)
+
+
+def left_out_lines(df: pd.DataFrame, include_unfinished: bool) -> list[str]:
     left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
     if left_out and not include_unfinished:
-        lines.append(f"Left out: {len(left_out)} unfinished run(s): {', '.join(left_out)}.")
-    return lines
+        return [f"Left out: {len(left_out)} unfinished run(s): {', '.join(left_out)}."]
+    return []
 
 
-def _markdown(caption: list[str], cells: list[list[str]]) -> str:
-    header = [*META, *COLUMNS, "seeds"]
+def _markdown(caption: list[str], cells: list[list[str]], left=META, right=(*COLUMNS, "seeds")) -> str:
+    """Caption lines, then a table whose ``left`` columns are text and ``right`` columns numbers."""
+    header = [*left, *right]
     lines = ["  \n".join(caption), ""]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join([":--"] * len(META) + ["--:"] * (len(COLUMNS) + 1)) + "|")
+    lines.append("|" + "|".join([":--"] * len(left) + ["--:"] * len(right)) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
@@ -202,22 +226,23 @@ def _tex(s: str) -> str:
     return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX[m[0]], s)
 
 
-def _latex(caption: list[str], cells: list[list[str]]) -> str:
-    header = [*META, *COLUMNS, "seeds"]
-    spec = "l" * len(META) + "r" * (len(COLUMNS) + 1)
+def _latex(caption: list[str], cells: list[list[str]], left=META, right=(*COLUMNS, "seeds")) -> str:
+    header = [*left, *right]
+    spec = "l" * len(left) + "r" * len(right)
     # "\x01" stands for the plus-minus sign so that escaping leaves it alone.
     body = [" & ".join(_tex(c).replace("\x01", r" $\pm$ ") for c in row) + r" \\" for row in cells]
     return "\n".join([
         r"\begin{table}[t]", r"\centering", r"\caption{" + _tex(" ".join(caption)) + "}",
-        r"\begin{tabular}{" + spec + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule",
+        r"\begin{tabular}{" + spec + "}", r"\toprule", " & ".join(map(_tex, header)) + r" \\", r"\midrule",
         *body, r"\bottomrule", r"\end{tabular}", r"\end{table}",
     ]) + "\n"
 
 
-def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False) -> str:
+def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False,
+           selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> str:
     """Table 2 as Markdown (``md``), LaTeX (``latex``, booktabs) or CSV (``csv``: the numeric
     :func:`table2_frame`, one column per mean / std / n, round-trips to numbers)."""
-    frame = table2_frame(df, metric, include_unfinished)
+    frame = table2_frame(df, metric, include_unfinished, selection, exps)
     if frame.empty:
         left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
         return f"No finished runs with final test results ({len(left_out)} unfinished run(s) left out).\n"
@@ -231,13 +256,14 @@ def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", incl
     raise ValueError(f"fmt must be 'md', 'latex' or 'csv', got {fmt!r}")
 
 
-def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", include_unfinished: bool = False) -> Path:
+def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", include_unfinished: bool = False,
+               selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> Path:
     """Grouped bars: per domain (and avg), one bar per experiment, error bars = std over seeds;
     held-out cells hatched and starred. Saved as PNG without touching pyplot's global state."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # lazy: matplotlib only when plotting
 
-    frame = table2_frame(df, metric, include_unfinished)
+    frame = table2_frame(df, metric, include_unfinished, selection, exps)
     x, width = np.arange(len(COLUMNS)), 0.8 / max(len(frame), 1)
     fig = Figure(figsize=(max(8.0, 0.12 * len(frame) * len(COLUMNS)), 4.5))
     ax = fig.add_subplot()
@@ -256,7 +282,9 @@ def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", inclu
     ax.set_xticks(x, list(COLUMNS))
     ax.set_ylabel(f"test {metric} (x100)")
     data = " (synthetic data)" if len(frame) and frame["synthetic"].any() else ""
-    ax.set_title(f"Per-domain test {metric} by experiment{data}\nerror bars: std over seeds; hatched, * = held out")
+    bound = ", an upper bound" if get_selection(selection).upper_bound else ""
+    ax.set_title(f"Per-domain test {metric} by experiment{data}, {selection} selection{bound}\n"
+                 "error bars: std over seeds; hatched, * = held out")
     ax.legend(ncols=min(len(frame), 11) or 1, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return Path(path)
