@@ -24,6 +24,11 @@ def test_list_output_is_quoted_verbatim(capsys):
     assert capsys.readouterr().out.rstrip("\n") == QUOTED["list"]
 
 
+def test_list_algorithms_output_is_quoted_verbatim(capsys):
+    assert run.main(["list", "algorithms"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == QUOTED["algorithms"]
+
+
 def _write_run(root: Path, exp: str, holdout: list[str], nsec: str, algorithm: str, recalls: dict[str, float]) -> None:
     run_dir = root / f"{exp}-s0-0123456789"
     run_dir.mkdir(parents=True)
