@@ -190,9 +190,10 @@ class SWAD(Averager):
     """Segments are epochs. ``segment``: the dense average of the current epoch's steps; ``window``: the
     uniform average of the segments committed to the window so far; ``pending``: segment averages (on
     the CPU) that the losses to come may still put in the window: before convergence the last
-    n_tolerance (the look-back can reach n_tolerance - n_converge segments before the convergence
+    n_tolerance - 1 (the look-back can reach n_tolerance - n_converge segments before the convergence
     segment, found n_converge - 1 epochs after it), afterwards those above the threshold since the
-    window's end (at most n_tolerance - 1, or the valley is dead)."""
+    window's end (at most n_tolerance - 1, or the valley is dead). They travel in ``last.pt``: up to five
+    model copies with the default rule."""
 
     def __init__(self, cfg: AverageConfig, model: nn.Module):
         super().__init__(cfg, model)
@@ -225,7 +226,10 @@ class SWAD(Averager):
         self.pending[i] = {k: v.detach().to("cpu", copy=True) for k, v in self.segment.module.state_dict().items()}
         v = loss_valley(self.losses, **self._rule())
         if v.converged is None:
-            self.pending = {j: s for j, s in self.pending.items() if j > i - self.cfg.n_tolerance}
+            # a convergence found later has c >= i + 2 - n_converge and looks back n_tolerance - n_converge
+            # from it at most; the last segment is the model if it never converges
+            keep = min(i, i + 2 - max(self.cfg.n_tolerance, self.cfg.n_converge))
+            self.pending = {j: s for j, s in self.pending.items() if j >= keep}
         else:
             for j in range(max(v.start, self.committed + 1), v.end + 1):
                 self._commit(j)

@@ -289,7 +289,8 @@ class Trainer:
         return domain_mean_cross_entropy(probs, y, m["domain"].to_numpy()[pos])
 
     def final(self) -> dict[str, Any]:
-        """Best epoch's weights on every domain's validation and test split; rows tagged ``final``."""
+        """Best epoch's weights (with ``average.name=swad``, SWAD's model) on every domain's validation and
+        test split; rows tagged ``final``."""
         prof = self.profile
         prof.stage("final")
         with prof.phase("logging_checkpointing"):
@@ -298,7 +299,9 @@ class Trainer:
         with prof.phase("evaluation"):
             rows, cms, embed = self._evaluate(("val", "test"), features=self.algorithm.shapes_features)
         averaged = self.averager.summary()  # SWAD: which epochs its model averages
-        rows = [self.context | {"epoch": self.best_epoch, "stage": "final"} | averaged | r for r in rows]
+        # the rows carry the epoch the evaluated weights are from: SWAD's model, its window's last epoch
+        epoch = averaged["average_epochs"][-1] if averaged.get("average_epochs") else self.best_epoch
+        rows = [self.context | {"epoch": epoch, "stage": "final"} | averaged | r for r in rows]
         with prof.phase("logging_checkpointing"):
             append_results(self.run_dir, rows)
             self._log_final(rows, cms, embed)
