@@ -263,7 +263,8 @@ def test_sma_run_validates_selects_and_saves_the_mean_of_every_steps_weights(smo
     assert final == [val[result.summary["best_epoch"]]]
 
 
-@pytest.mark.parametrize("extra", [("average.name=ema", "average.decay=0.9"), ("average.name=swad", "average.n_converge=1")])
+@pytest.mark.parametrize("extra", [("average.name=ema", "average.decay=0.9"), ("average.name=swad", "average.n_converge=1")],
+                         ids=["ema", "swad"])
 def test_resumed_averaged_run_equals_the_uninterrupted_one(smoke_cache, tmp_path, extra):
     full = run_train(smoke_cfg(smoke_cache, tmp_path / "full", *extra))
     cfg = smoke_cfg(smoke_cache, tmp_path / "killed", *extra)

@@ -123,6 +123,8 @@ def final_window(losses: list[float], n_converge: int = 3, n_tolerance: int = 6,
 class Averager:
     """``average.name = none``: the trained model is the evaluated one; nothing is kept."""
 
+    final_model = False  # True when :meth:`finish` gives the model the final evaluation uses (SWAD)
+
     def __init__(self, cfg: AverageConfig, model: nn.Module):
         self.cfg = cfg
         self.epoch = 0
@@ -194,6 +196,8 @@ class SWAD(Averager):
     segment, found n_converge - 1 epochs after it), afterwards those above the threshold since the
     window's end (at most n_tolerance - 1, or the valley is dead). They travel in ``last.pt``: up to five
     model copies with the default rule."""
+
+    final_model = True
 
     def __init__(self, cfg: AverageConfig, model: nn.Module):
         super().__init__(cfg, model)

@@ -191,9 +191,11 @@ class Trainer:
         """SWAD: its model (BatchNorm statistics recomputed on training batches) becomes ``best.pt``, the
         weights :meth:`final` evaluates. Recomputed from ``last.pt``'s state when a run is resumed after
         its last epoch, so it is the same model."""
+        if not self.averager.final_model:
+            return
         with self.profile.phase("evaluation"), autocast(self.device, self.cfg.precision):
             model = self.averager.finish(self.model, self._bn_batches)
-        if model is not None:
+        with self.profile.phase("logging_checkpointing"):
             state = {"model": model.state_dict(), "epoch": self.epoch, "best_score": self.best_score,
                      "config": to_dict(self.cfg), **self.averager.summary()}
             save_checkpoint(self.run_dir / BEST, state)
@@ -249,8 +251,9 @@ class Trainer:
         if domains is not None:
             mask &= m["domain"].isin(domains)
         pos = np.flatnonzero(mask.to_numpy())
-        probs, y, feats = predict(self.model if model is None else model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device,
-                                  features, self.cfg.precision)
+        model = self.model if model is None else model
+        probs, y, feats = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
+                                  self.cfg.precision)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes)
         return rows, cms, (feats, y, doms, spl)
