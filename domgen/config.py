@@ -105,6 +105,22 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class AverageConfig:
+    """Weight averaging on top of any algorithm (``domgen.engine.averaging``): the weights evaluated are
+    an average of the trained ones. SWAD's window rule constants are Cha et al.'s (khanrc/swad config)."""
+
+    name: str = "none"  # none | ema | sma | swad
+    decay: float = 0.999  # ema: e_t = decay * e_{t-1} + (1 - decay) * w_t
+    start_epoch: int = 0  # sma: epochs trained before the uniform average starts (before: the current weights)
+    n_converge: int = 3  # swad: segments (epochs) whose oldest must hold the minimum loss to call convergence
+    n_tolerance: int = 6  # swad: segments in a row above the threshold that close the window
+    tolerance_ratio: float = 0.3  # swad: threshold = (1 + ratio) x the mean loss of the converging segments
+
+
+AVERAGES = ("none", "ema", "sma", "swad")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     exp: str = "A"
     preset: str = "paper"
@@ -128,6 +144,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    average: AverageConfig = field(default_factory=AverageConfig)
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash.
@@ -171,7 +188,10 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
 # Fields added after runs were recorded: hashed only when they differ from these defaults, so every run
 # folder made before they existed keeps its name (and a sweep still finds it done).
 _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": "",
-                    "precision": "auto", "channels_last": "auto", "study": "yoon2019"}
+                    "precision": "auto", "channels_last": "auto", "study": "yoon2019",
+                    # literals, not AverageConfig's defaults: a changed default must not take over old folders
+                    "average.name": "none", "average.decay": 0.999, "average.start_epoch": 0, "average.n_converge": 3,
+                    "average.n_tolerance": 6, "average.tolerance_ratio": 0.3}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
@@ -375,6 +395,21 @@ def _problems(cfg: RunConfig):
     if not (str(d.nsec).strip().lower() in ("a", "all") or (str(d.nsec).strip().isdigit() and int(d.nsec) <= 5)):
         yield "data.nsec", d.nsec, "0..5 or a"
     yield from _data_problems(d)
+    yield from _average_problems(cfg.average, o.epochs)
+
+
+def _average_problems(a: AverageConfig, epochs: int):
+    if a.name not in AVERAGES:
+        yield "average.name", a.name, " | ".join(AVERAGES)
+    if not 0 < a.decay < 1:
+        yield "average.decay", a.decay, "an EMA decay: must be in (0, 1)"
+    if a.start_epoch < 0 or (a.name == "sma" and a.start_epoch >= epochs):
+        yield "average.start_epoch", a.start_epoch, f"must be in [0, optim.epochs) = [0, {epochs}): epochs before averaging starts"
+    for key, value in (("n_converge", a.n_converge), ("n_tolerance", a.n_tolerance)):
+        if not value >= 1:
+            yield f"average.{key}", value, "a number of epochs: must be >= 1"
+    if not a.tolerance_ratio >= 0:
+        yield "average.tolerance_ratio", a.tolerance_ratio, "must be >= 0"
 
 
 def validate_data(d: DataConfig) -> DataConfig:

@@ -20,11 +20,12 @@ from domgen.algorithms import Algorithm, make_algorithm
 from domgen.config import RunConfig, to_dict
 from domgen.data.labels import DOMAINS
 from domgen.data.samplers import TrainPool
+from domgen.engine.averaging import Averager, domain_mean_cross_entropy, make_averager
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
-from domgen.engine.loop import predict, prepare_model, train_epoch
+from domgen.engine.loop import autocast, predict, prepare_model, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.profile import NoProfile, RunProfile
 from domgen.data.run_data import RunData
@@ -87,6 +88,8 @@ class Trainer:
         if init_state is not None:
             model.load_state_dict(init_state)
         self.model = prepare_model(model, self.device, cfg.channels_last)
+        # before attach: the average's copies of the model never carry the algorithm's hooks (MixStyle's)
+        self.averager: Averager = make_averager(cfg.average, self.model)
         m = data.manifest
         pool = train_pool(data, cfg.seed)
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
@@ -114,12 +117,14 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "rng": rng_state(),
             "algorithm": self.algorithm.state_dict(),
+            "average": self.averager.state_dict(),
             "config": to_dict(self.cfg),
         }
 
     def best_state(self) -> dict[str, Any]:
-        """What ``best.pt`` holds: what inference and warm starts need, not the optimiser's moments."""
-        return {"model": self.model.state_dict(), "epoch": self.epoch, "best_score": self.best_score, "config": to_dict(self.cfg)}
+        """What ``best.pt`` holds: what inference and warm starts need, not the optimiser's moments. With
+        ``average`` ema or sma, the averaged weights (the ones validated and selected)."""
+        return {"model": self.averager.eval_model(self.model).state_dict(), "epoch": self.epoch, "best_score": self.best_score, "config": to_dict(self.cfg)}
 
     def start_fresh(self) -> None:
         """Training from epoch 0 in a folder whose results (if any) a kill left before the first checkpoint."""
@@ -156,6 +161,7 @@ class Trainer:
         self.saved_epoch = self.epoch
         set_rng_state(state["rng"])
         self.algorithm.load_state_dict(state["algorithm"])
+        self.averager.load_state_dict(state.get("average", {}))
         truncate_results(self.run_dir, after_epoch=self.epoch)
         return True
 
@@ -171,13 +177,35 @@ class Trainer:
             self.epoch += 1
             with prof.phase("evaluation"):
                 score, rows = self.validate(self.epoch)
+                extra = self.averager.end_epoch(self.epoch - 1, self.model, self.val_loss)
             with prof.phase("logging_checkpointing"):
-                self._log_epoch(losses, score, rows)
+                self._log_epoch(losses, score, rows, extra)
                 if score > self.best_score:
                     self.best_score, self.best_epoch = score, self.epoch
                     save_checkpoint(self.run_dir / BEST, self.best_state())
                 save_checkpoint(self.run_dir / LAST, self.state(), keep_previous=True)
             self.saved_epoch = self.epoch
+        self._finish_average()
+
+    def _finish_average(self) -> None:
+        """SWAD: its model (BatchNorm statistics recomputed on training batches) becomes ``best.pt``, the
+        weights :meth:`final` evaluates. Recomputed from ``last.pt``'s state when a run is resumed after
+        its last epoch, so it is the same model."""
+        if not self.averager.final_model:
+            return
+        with self.profile.phase("evaluation"), autocast(self.device, self.cfg.precision):
+            model = self.averager.finish(self.model, self._bn_batches)
+        with self.profile.phase("logging_checkpointing"):
+            state = {"model": model.state_dict(), "epoch": self.epoch, "best_score": self.best_score,
+                     "config": to_dict(self.cfg), **self.averager.summary()}
+            save_checkpoint(self.run_dir / BEST, state)
+
+    def _bn_batches(self) -> Iterable:
+        """One pass over the training pool in a seeded order, augmented as in training: the batches that
+        recompute an averaged model's BatchNorm statistics (SWAD, as SWA's ``update_bn``)."""
+        cfg, pool = self.cfg, self.data.pool
+        order = pool[np.random.default_rng(derive_seed(cfg.seed, "average_bn")).permutation(len(pool))]
+        return self.inputs.train_batches(order, cfg.optim.batch_size, derive_seed(cfg.seed, "average_bn", "augment"))
 
     def _train_one(self, epoch: int) -> dict[str, float]:
         cfg, pool = self.cfg, self.data.pool
@@ -188,23 +216,27 @@ class Trainer:
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
         batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
         self.algorithm.begin_epoch(epoch, cfg.optim.epochs)
-        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision)
+        self.averager.begin_epoch(epoch)
+        on_step = None if cfg.average.name == "none" else (lambda: self.averager.update(self.model))
+        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision, on_step)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return losses
 
-    def _log_epoch(self, losses: dict[str, float], score: float, rows: list[dict]) -> None:
+    def _log_epoch(self, losses: dict[str, float], score: float, rows: list[dict], extra: dict[str, float] | None = None) -> None:
         # The epoch's mean loss terms (and each named term's gradient norm at the features) go into
         # results.jsonl too, so which term drove training can be read back without TensorBoard.
+        # ``extra``: the average's own values (SWAD's segment validation loss), unprefixed.
+        extra = extra or {}
         append_results(self.run_dir, [self.context | {"epoch": self.epoch, "stage": "train", "split": "train", "domain": "pool"}
-                                     | {f"train_{k}": v for k, v in losses.items()}])
+                                     | {f"train_{k}": v for k, v in losses.items()} | extra])
         # Shown: the validation splits model selection reads. The held-out domains' figures and every test
         # split are recorded in results.jsonl (what oracle and lodo selection read afterwards), not shown:
         # a curve on the screen invites choosing by it.
         shown = [r for r in rows if r["split"] == "val" and r["domain"] in self.data.train_domains]
         self.tb.scalars(losses, self.epoch, prefix="train/")
         self.tb.scalars({f"{r['domain']}": r["macro_recall"] for r in shown}, self.epoch, prefix="val_macro_recall/")
-        self.tb.scalars({"selection_score": score}, self.epoch, prefix="val/")
+        self.tb.scalars({"selection_score": score} | extra, self.epoch, prefix="val/")
         per_domain = " ".join(f"{r['domain']} {r['macro_recall']:.1f}" for r in sorted(shown, key=_domain_order))
         loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "lr" and not k.startswith("gn_"))
         if any(k.startswith("gn_") for k in losses):
@@ -212,15 +244,16 @@ class Trainer:
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None):
-        """Every domain of ``splits``, or only ``domains``."""
+    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None, model=None):
+        """Every domain of ``splits``, or only ``domains``; ``model`` (default: the trained one)."""
         m = self.data.manifest
         mask = m["split"].isin(splits)
         if domains is not None:
             mask &= m["domain"].isin(domains)
         pos = np.flatnonzero(mask.to_numpy())
-        probs, y, feats = predict(self.model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
-                                 self.cfg.precision)
+        model = self.model if model is None else model
+        probs, y, feats = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
+                                  self.cfg.precision)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes)
         return rows, cms, (feats, y, doms, spl)
@@ -242,15 +275,25 @@ class Trainer:
         """Evaluate :meth:`epoch_splits`, record them (stage ``val``, each row's split named) and return the
         selection score: the mean validation macro recall over the training domains (Yoon et al., Sec. 3)."""
         splits, domains = self.epoch_splits()
-        rows, _, _ = self._evaluate(splits, domains=domains)
+        rows, _, _ = self._evaluate(splits, domains=domains, model=self.averager.eval_model(self.model))
         rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
         append_results(self.run_dir, rows)
         used = [r["macro_recall"] for r in rows if r["split"] == "val" and r["domain"] in self.data.train_domains]
         score = float(np.nanmean(used)) if used else -math.inf
         return score, rows
 
+    def val_loss(self, model) -> float:
+        """``model``'s validation loss on the training domains: the mean over those domains of the mean
+        (unweighted) cross-entropy on each one's validation split (SWAD's ``tr_outloss``)."""
+        m = self.data.manifest
+        pos = np.flatnonzero((m["split"].eq("val") & m["domain"].isin(self.data.train_domains)).to_numpy())
+        probs, y, _ = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, False,
+                              self.cfg.precision)
+        return domain_mean_cross_entropy(probs, y, m["domain"].to_numpy()[pos])
+
     def final(self) -> dict[str, Any]:
-        """Best epoch's weights on every domain's validation and test split; rows tagged ``final``."""
+        """Best epoch's weights (with ``average.name=swad``, SWAD's model) on every domain's validation and
+        test split; rows tagged ``final``."""
         prof = self.profile
         prof.stage("final")
         with prof.phase("logging_checkpointing"):
@@ -258,12 +301,15 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         with prof.phase("evaluation"):
             rows, cms, embed = self._evaluate(("val", "test"), features=self.algorithm.shapes_features)
-        rows = [self.context | {"epoch": self.best_epoch, "stage": "final"} | r for r in rows]
+        averaged = self.averager.summary()  # SWAD: which epochs its model averages
+        # the rows carry the epoch the evaluated weights are from: SWAD's model, its window's last epoch
+        epoch = averaged["average_epochs"][-1] if averaged.get("average_epochs") else self.best_epoch
+        rows = [self.context | {"epoch": epoch, "stage": "final"} | averaged | r for r in rows]
         with prof.phase("logging_checkpointing"):
             append_results(self.run_dir, rows)
             self._log_final(rows, cms, embed)
         test = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test"}
-        return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test}
+        return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test} | averaged
 
     def _log_final(self, rows, cms, embed) -> None:
         tb = self.tb or TensorBoard(self.run_dir / "tb")

@@ -43,8 +43,8 @@ def run_dir_for(cfg: RunConfig, identity: str) -> Path:
 
 def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
     """Fields written into every result line, so that tables need no other file: the run's identity and
-    data, and the method as its algorithm describes it (``Algorithm.describe``: name, hyperparameters,
-    classification loss and its weighting)."""
+    data, the method as its algorithm describes it (``Algorithm.describe``: name, hyperparameters,
+    classification loss and its weighting) and its weight average when it has one."""
     from domgen.algorithms import make_algorithm
 
     return {
@@ -61,7 +61,18 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         **make_algorithm(cfg.algorithm, cfg.loss).describe(),
         "holdout": list(cfg.data.holdout),
         "train_domains": data.train_domains,
+        **average_context(cfg),
     }
+
+
+def average_context(cfg: RunConfig) -> dict[str, Any]:
+    """The weight average (``average.*``) as the record states it, only when there is one: ``average`` and
+    the hyperparameters it uses, so that tables tell averaged runs apart and older records stay as they are."""
+    a = cfg.average
+    if a.name == "none":
+        return {}
+    own = {"ema": ("decay",), "sma": ("start_epoch",), "swad": ("n_converge", "n_tolerance", "tolerance_ratio")}[a.name]
+    return {"average": a.name} | {f"average_{k}": getattr(a, k) for k in own}
 
 
 def parent_config(cfg: RunConfig) -> RunConfig:
