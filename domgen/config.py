@@ -71,7 +71,9 @@ class AlgorithmConfig:
     section to that class's defaults, and a key the class does not declare is an error listing its keys."""
 
     name: str = "erm"  # a registered algorithm: erm | ccsa | ...
-    sampler: str = "uniform"  # a registered sampler the algorithm accepts: uniform | domain_balanced | class_balanced | pairs
+    # a registered sampler the algorithm accepts: uniform | domain_balanced | class_balanced | sqrt_frequency |
+    # effective_number | pairs
+    sampler: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,18 @@ class LossConfig:
     # weights): "max": authors' code, rarest = 1; "mean": mean 1 under the sampler (domgen 0.1).
     weight_norm: str = "max"
     reduction: str = "auto"  # "weighted_mean" | "mean" | "auto": weighted_mean with max weights, mean with mean ones
+    # Added for the imbalance losses (domgen.losses.focal, .ldam, .weights); hashed only when set.
+    # "inverse": 1 / P(class drawn) | "effective": Cui et al. 2019's effective number of samples, with beta
+    class_weights: str = "inverse"
+    beta: float = 0.999  # effective-number beta (class_weights=effective, and the effective_number sampler)
+    drw_epoch: int = 0  # deferred re-weighting (Cao et al. 2019): class weights off before this epoch; 0 = never off
+    gamma: float = 2.0  # focal: focusing exponent (Lin et al. 2017)
+    gamma_pos: float = 0.0  # asymmetric: focusing exponent of the positive (the label) (Ridnik et al. 2021)
+    gamma_neg: float = 4.0  # asymmetric: focusing exponent of the negatives
+    clip: float = 0.05  # asymmetric: probability margin m shifting the negatives' probabilities
+    smoothing: float = 0.1  # label_smoothing: mass spread uniformly over the K classes (Szegedy et al. 2016)
+    max_m: float = 0.5  # ldam: the largest class margin (the rarest class's) (Cao et al. 2019)
+    scale: float = 30.0  # ldam: logit scale s
 
 
 @dataclass(frozen=True)
@@ -189,9 +203,12 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
 # folder made before they existed keeps its name (and a sweep still finds it done).
 _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": "",
                     "precision": "auto", "channels_last": "auto", "study": "yoon2019",
-                    # literals, not AverageConfig's defaults: a changed default must not take over old folders
+                    # literals, not the dataclasses' defaults: a changed default must not take over old folders
                     "average.name": "none", "average.decay": 0.999, "average.start_epoch": 0, "average.n_converge": 3,
-                    "average.n_tolerance": 6, "average.tolerance_ratio": 0.3}
+                    "average.n_tolerance": 6, "average.tolerance_ratio": 0.3,
+                    "loss.class_weights": "inverse", "loss.beta": 0.999, "loss.drw_epoch": 0, "loss.gamma": 2.0,
+                    "loss.gamma_pos": 0.0, "loss.gamma_neg": 4.0, "loss.clip": 0.05, "loss.smoothing": 0.1,
+                    "loss.max_m": 0.5, "loss.scale": 30.0}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
@@ -435,7 +452,7 @@ def _data_problems(d: DataConfig):
 
 
 def _loss_problems(loss: LossConfig):
-    from domgen.losses import LOSSES, REDUCTIONS, WEIGHT_NORMS  # imports torch
+    from domgen.losses import CLASS_WEIGHTS, LOSSES, REDUCTIONS, WEIGHT_NORMS  # imports torch
 
     if loss.name not in LOSSES:
         yield "loss.name", loss.name, f"a registered classification loss: {', '.join(LOSSES.names())}"
@@ -443,6 +460,21 @@ def _loss_problems(loss: LossConfig):
         yield "loss.weight_norm", loss.weight_norm, " or ".join(WEIGHT_NORMS)
     if loss.reduction not in REDUCTIONS:
         yield "loss.reduction", loss.reduction, ", ".join(REDUCTIONS)
+    if loss.class_weights not in CLASS_WEIGHTS:
+        yield "loss.class_weights", loss.class_weights, " or ".join(CLASS_WEIGHTS)
+    if not 0 <= loss.beta < 1:
+        yield "loss.beta", loss.beta, "the effective-number beta: must be in [0, 1)"
+    if not loss.drw_epoch >= 0:
+        yield "loss.drw_epoch", loss.drw_epoch, "an epoch (0-based; 0 = weights from the start): must be >= 0"
+    for key in ("gamma", "gamma_pos", "gamma_neg"):
+        if not getattr(loss, key) >= 0:
+            yield f"loss.{key}", getattr(loss, key), "a focusing exponent: must be >= 0"
+    for key in ("clip", "smoothing"):
+        if not 0 <= getattr(loss, key) < 1:
+            yield f"loss.{key}", getattr(loss, key), "must be in [0, 1)"
+    for key in ("max_m", "scale"):
+        if not getattr(loss, key) > 0:
+            yield f"loss.{key}", getattr(loss, key), "must be > 0"
 
 
 def _algorithm_problems(hp: AlgorithmConfig):

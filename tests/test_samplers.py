@@ -18,7 +18,8 @@ def pool(seed: int = 0) -> TrainPool:
 
 
 def test_registry_holds_the_family():
-    assert set(SAMPLERS.names()) == {"uniform", "domain_balanced", "class_balanced", "pairs"}
+    assert set(SAMPLERS.names()) == {"uniform", "domain_balanced", "class_balanced", "sqrt_frequency", "effective_number",
+                                     "pairs"}
     with pytest.raises(KeyError, match="did you mean 'uniform'"):
         SAMPLERS.get("uniforme")
 

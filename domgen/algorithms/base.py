@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from domgen.config import AlgorithmConfig, LossConfig, to_dict
 from domgen.data import pair_sampler  # noqa: F401  (registers CCSA's "pairs" in SAMPLERS)
 from domgen.data.samplers import SAMPLERS, Draw, TrainPool
-from domgen.losses import build_loss, class_weights
+from domgen.losses import LOSSES, build_loss, class_weights, fit_loss, loss_begin_epoch, loss_options
 from domgen.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
@@ -102,17 +102,28 @@ class Algorithm:
 
     # ---- wiring ----------------------------------------------------------------------------------
     def build(self, pool: TrainPool) -> "Algorithm":
-        """Make the sampler and the class weights for this training pool; returns self."""
-        self.sampler = SAMPLERS.get(self.hparams.sampler)(pool, **self.sampler_options())
+        """Make the sampler and the class weights for this training pool, and give the criterion the pool's
+        class counts (LDAM's margins; ``domgen.losses.fit_loss``); returns self."""
+        sampler = SAMPLERS.get(self.hparams.sampler)
+        # what the sampler takes from the loss section (the effective_number sampler's beta), then the method's
+        options = getattr(sampler, "loss_options", lambda loss: {})(self.loss_cfg) | self.sampler_options()
+        self.sampler = sampler(pool, **options)
         if self.sampler.images_per_sample != self.images_per_sample:
             raise ValueError(f"algorithm {self.hparams.name!r} needs {self.images_per_sample} image(s) per sample; "
                              f"sampler {self.hparams.sampler!r} draws {self.sampler.images_per_sample}")
+        self.class_counts = np.bincount(pool.labels, minlength=pool.num_classes)  # [K] images of each class
+        fit_loss(self.criterion, self.class_counts)
         self.fit_weights()
         return self
 
+    def class_weights_for(self, p: np.ndarray) -> Tensor | None:
+        """Class weights [K] (``loss.class_weights``: inverse or effective-number) for a stream drawing
+        class c with probability ``p`` [K] from this pool; None when ``loss.weighted`` is off."""
+        return class_weights(self.loss_cfg, p, self.device, counts=self.class_counts)
+
     def fit_weights(self) -> None:
-        """The classification weights: inverse probabilities of the classes the sampler draws."""
-        self.class_w = class_weights(self.loss_cfg, self.sampler.class_probabilities(), self.device)
+        """The classification weights of the classes the sampler draws (inverse probabilities by default)."""
+        self.class_w = self.class_weights_for(self.sampler.class_probabilities())
 
     def attach(self, model: nn.Module) -> None:
         """Called once with the model (already on its device), after :meth:`build` and before the optimiser
@@ -129,8 +140,10 @@ class Algorithm:
         return groups + ([{"params": own}] if own else [])
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
-        """Called before each training epoch (0-based ``epoch`` of ``epochs``), a resumed one included."""
+        """Called before each training epoch (0-based ``epoch`` of ``epochs``), a resumed one included; the
+        criterion's schedule (deferred re-weighting) hears of it too. An override calls super()."""
         self.epoch, self.epochs = epoch, epochs
+        loss_begin_epoch(self.criterion, epoch, epochs)
 
     def batches(self, epoch: int, batch_size: int) -> list[Draw]:
         """The epoch's batches as pool indices; ``batch_size`` counts sampled units (CCSA: pairs)."""
@@ -157,10 +170,16 @@ class Algorithm:
             self.nets.load_state_dict(state["nets"])
 
     def describe(self) -> dict[str, Any]:
-        """The method as the run record states it: the algorithm's hyperparameters and the loss's options."""
+        """The method as the run record states it: the algorithm's hyperparameters and the loss's options;
+        the imbalance keys (the loss's own hyperparameters such as focal's gamma, the kind of class weights,
+        beta when they are effective-number weights, a DRW epoch) as ``loss_<key>``."""
         loss = self.loss_cfg
+        own = loss_options(LOSSES.get(loss.name), loss) | {"class_weights": loss.class_weights}
+        own |= ({"beta": loss.beta} if loss.class_weights == "effective" else {}) | (
+            {"drw_epoch": loss.drw_epoch} if loss.drw_epoch else {})
         return ({"algorithm": self.hparams.name} | {k: v for k, v in to_dict(self.hparams).items() if k != "name"}
-                | {"loss": loss.name, "weighted_cls": loss.weighted, "weight_norm": loss.weight_norm, "reduction": loss.reduction})
+                | {"loss": loss.name, "weighted_cls": loss.weighted, "weight_norm": loss.weight_norm, "reduction": loss.reduction}
+                | {f"loss_{k}": v for k, v in own.items()})
 
 
 def make_algorithm(hparams: AlgorithmConfig, loss: LossConfig = LossConfig(), device: torch.device | str = "cpu") -> Algorithm:

@@ -20,7 +20,7 @@ import torch
 from domgen.algorithms.base import ALGORITHMS, Algorithm, Batch, Step, hparam
 from domgen.config import AlgorithmConfig
 from domgen.data.pair_sampler import PAIR_MODES
-from domgen.losses import CCSALoss, class_weights, inverse_probability_weights
+from domgen.losses import CCSALoss, inverse_probability_weights
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ class CCSA(Algorithm):
     def fit_weights(self) -> None:
         """Each stream's class weights and the pair weights, from the sampler's exact probabilities."""
         probs = self.sampler.exact_probabilities()
-        self.class_w1 = class_weights(self.loss_cfg, probs.p1, self.device)
-        self.class_w2 = class_weights(self.loss_cfg, probs.p2, self.device)
+        self.class_w1 = self.class_weights_for(probs.p1)
+        self.class_w2 = self.class_weights_for(probs.p2)
         pair_w = inverse_probability_weights(probs.joint, self.loss_cfg.weight_norm)
         self.pair_w = torch.as_tensor(pair_w, dtype=torch.float32, device=self.device) if self.hparams.weighted_align else None
 

@@ -9,6 +9,9 @@ so a resumed run replays its epochs exactly.
 * ``uniform``: a seeded permutation of the pool, every image once per epoch (ERM, Table 2 A-E).
 * ``domain_balanced``: every draw picks a domain uniformly, then one of its images (with replacement).
 * ``class_balanced``: the same over the classes the pool holds.
+* ``sqrt_frequency``: a class with probability proportional to sqrt(n_c), then one of its images.
+* ``effective_number``: a class with probability proportional to n_c (1 - beta) / (1 - beta^{n_c}), the
+  class mass Cui et al.'s class-balanced weights give the pool (beta is ``loss.beta``), then one of its images.
 * ``pairs``: the CCSA pair sampler (``domgen.data.pair_sampler``): each image once as x1, its partner
   from a secondary domain; two images per sampled unit.
 """
@@ -21,6 +24,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from domgen.losses.weights import effective_number
 from domgen.seeds import derive_seed
 from domgen.registry import Registry
 
@@ -85,6 +89,11 @@ class PoolSampler:
             raise ValueError("the training pool is empty")
         self.pool, self.seed = pool, pool.seed
 
+    @classmethod
+    def loss_options(cls, loss) -> dict[str, Any]:
+        """Keyword arguments the sampler takes from the run's ``LossConfig`` (the effective-number beta)."""
+        return {}
+
     def epoch_batches(self, epoch: int, batch_size: int) -> list[Draw]:
         raise NotImplementedError
 
@@ -148,3 +157,59 @@ class ClassBalanced(Reweighted):
 
     def image_probabilities(self) -> np.ndarray:
         return _balanced(self.pool.labels)
+
+
+class ClassReweighted(Reweighted):
+    """A class c with probability ``class_mass(n)[c]`` (normalised over the classes the pool holds), then
+    one of its images uniformly: P(image i) = P(y(i)) / n_{y(i)}, so ``class_probabilities()`` is exact."""
+
+    def class_mass(self, counts: np.ndarray) -> np.ndarray:
+        """[K] unnormalised class probabilities for class counts [K] (0 where a class has no image)."""
+        raise NotImplementedError
+
+    def image_probabilities(self) -> np.ndarray:
+        n = np.bincount(self.pool.labels, minlength=self.pool.num_classes).astype(np.float64)  # [K]
+        mass = np.where(n > 0, self.class_mass(n), 0.0)
+        per_image = np.where(n > 0, mass / mass.sum() / np.where(n > 0, n, 1.0), 0.0)  # [K] P(one image of c)
+        return per_image[self.pool.labels]
+
+
+@SAMPLERS.register("sqrt_frequency")
+class SqrtFrequency(ClassReweighted):
+    """Square-root sampling (Mahajan et al., ECCV 2018; Kang et al., ICLR 2020, Eq. 1 with q = 1/2):
+    P(class c) = sqrt(n_c) / sum_j sqrt(n_j), between the pool's frequencies (q = 1) and class balance (q = 0)."""
+
+    def class_mass(self, counts: np.ndarray) -> np.ndarray:
+        return np.sqrt(counts)
+
+
+@SAMPLERS.register("effective_number")
+class EffectiveNumber(ClassReweighted):
+    """P(class c) proportional to n_c (1 - beta) / (1 - beta^{n_c}) = n_c / E_{n_c} (Cui et al., CVPR 2019,
+    Eqs. 3 and 6): each image is drawn with probability proportional to its class's effective-number
+    weight, so sampling gives the classes the mass that Cui et al.'s class-balanced loss gives them by
+    weighting. beta -> 0 is the pool as it is; beta -> 1 is ``class_balanced``. beta is the run's
+    ``loss.beta`` (one effective number per run): with ``loss.class_weights=effective`` the weights are
+    then uniform, since the sampler already reached their target."""
+
+    def __init__(self, pool: TrainPool, beta: float = 0.999):
+        super().__init__(pool)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"the effective-number beta must lie in [0, 1), got {beta}")
+        self.beta = float(beta)
+
+    @classmethod
+    def loss_options(cls, loss) -> dict[str, Any]:
+        return {"beta": loss.beta}
+
+    def class_mass(self, counts: np.ndarray) -> np.ndarray:
+        return counts / np.maximum(effective_number(counts, self.beta), np.finfo(np.float64).tiny)
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("beta", self.beta) != self.beta:
+            raise ValueError(f"sampler state is for beta {state['beta']}, not {self.beta}: "
+                             "resuming would draw different batches")
