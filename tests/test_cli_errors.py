@@ -39,7 +39,7 @@ def errors(text: str) -> list[str]:
     ("optim.lr=-1", "optim.lr=-1.0 (must be > 0)"),
     ("algorithm.p_same=1.5", "algorithm.p_same=1.5 (a probability: must be in [0, 1])"),
     ("loss.name=triplet", "loss.name='triplet' (a registered classification loss: ce"),
-    ("algorithm.name=triplet", "unknown algorithm 'triplet' (known: ccsa, erm"),
+    ("algorithm.name=triplet", "unknown algorithm 'triplet' (known: ccsa, cdann, coral, dann, erm, erm_pairs,"),
     ("algorithm.margn=5", "algorithm 'ccsa' has no hyperparameter 'margn'; its keys: alpha, exclude_own_domain, margin,"),
     ("algorithm.sampler=uniform", "algorithm.sampler='uniform' (draws 1 image(s) per sample; ccsa needs 2)"),
 ])
