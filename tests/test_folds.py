@@ -30,8 +30,8 @@ def isic_items(shared_patient: bool = True) -> list[Item]:
     pid = (lambda p: p) if shared_patient else (lambda p: "")
     items = [Item(TINY, "nevus", "", "ISIC_1a", {"lesion_id": "IL_1a", "patient_id": pid("IP_1")}),
              Item(TINY, "melanoma", "", "ISIC_1b", {"lesion_id": "IL_1b", "patient_id": pid("IP_1")})]
-    items += [Item(TINY, ("nevus", "melanoma")[i % 2], "", f"ISIC_{i:03d}", {"lesion_id": f"IL_{i}", "patient_id": pid(f"IP_{i}")})
-              for i in range(2, 32)]
+    items += [Item(TINY, ("nevus", "melanoma")[i % 2], "", f"ISIC_{i:03d}",
+                   {"lesion_id": f"IL_{i}", "patient_id": pid(f"IP_{i}")}) for i in range(2, 32)]
     return items
 
 
@@ -142,7 +142,8 @@ def test_paper_split_manifest_key_and_run_hash_unchanged(recs):
     rows = recs[S.KEY_COLUMNS].astype(str).sort_values(S.KEY_COLUMNS, kind="mergesort")
     fractions = [round(f, 12) for f in np.asarray(S.DEFAULT_FRACTIONS)]  # as printed by this numpy
     h = hashlib.sha256(f"domgen-manifest-v1|seed=0|fractions={fractions}\n".encode())
-    h.update("\n".join((rows["path"] + "\x1f" + rows["label"] + "\x1f" + rows["domain"] + "\x1f" + rows["group"]).tolist()).encode())
+    lines = rows["path"] + "\x1f" + rows["label"] + "\x1f" + rows["domain"] + "\x1f" + rows["group"]
+    h.update("\n".join(lines.tolist()).encode())
     assert S.manifest_key(recs, 0) == h.hexdigest()[:20]
     assert len({S.manifest_key(recs, 0, folds=5, fold=k) for k in range(5)} | {S.manifest_key(recs, 0)}) == 6
     cfg = RunConfig()
@@ -224,4 +225,5 @@ def test_table_spreads_over_seeds_and_folds_and_says_so(tmp_path):
     assert "Spread: over folds (" in md
     for p in (0, 1):  # split seeds on the paper split
         write_run(tmp_path / "splitseeds", "A", 0, 50.0 + p, {"split_seed": p, "folds": 0, "fold": 0})
-    assert "Spread: over split seeds (each cell's replicates: training seeds 0 x split seeds 0 1)" in table2(collect(tmp_path / "splitseeds"))
+    md = table2(collect(tmp_path / "splitseeds"))
+    assert "Spread: over split seeds (each cell's replicates: training seeds 0 x split seeds 0 1)" in md
