@@ -36,6 +36,9 @@ class DataConfig:
     label_space: str = ""  # a registered label space; "" = the layout's own (dermoscopy7 / sorted labels)
     primary: str = "HAM"  # the domain trained on in full (Yoon et al.); "none" = every domain's training split
     domain_by: str = ""  # a metadata column whose values become the domains (e.g. localization); "" = the sources
+    # Split variance (issue #13): 0 = the paper's 50/20/30 split; K >= 2 = stratified group K-fold, ``fold`` the test fold
+    folds: int = 0
+    fold: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
 # Fields added after runs were recorded: hashed only when they differ from these defaults, so every run
 # folder made before they existed keeps its name (and a sweep still finds it done).
 _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.primary": "HAM", "data.domain_by": "",
+                    "data.folds": 0, "data.fold": 0,
                     "precision": "auto", "channels_last": "auto", "study": "yoon2019",
                     # literals, not the dataclasses' defaults: a changed default must not take over old folders
                     "average.name": "none", "average.decay": 0.999, "average.start_epoch": 0, "average.n_converge": 3,
@@ -440,6 +444,10 @@ def validate_data(d: DataConfig) -> DataConfig:
 
 
 def _data_problems(d: DataConfig):
+    if d.folds != 0 and d.folds < 2:
+        yield "data.folds", d.folds, "0 (the 50/20/30 split) or a number of folds K >= 2"
+    elif not (0 <= d.fold < max(d.folds, 1)):
+        yield "data.fold", d.fold, f"the test fold: 0..{max(d.folds, 1) - 1} (data.folds={d.folds})"
     if d.layout not in LAYOUTS:
         yield "data.layout", d.layout, " | ".join(LAYOUTS)
     if d.primary in d.holdout:

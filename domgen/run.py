@@ -235,7 +235,7 @@ def parse_seeds(text: str) -> int | list[int]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from domgen.sweep.launch import SlurmOptions, launch
-    from domgen.sweep.plan import algorithm_variants, plan_sweep
+    from domgen.sweep.plan import algorithm_variants, cross_variants, plan_sweep, split_variants
     from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
     seeds = parse_seeds(args.seeds)
@@ -247,7 +247,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.exps != "all":
             raise ValueError("give --exps or --holdout, not both: --holdout names the leave-one-out rows itself")
         exps = sorted({e for h in args.holdout.split(",") for e in loo_experiments(h.strip(), args.study)})
-    variants = algorithm_variants(args.algorithms, args.hparams, args.n_hparams)
+    split_seeds = parse_seeds(args.split_seeds) if args.split_seeds is not None else None
+    split_seeds = list(range(split_seeds)) if isinstance(split_seeds, int) else split_seeds
+    variants = cross_variants(algorithm_variants(args.algorithms, args.hparams, args.n_hparams),
+                              split_variants(args.folds, split_seeds))
     plan = plan_sweep(exps, seeds, args.preset, overrides, out=args.out, study=args.study, variants=variants)
     if args.action == "status":
         print(format_status(sweep_status(plan)))
@@ -279,6 +282,10 @@ def add_sweep_parser(sub) -> None:
                          "each its own hashed, resumable run; `table --selection` picks among them")
     sw.add_argument("--n-hparams", type=int, default=8, help="--hparams random: trials per algorithm")
     sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)")
+    sw.add_argument("--folds", type=int, default=0, metavar="K",
+                    help="train on each fold of a stratified group K-fold split (data.folds/data.fold) x seeds; 0 = the study's split")
+    sw.add_argument("--split-seeds", default=None, metavar="SEEDS",
+                    help="repeat on these data splits (data.split_seed), like --seeds: 0,1 or 2 (= 0-1); default: the config's own")
     sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda")

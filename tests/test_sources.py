@@ -313,9 +313,9 @@ def test_ph2_txt_row_with_wrong_field_count_is_an_error(tmp_path):
 ISIC_ITEMS = [
     item("nevus", "ISIC_01", lesion_id="IL_1", patient_id="IP_1"),
     item("nevus", "ISIC_02", lesion_id="IL_1", patient_id="IP_1"),
-    item("melanoma", "ISIC_03", lesion_id="", patient_id="IP_2"),  # no lesion: grouped by patient
+    item("melanoma", "ISIC_03", lesion_id="", patient_id="IP_2"),
     item("solar lentigo", "ISIC_04", lesion_id="", patient_id=""),  # neither: its own group
-    item("actinic keratosis", "ISIC_05", lesion_id="IL_5", patient_id="IP_2"),
+    item("actinic keratosis", "ISIC_05", lesion_id="IL_5", patient_id="IP_2"),  # patient beats lesion (#13)
     item("squamous cell carcinoma", "ISIC_06", lesion_id="IL_6"),
 ]
 
@@ -330,8 +330,9 @@ def test_isic_styles_grouping_and_images_folder(tmp_path, source, style, dropped
     (folder / "images").mkdir()
     (folder / "ISIC_03.jpg").rename(folder / "images" / "ISIC_03.jpg")  # downloads may use images/
     result = load(source, folder)
-    assert triples(result) == [("ISIC_01", "nv", "IL_1"), ("ISIC_02", "nv", "IL_1"), ("ISIC_03", "mel", "IP_2"),
-                               ("ISIC_04", "bkl", "ISIC_04"), ("ISIC_05", "akiec", "IL_5")]
+    assert triples(result) == [("ISIC_01", "nv", "IP_1"), ("ISIC_02", "nv", "IP_1"), ("ISIC_03", "mel", "IP_2"),
+                               ("ISIC_04", "bkl", "ISIC_04"), ("ISIC_05", "akiec", "IP_2")]
+    assert result.regrouped == 3  # ISIC_01, 02, 05: grouped by lesion before issue #13
     assert result.dropped_labels == Counter({dropped: 1})
     assert set(result.records["domain"]) == {labels.DOMAIN_CODES[source]}
     assert ("diagnosis" in result.records) == (style == "legacy")

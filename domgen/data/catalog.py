@@ -24,6 +24,8 @@ from domgen.errors import ConfigError
 from domgen.progress import lazy_bar
 
 SYNTHETIC = "synthetic"
+# Appended to a real root's identity when the patient-first grouping of issue #13 moved any image's group.
+REGROUPED = "#groups=patient"
 
 
 @dataclass
@@ -44,8 +46,13 @@ class Catalog:
 
     @property
     def identity(self) -> str:
-        """What the data is, for run hashes and result files: "synthetic" or the resolved root."""
-        return f"{SYNTHETIC}:{self.root.name}" if self.synthetic else str(self.root.resolve())
+        """What the data is, for run hashes and result files: "synthetic" or the resolved root. A real root
+        where grouping by patient (issue #13) moved any image's group gets a suffix: its splits changed,
+        so its runs get new folders rather than reusing ones split by lesion. Nothing else changes."""
+        if self.synthetic:
+            return f"{SYNTHETIC}:{self.root.name}"
+        regrouped = any(r.regrouped for r in self.loaded.values())
+        return str(self.root.resolve()) + (REGROUPED if regrouped else "")
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -48,7 +48,8 @@ def prepare_data(cfg: DataConfig, bar=None, catalog: Catalog | None = None, log=
         catalog = load_catalog(cfg, bar=bar)
         if log is not None:
             log(f"data: {catalog.describe()}")
-    manifest = load_or_build_manifest(catalog.records(), cache_dir(cfg), seed=cfg.split_seed).reset_index(drop=True)
+    manifest = load_or_build_manifest(catalog.records(), cache_dir(cfg), seed=cfg.split_seed, folds=cfg.folds,
+                                      fold=cfg.fold).reset_index(drop=True)
     primary = None if cfg.primary == "none" else cfg.primary
     present = set(manifest["domain"])
     check_protocol(cfg, primary, catalog.domains)

@@ -4,8 +4,14 @@ Yoon, Hamarneh & Garbi (MICCAI 2019), Sec. 3: every domain is split into trainin
 partitions; a model is trained on all of HAM10000's training partition plus ``nsec`` training images
 per class from each other domain (nsec = 0..5, or "a" for all of them) and tested on each domain's
 test partition. Here each domain is split 50/20/30 by images, stratified by class and grouped so that
-no lesion (case, patient) appears in two partitions; the split is a pure function of the records and
+no group (patient where the source gives patient ids, else lesion or case, else the image; each source's
+card in datasets/ says which) appears in two partitions; the split is a pure function of the records and
 a seed, persisted once as a CSV manifest named by the hash of both.
+
+Split variance (issue #13): ``folds = K`` replaces the 50/20/30 split by a stratified group K-fold of each
+domain (scikit-learn's ``StratifiedGroupKFold``): fold ``fold`` is the test partition and validation is
+carved, grouped and stratified, from the other K - 1 folds in the paper's 20 : 50 ratio. Every group is
+test in exactly one fold. ``folds = 0`` (the default) is the paper's split, with the manifests it always had.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import hashlib
 import numbers
 from pathlib import Path
 from typing import Iterable
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -31,6 +39,8 @@ MANIFEST_VERSION = 1  # bump when the split algorithm or the manifest format cha
 KEY_COLUMNS = ["path", "label", "domain", "group"]
 MANIFEST_COLUMNS = ["path", "domain", "label", "group", "split", "image_id"]
 NSEC_MAX = 5
+# Within a fold, train : val of the paper's split (0.5 : 0.2), carved from the K - 1 training folds.
+FOLD_FRACTIONS: tuple[float, float, float] = (5 / 7, 2 / 7, 0.0)
 
 
 # The manifest's seeds (domgen.seeds, "|"-joined, all 64 bits): changing them would re-split every dataset.
@@ -120,17 +130,78 @@ def assign_splits(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS)
     return pd.Series(lookup.reindex(keys).to_numpy(), index=records.index, dtype=str, name="split")
 
 
+def check_folds(folds: int, fold: int) -> None:
+    """``folds`` 0 (the paper's split; ``fold`` must be 0) or K >= 2 with ``fold`` in 0..K-1."""
+    if folds == 0 and fold == 0:
+        return
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"data.folds={folds}, data.fold={fold}: folds is 0 (the 50/20/30 split) or K >= 2 "
+                         "with fold in 0..K-1")
+
+
+def fold_of_records(records: pd.DataFrame, seed: int, folds: int) -> pd.Series:
+    """Test fold (0..folds-1) of each record, aligned with ``records.index``: per domain, scikit-learn's
+    ``StratifiedGroupKFold`` (shuffled, seeded by (seed, domain, folds)) on the image labels and groups.
+
+    Rows are sorted by (group, path) first, so the folds depend on the records' content, never their order.
+    A domain with fewer groups than folds cannot be split so (every fold needs a test group): an error."""
+    from sklearn.model_selection import StratifiedGroupKFold  # scikit-learn only when folds are asked for
+
+    _check_columns(records, ["path", "label", "domain", "group"], "records")
+    rec = records[["path", "label", "domain", "group"]].astype(str).reset_index(drop=True)  # index = position
+    out = np.full(len(rec), -1, dtype=np.int64)
+    for domain, part in rec.groupby("domain", sort=True):
+        part = part.sort_values(["group", "path"], kind="mergesort")
+        n_groups = part["group"].nunique()
+        if n_groups < folds:
+            raise ValueError(f"domain {domain} has {n_groups} group(s), fewer than data.folds={folds}: use fewer folds "
+                             "or hold the domain out of the data")
+        state = derive_seed(seed, domain, "folds", folds, **_SPLIT_SEED) % 2**32  # RandomState takes 32 bits
+        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=state)
+        with warnings.catch_warnings():  # "least populated class has only n members": expected for rare classes
+            warnings.simplefilter("ignore", UserWarning)
+            for k, (_, test) in enumerate(cv.split(part, part["label"], part["group"])):
+                out[part.index[test]] = k
+    return pd.Series(out, index=records.index, name="fold")
+
+
+def assign_fold_splits(records: pd.DataFrame, seed: int, folds: int, fold: int) -> pd.Series:
+    """"train"/"val"/"test" for each record under fold ``fold`` of ``fold_of_records``: that fold is test;
+    the other folds are split into train and val by ``assign_splits`` (grouped, stratified by class) at
+    FOLD_FRACTIONS, with a seed of its own per fold."""
+    check_folds(folds, fold)
+    if records.empty:
+        return pd.Series([], index=records.index, dtype=str, name="split")
+    test = fold_of_records(records, seed, folds).eq(fold).to_numpy()
+    split = np.full(len(records), "test", dtype=object)
+    rest = records.iloc[np.flatnonzero(~test)]
+    split[~test] = assign_splits(rest, derive_seed(seed, "fold", folds, fold, **_SPLIT_SEED), FOLD_FRACTIONS).to_numpy()
+    return pd.Series(split, index=records.index, dtype=str, name="split")
+
+
+def split_records(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS, folds: int = 0, fold: int = 0) -> pd.Series:
+    """The split of each record: the paper's ``assign_splits`` when ``folds`` is 0, else fold ``fold`` of K."""
+    if folds == 0:
+        check_folds(folds, fold)
+        return assign_splits(records, seed, fractions)
+    return assign_fold_splits(records, seed, folds, fold)
+
+
 # --------------------------------------------------------------------------------------------- manifest
 
 
-def manifest_key(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS) -> str:
+def manifest_key(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS, folds: int = 0, fold: int = 0) -> str:
     """Hex hash of everything a split depends on: the sorted (path, label, domain, group) rows, the
-    seed, the fractions and MANIFEST_VERSION. Row order and metadata columns do not change it."""
+    seed, the fractions and MANIFEST_VERSION, and ``folds``/``fold`` when folds are used (so the paper
+    split's manifests keep their names). Row order and metadata columns do not change it; a change of
+    grouping (e.g. ISIC by patient) changes the groups, hence the key: a new manifest, the old one kept."""
     fr = _check_fractions(fractions)
+    check_folds(folds, fold)
     _check_columns(records, KEY_COLUMNS, "records")
     rows = records[KEY_COLUMNS].astype(str).sort_values(KEY_COLUMNS, kind="mergesort")
     h = hashlib.sha256()
-    h.update(f"domgen-manifest-v{MANIFEST_VERSION}|seed={int(seed)}|fractions={[round(f, 12) for f in fr]}\n".encode())
+    scheme = f"|folds={int(folds)}|fold={int(fold)}" if folds else ""
+    h.update(f"domgen-manifest-v{MANIFEST_VERSION}|seed={int(seed)}|fractions={[round(f, 12) for f in fr]}{scheme}\n".encode())
     # One line per row, fields joined by a unit separator (no field holds one).
     lines = rows["path"] + "\x1f" + rows["label"] + "\x1f" + rows["domain"] + "\x1f" + rows["group"]
     h.update("\n".join(lines.tolist()).encode())
@@ -141,12 +212,13 @@ def manifest_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "manifests" / f"{key}.csv"
 
 
-def build_manifest(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS) -> pd.DataFrame:
-    """The records with a ``split`` column, MANIFEST_COLUMNS first, rows sorted by (domain, path)."""
+def build_manifest(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS, folds: int = 0, fold: int = 0) -> pd.DataFrame:
+    """The records with a ``split`` column (:func:`split_records`), MANIFEST_COLUMNS first, rows sorted by
+    (domain, path)."""
     out = records.copy()
     if "image_id" not in out.columns:
         out["image_id"] = out["path"].map(lambda p: Path(str(p)).stem)
-    out["split"] = assign_splits(records, seed, fractions)
+    out["split"] = split_records(records, seed, fractions, folds, fold)
     for c in ("path", "domain", "label", "group", "image_id"):
         out[c] = out[c].astype(str)
     meta = [c for c in out.columns if c not in MANIFEST_COLUMNS]
@@ -177,11 +249,11 @@ def read_manifest(path: Path) -> pd.DataFrame:
 
 
 def load_or_build_manifest(
-    records: pd.DataFrame, cache_dir: Path, seed: int, fractions=DEFAULT_FRACTIONS
+    records: pd.DataFrame, cache_dir: Path, seed: int, fractions=DEFAULT_FRACTIONS, folds: int = 0, fold: int = 0
 ) -> pd.DataFrame:
     """The manifest at ``<cache_dir>/manifests/<manifest_key>.csv``, built and written atomically when
     absent (or unreadable, or of the wrong length), and read back from that file either way."""
-    path = manifest_path(cache_dir, manifest_key(records, seed, fractions))
+    path = manifest_path(cache_dir, manifest_key(records, seed, fractions, folds, fold))
     if path.is_file():
         try:
             frame = read_manifest(path)
@@ -189,7 +261,7 @@ def load_or_build_manifest(
             frame = None
         if frame is not None and len(frame) == len(records):
             return frame
-    _write_atomic(build_manifest(records, seed, fractions), path)
+    _write_atomic(build_manifest(records, seed, fractions, folds, fold), path)
     # Read back, so a first call returns exactly what every later call will (CSV dtypes included).
     return read_manifest(path)
 

@@ -28,6 +28,7 @@ import pandas as pd
 from domgen.data.labels import TABLE2_DOMAINS
 from domgen.results.collect import select
 from domgen.results.selection import DEFAULT, SelectionError, get_selection, select_rows, selection_line
+from domgen.results.spread import spread_of, with_replicates
 from domgen.results.tables import AVG, _data_line, _latex, _markdown, left_out_lines, metric_values
 
 LOO, SAME = "loo", "same"
@@ -109,7 +110,7 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
     runs = runs.assign(label=[algorithm_label(r) for r in runs.to_dict("records")],
                        holdout=[h if isinstance(h, tuple) else () for h in runs.get("holdout", [()] * len(runs))])
     layouts, keep, left = _plan(runs)
-    rows = select_rows(base, selection, runs=keep)  # every run of base still counts as a lodo sibling
+    rows = with_replicates(select_rows(base, selection, runs=keep))  # every run of base still counts as a lodo sibling
     if rows.empty:
         return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, rows, left)
     rows = rows.assign(label=rows["run"].map(runs.set_index("run")["label"]), value=metric_values(rows, metric))
@@ -165,14 +166,22 @@ def columns_line(res: ByAlgorithm) -> str:
 def caption(res: ByAlgorithm, frame: pd.DataFrame, metric: str, selection: str) -> list[str]:
     seeds = sorted(set(res.wide.index.get_level_values("seed")))
     bound = " (an upper bound, not a result)" if get_selection(selection).upper_bound else ""
+    spread = spread_of(res.rows)
+    if spread.over_seeds_only:
+        over = ("over training seeds (the spread is over seeds, each fixing the data split and initialisation), "
+                "the plain value with one seed.")
+        last = f"Seeds: {' '.join(map(str, seeds))}."
+    else:
+        over = (f"over replicates (the spread is over {spread.words()}: each replicate a training seed on one data "
+                "split), the plain value with one replicate.")
+        last = spread.line()
     return [
-        f"Test {metric} (x100) by algorithm{bound}: mean and sample std (ddof=1) over training seeds (the spread "
-        "is over seeds, each fixing the data split and initialisation), the plain value with one seed.",
+        f"Test {metric} (x100) by algorithm{bound}: mean and sample std (ddof=1) {over}",
         selection_line(selection),
         columns_line(res),
         _data_line(frame),
         f"Preset: {', '.join(sorted(set(' '.join(frame['preset']).split())))}.",
-        f"Seeds: {' '.join(map(str, seeds))}.",
+        last,
     ]
 
 

@@ -25,6 +25,7 @@ from domgen.errors import ConfigError
 from domgen.studies import DEFAULT_STUDY, load_study
 from domgen.results.collect import check_one_run_per_seed, collect, select, unfinished_runs
 from domgen.results.selection import DEFAULT as DEFAULT_SELECTION, get_selection, select_rows, selection_line
+from domgen.results.spread import spread_of, with_replicates
 
 AVG = "avg"
 COLUMNS: tuple[str, ...] = (*TABLE2_DOMAINS, AVG)
@@ -37,8 +38,9 @@ def table_rows(df: pd.DataFrame, include_unfinished: bool = False, selection: st
                exps: Iterable[str] | None = None) -> pd.DataFrame:
     """The test rows of finished runs (of ``exps``, when given) that ``selection`` picks (Table 2's source;
     with ``train``, the final test rows), checked to hold one run per (exp, seed). See
-    :mod:`domgen.results.selection`."""
-    rows = select_rows(select(df, include_unfinished=include_unfinished), selection, exps)
+    :mod:`domgen.results.selection`. Runs on several splits (folds, split seeds): ``seed`` names each
+    replicate (:func:`domgen.results.spread.with_replicates`)."""
+    rows = with_replicates(select_rows(select(df, include_unfinished=include_unfinished), selection, exps))
     check_one_run_per_seed(rows)
     return rows
 
@@ -150,7 +152,8 @@ def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
             rec[f"{col}_n"] = int(len(v))
         out.append(rec)
     frame = pd.DataFrame(out).set_index("exp") if out else pd.DataFrame()
-    frame.attrs.update(avg_domains=avg_domains, metric=metric, selection=selection, study=_study(rows))
+    frame.attrs.update(avg_domains=avg_domains, metric=metric, selection=selection, study=_study(rows),
+                       spread=spread_of(rows))
     return frame
 
 
@@ -185,11 +188,14 @@ def _data_line(frame: pd.DataFrame) -> str:
 def caption_lines(df: pd.DataFrame, frame: pd.DataFrame, include_unfinished: bool = False) -> list[str]:
     """What the table shows, on which data, and which runs were left out."""
     metric, avg_domains = frame.attrs["metric"], frame.attrs["avg_domains"]
+    spread = frame.attrs.get("spread")
+    unit = "seeds" if spread is None or spread.over_seeds_only else "replicates"  # seeds only: the caption as it was
+    one = "seed" if unit == "seeds" else "replicate"
     lines = [
-        f"Table 2: test {metric} (x100) per domain; mean and sample std (ddof=1) over seeds where a row has "
-        f"several, the plain value with one; * = held-out domain; avg = per-seed mean over "
+        f"Table 2: test {metric} (x100) per domain; mean and sample std (ddof=1) over {unit} where a row has "
+        f"several, the plain value with one; * = held-out domain; avg = per-{one} mean over "
         f"{len(avg_domains)} domains ({' '.join(avg_domains)}; held-out included, as in the paper), "
-        f"then mean and std across seeds.",
+        f"then mean and std across {unit}.",
         _data_line(frame),
         f"Preset: {', '.join(sorted(set(' '.join(frame['preset']).split())))}.",
     ]
@@ -199,6 +205,8 @@ def caption_lines(df: pd.DataFrame, frame: pd.DataFrame, include_unfinished: boo
     study = frame.attrs["study"]
     if study != DEFAULT_STUDY:  # Table 2 itself says nothing more, so its quoted captions stay as they are
         lines.insert(2, f"Study: {study}.")
+    if unit == "replicates":
+        lines.insert(1, spread.line())
     return lines + left_out_lines(df, include_unfinished)
 
 
@@ -283,8 +291,9 @@ def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", inclu
     ax.set_ylabel(f"test {metric} (x100)")
     data = " (synthetic data)" if len(frame) and frame["synthetic"].any() else ""
     bound = ", an upper bound" if get_selection(selection).upper_bound else ""
+    over = frame.attrs["spread"].words() if len(frame) else "seeds"
     ax.set_title(f"Per-domain test {metric} by experiment{data}, {selection} selection{bound}\n"
-                 "error bars: std over seeds; hatched, * = held out")
+                 f"error bars: std over {over}; hatched, * = held out")
     ax.legend(ncols=min(len(frame), 11) or 1, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return Path(path)

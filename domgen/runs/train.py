@@ -62,7 +62,17 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "holdout": list(cfg.data.holdout),
         "train_domains": data.train_domains,
         **average_context(cfg),
+        **split_context(cfg),
     }
+
+
+def split_context(cfg: RunConfig) -> dict[str, Any]:
+    """The data split, only when it is not the default one (split seed 0, no folds), so that older records
+    stay as they are: ``split_seed``, ``folds`` and ``fold``, which tables spread over (``results.spread``)."""
+    d = cfg.data
+    if d.folds == 0 and d.split_seed == 0:
+        return {}
+    return {"split_seed": d.split_seed, "folds": d.folds, "fold": d.fold}
 
 
 def average_context(cfg: RunConfig) -> dict[str, Any]:

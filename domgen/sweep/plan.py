@@ -184,6 +184,31 @@ def algorithm_variants(algorithms: str | Iterable[str] | None, hparams: str = "d
     return list(dict.fromkeys(variants))  # an algorithm with nothing to search has one trial, not n equal ones
 
 
+def split_variants(folds: int = 0, split_seeds: Iterable[int] | None = None) -> list[tuple[str, ...]]:
+    """``--folds K`` x ``--split-seeds``: the ``--set`` items of each data split a requested run is planned on
+    (issue #13: the reported spread then includes split variance, not only training seeds).
+
+    ``folds`` 0: the study's own split (yoon2019: 50/20/30); K >= 2: one variant per test fold 0..K-1 of a
+    stratified group K-fold (``data.folds``, ``data.fold``). ``split_seeds``: one variant per seed of the
+    split (``data.split_seed``); None leaves the config's own. Neither: one variant with no items, so a
+    sweep without them plans exactly what it always did."""
+    if folds != 0 and folds < 2:
+        raise ValueError(f"--folds {folds}: 0 (the study's split) or K >= 2 folds")
+    seeds = [(f"data.split_seed={int(s)}",) for s in dict.fromkeys(split_seeds)] if split_seeds is not None else [()]
+    if split_seeds is not None and not seeds:
+        raise ValueError("--split-seeds: at least one split seed")
+    parts = [(f"data.folds={folds}", f"data.fold={k}") for k in range(folds)] if folds else [()]
+    return [s + p for s in seeds for p in parts]
+
+
+def cross_variants(*lists: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Every combination of one variant from each list (algorithms x splits), items concatenated."""
+    out: list[tuple[str, ...]] = [()]
+    for variants in lists:
+        out = [a + tuple(b) for a in out for b in variants]
+    return out
+
+
 def plan_sweep(
     exps: str | Iterable[str],
     seeds: int | Iterable[int],
@@ -244,12 +269,13 @@ def _add(cfg: RunConfig, requested: bool, jobs: dict[str, SweepJob], identity: s
 
 
 def _size_cache(sizes: Callable[[DataConfig], DataSize]) -> Callable[[RunConfig], float]:
-    """GPU-hours per config, with the data counted once per (nsec, holdout): the only data fields that
-    differ between the runs of one sweep."""
+    """GPU-hours per config, with the data counted once per (nsec, holdout, split): the only data fields
+    that differ between the runs of one sweep."""
     cache: dict[tuple, DataSize] = {}
 
     def estimate(cfg: RunConfig) -> float:
-        key = (cfg.data.nsec, cfg.data.holdout)
+        d = cfg.data
+        key = (d.nsec, d.holdout, d.split_seed, d.folds, d.fold)
         if key not in cache:
             cache[key] = sizes(cfg.data)
         return estimate_gpu_hours(cfg, cache[key])

@@ -79,6 +79,10 @@ def format_plan(plan: "Plan") -> str:
          "requested": "yes" if j.requested else "parent", "gpu_h": f"{j.gpu_hours:.2f}"}
         for j in plan.jobs
     ]
+    if any(j.cfg.data.folds or j.cfg.data.split_seed for j in plan.jobs):  # split variance: say which split each run is on
+        for row, j in zip(rows, plan.jobs):
+            d = j.cfg.data
+            row["split"] = (f"fold {d.fold}/{d.folds}" if d.folds else "paper") + f" seed {d.split_seed}"
     todo = [j for j in plan.jobs if j.state != "done"]
     head = (
         f"sweep: {len(plan.jobs)} runs ({sum(j.requested for j in plan.jobs)} requested, "

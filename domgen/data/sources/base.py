@@ -38,6 +38,7 @@ class LoadResult:
     records: pd.DataFrame  # RECORD_COLUMNS first, then the source's metadata columns
     dropped_labels: Counter = field(default_factory=Counter)  # diagnosis -> number of images dropped
     missing: list[str] = field(default_factory=list)  # listed images absent on disk (skip_missing only)
+    regrouped: int = 0  # images whose group differs from the pre-#13 rule (ISIC: lesion before patient)
 
     @property
     def n_dropped(self) -> int:

@@ -4,7 +4,10 @@ SONIC 9251.
 
 One adapter, registered three times. An Archive download is `metadata.csv` (`isic_id` plus either
 the legacy `diagnosis` or the hierarchical `diagnosis_1`..`diagnosis_5`) and `<isic_id>.jpg` beside
-it or under `images/`. Group: `lesion_id` where given, else `patient_id`, else the image itself.
+it or under `images/`. Group: `patient_id` where given (issue #13: two lesions of one patient never
+straddle two partitions), else `lesion_id`, else the image itself. Until this rule, lesion came first;
+``LoadResult.regrouped`` counts the images whose group the change moved, and a real root with any of them
+gets a new data identity (``Catalog.identity``), so runs split the old way keep their own folders.
 See datasets/MSK.md, UDA.md, SONIC.md.
 """
 
@@ -60,17 +63,27 @@ def diagnosis_term(row: pd.Series, levels: list[str]) -> str:
     return next((t for t in terms if t.lower() in ISIC_MAP), terms[0] if terms else "")
 
 
-def group_ids(meta: pd.DataFrame) -> list[str]:
-    """Per row: lesion_id if present and non-empty, else patient_id, else isic_id."""
-    lesion = meta["lesion_id"] if "lesion_id" in meta else pd.Series("", index=meta.index)
-    patient = meta["patient_id"] if "patient_id" in meta else pd.Series("", index=meta.index)
-    return [les.strip() or pat.strip() or iid for les, pat, iid in zip(lesion, patient, meta["isic_id"])]
+def _column(meta: pd.DataFrame, name: str) -> pd.Series:
+    """A metadata column as stripped strings ("" where absent or empty)."""
+    return meta[name].fillna("").astype(str).str.strip() if name in meta else pd.Series("", index=meta.index)
+
+
+def group_ids(meta: pd.DataFrame, id_column: str = "isic_id") -> list[str]:
+    """Per row: patient_id if present and non-empty, else lesion_id, else the image id."""
+    lesion, patient = _column(meta, "lesion_id"), _column(meta, "patient_id")
+    return [pat or les or iid for les, pat, iid in zip(lesion, patient, meta[id_column])]
+
+
+def lesion_first_ids(meta: pd.DataFrame, id_column: str = "isic_id") -> list[str]:
+    """The rule before issue #13 (lesion_id, else patient_id, else the image), kept only to count what moved."""
+    lesion, patient = _column(meta, "lesion_id"), _column(meta, "patient_id")
+    return [les or pat or iid for les, pat, iid in zip(lesion, patient, meta[id_column])]
 
 
 class IsicCollection(_io.SourceBase):
     label_map = ISIC_MAP
     case_insensitive = True
-    grouping = "lesion_id where given, else patient_id, else the image"
+    grouping = "patient_id where given, else lesion_id, else the image"
 
     def __init__(self, name: str, domain: str, description: str, order: int, table2: int,
                  synthetic: SyntheticSpec | None = None):
@@ -101,7 +114,10 @@ class IsicCollection(_io.SourceBase):
         rows["group"] = group_ids(meta)
         rows["path"] = [self._locate(root, i) for i in meta["isic_id"]]
         kept, dropped = _io.apply_labels(rows, self, diagnosis)
-        return _io.finish(self, root, kept, root / METADATA, skip_missing, dropped)
+        result = _io.finish(self, root, kept, root / METADATA, skip_missing, dropped)
+        records = result.records
+        result.regrouped = int((records["group"] != pd.Series(lesion_first_ids(records, "image_id"), index=records.index)).sum())
+        return result
 
     def _locate(self, root: Path, isic_id: str) -> Path:
         candidates = [safe_join(root, f"{d}/{isic_id}.jpg", self.name) for d in IMAGE_DIRS]
@@ -109,6 +125,7 @@ class IsicCollection(_io.SourceBase):
 
 
 # --- the synthetic benchmark's collections: one id space each; MSK gives lesion ids, SONIC patient ids ---
+# (never both on one image, so the patient-first rule groups them exactly as the lesion-first one did)
 NATIVE = {"nv": {"nevus": 1}, "mel": {"melanoma": 1}, "bcc": {"basal cell carcinoma": 1},
           "df": {"dermatofibroma": 1}, "vasc": {"vascular lesion": 1}, "akiec": {"actinic keratosis": 1},
           "bkl": {"seborrheic keratosis": 5, "solar lentigo": 3, "lichenoid keratosis": 2}}

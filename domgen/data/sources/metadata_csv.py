@@ -3,7 +3,8 @@ every image with its label and domain (a hospital's export, a curated subset, a 
 
 Columns ``path,label,domain`` (path relative to the folder holding the CSV), optional ``group`` (the
 unit that never straddles two partitions: lesion, case) and ``patient``; a row's group is its
-``group``, else its ``patient``, else the image itself (the ISIC adapter's rule). Labels are kept as
+``group``, else its ``patient``, else the image itself (an explicit
+``group`` wins; the ISIC adapters put the patient first). Labels are kept as
 written: the label space is the sorted labels found unless ``data.label_space`` names one (then other
 labels are dropped and counted). Any other column is kept as metadata, so ``data.domain_by`` can
 re-partition by it. Chosen with ``--set data.layout=metadata_csv``.
