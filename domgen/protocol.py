@@ -178,12 +178,11 @@ def _problems(p: Protocol):
         yield f"folds={p.folds} must be >= 1 (1 = the study's fixed split)"
 
 
-def check_classes(p: Protocol, classes: tuple[str, ...] | list[str]) -> None:
-    """Refuse a positive set naming a class the run's label space lacks (its metrics would all be NaN)."""
-    missing = [c for c in p.positive if c not in classes]
-    if missing:
-        raise ProtocolError(f"{p.source or 'the protocol'}: positive class {missing[0]!r} is not in the run's label space "
-                            f"({', '.join(classes)})")
+def missing_classes(p: Protocol, classes: tuple[str, ...] | list[str]) -> list[str]:
+    """The positive classes a run's label space lacks: they add nothing to the positive score (with none
+    present every ``pos_*`` metric is NaN), which a run says in its log rather than refusing, since one study
+    may run on data sources of several label spaces."""
+    return [c for c in p.positive if c not in classes]
 
 
 # ---- in plain words --------------------------------------------------------------------------------

@@ -300,3 +300,18 @@ def test_a_run_freezes_the_protocol_and_records_its_hash_and_operating_point(smo
     for r in final:  # positive [mel] at 0.95: the melanoma columns' threshold and screen, now with PPV/NPV and cost
         assert (r["pos_threshold"], r["pos_sens"], r["pos_spec"]) == (r["mel_threshold"], r["mel_sens"], r["mel_spec"])
         assert {"pos_auc", "pos_ppv", "pos_npv", "pos_cost", "pos_threshold_pooled"} <= set(r)
+
+
+def test_readme_quotes_the_protocol_command(monkeypatch, capsys):
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("readme_outputs", repo / "tools" / "readme_outputs.py")
+    readme_outputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_outputs)
+    quoted = readme_outputs.blocks((repo / "README.md").read_text())["protocol"].splitlines()
+    monkeypatch.chdir(repo)
+    assert run.main(["protocol"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # the last line says whether ./runs holds a frozen copy: the checkout's own state, not the protocol's
+    assert printed[:-1] == quoted[:-1] and quoted[-1].startswith("Not frozen yet")

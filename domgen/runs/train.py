@@ -27,7 +27,7 @@ from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
 from domgen.data.catalog import Catalog
 from domgen.data.run_data import RunData, prepare_data
-from domgen.protocol import freeze, protocol_hash
+from domgen.protocol import freeze, missing_classes, protocol_hash
 from domgen.runs.registry import resolve_config, study_of
 
 
@@ -117,9 +117,14 @@ def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: C
              restart: bool = False, wait: bool = False):
     """``with open_run(...) as (data, run_dir, finished)``: the data, the run folder (locked until the
     block ends) and the finished result when there is nothing to do. ``catalog``: see ``prepare_data``. The
-    study's protocol is frozen (or checked against its frozen copy) first, before anything else is written."""
-    freeze_protocol(cfg)
+    study's protocol is frozen (or checked against its frozen copy) once the data is found, before the run
+    folder exists."""
     data = prepare_data(cfg.data, bar=hooks.bar, catalog=catalog, log=hooks.log)
+    freeze_protocol(cfg)
+    protocol = study_of(cfg).protocol
+    if protocol is not None and missing_classes(protocol, data.classes):
+        hooks.log(f"[{cfg.exp} s{cfg.seed}] the protocol's positive set {protocol.positive_name!r} names classes this data "
+                  f"lacks ({', '.join(missing_classes(protocol, data.classes))}): they add nothing to its pos_* metrics")
     run_dir = run_dir_for(cfg, data.identity)
     tag = f"[{cfg.exp} s{cfg.seed}]"
     lock = RunLock(run_dir, wait=wait, on_wait=lambda o: hooks.log(f"{tag} waiting for {describe(o)} to release {run_dir}"),
