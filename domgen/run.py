@@ -205,14 +205,13 @@ def cmd_protocol(args: argparse.Namespace) -> int:
               f"{study.path.parent / study.name / 'protocol.yaml'} (experiments/README.md).")
         return 0
     print("\n".join(describe_protocol(p, study.name)))
-    if args.amend:
-        frozen = freeze(p, study.name, args.runs, args.amend)
-    else:
-        frozen = frozen_copy(args.runs, study.name)
-        if frozen is not None:  # a study file edited since: refused here too, naming the change
-            check_frozen(p, study.name, args.runs)
+    frozen = frozen_copy(args.runs, study.name)
+    if frozen is not None:  # an edit since it was frozen: recorded with --amend, else refused naming the change
+        frozen = freeze(p, study.name, args.runs, args.amend) if args.amend else frozen
+        check_frozen(p, study.name, args.runs)
     if frozen is None:
-        print(f"Not frozen yet: frozen in {Path(args.runs) / '.protocol'} when the study's first run there starts.")
+        print(("Nothing to amend. " if args.amend else "")
+              + f"Not frozen yet: frozen in {Path(args.runs) / '.protocol'} when the study's first run there starts.")
         return 0
     amended = read_amendments(args.runs, study.name)
     print(f"Frozen in {frozen.path} ({'last amended' if amended else 'since'} {frozen.frozen_at}); "

@@ -315,3 +315,10 @@ def test_readme_quotes_the_protocol_command(monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     # the last line says whether ./runs holds a frozen copy: the checkout's own state, not the protocol's
     assert printed[:-1] == quoted[:-1] and quoted[-1].startswith("Not frozen yet")
+
+
+def test_amend_before_any_run_freezes_nothing(tmp_path, capsys):
+    study = write_study(tmp_path)
+    assert run.main(["protocol", "--study", str(study), "--runs", str(tmp_path / "runs"), "--amend", "early"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("Nothing to amend. Not frozen yet: frozen in ")
+    assert not (tmp_path / "runs").exists()
