@@ -65,6 +65,9 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
     g.add_argument("--restart", action="store_true", help="move an unfinished run aside (<name>.abandoned-<time>) and start over")
     g.add_argument("--force", action="store_true", help="redo a run that is already done (the old one is moved aside)")
     g.add_argument("--wait", action="store_true", help="if another process owns the run folder, wait for it instead of stopping")
+    g.add_argument("--amend", default=None, metavar="REASON",
+                   help="the study's protocol was edited after runs exist in --out: record why (logged with the time in "
+                        "<out>/.protocol/) instead of refusing; see `protocol`")
 
 
 def add_study_option(p: argparse.ArgumentParser) -> None:

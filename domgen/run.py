@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from domgen.engine.profile import RunProfile, format_profile
     from domgen.runs.train import run_train
 
+    _amend(args)
     cfg = cc.build_config(args)
     cc.check_weights(cfg)
     hooks = cc.cli_hooks()
@@ -82,6 +83,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.set.append(f"prune.threshold={args.threshold}")
     from domgen.runs.registry import study_of
 
+    _amend(args)
     cfg = cc.build_config(args)
     if study_of(cfg).experiments.get(cfg.exp).driver != "prune":
         raise ValueError(f"prune runs the study's pruning rows (driver: prune; yoon2019: U and V), not {cfg.exp}")
@@ -130,6 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_loo(args: argparse.Namespace) -> int:
     from domgen.runs.loo import format_loo, loo_experiments, run_loo
 
+    _amend(args)
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
@@ -169,9 +172,71 @@ def _exps(args: argparse.Namespace) -> list[str] | None:
     return parse_exps(args.exps, args.study)
 
 
+def _registered(args: argparse.Namespace) -> str | None:
+    """Settle ``args.metric`` and ``args.selection`` from the study's protocol (``domgen.protocol``): its primary
+    metric and selection unless given; another metric only with ``--exploratory``. Refuses runs frozen under
+    another protocol. Returns the caption line of an exploratory metric, else None."""
+    from domgen.protocol import check_frozen, exploratory_line, protocol_hash
+    from domgen.studies import load_study
+
+    study = load_study(args.study)
+    p = study.protocol
+    check_frozen(p, study.name, args.runs)
+    primary = p.primary_metric if p is not None else DEFAULT_METRIC
+    args.selection = args.selection or (p.selection if p is not None else SELECTIONS[0])
+    args.metric = args.metric or primary
+    if args.metric == primary:
+        return None
+    if not args.exploratory:
+        by = f"protocol {protocol_hash(p)} in {p.source}" if p is not None else "the default, as the study has no protocol"
+        raise ValueError(f"--metric {args.metric}: the pre-registered primary metric of study {study.name} is {primary} "
+                         f"({by}); another metric is reported only with --exploratory, which labels it so")
+    return exploratory_line(args.metric, p, primary)
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from domgen.protocol import amendments_path, check_frozen, describe_protocol, freeze, frozen_copy, read_amendments
+    from domgen.studies import load_study
+
+    study = load_study(args.study)
+    p = study.protocol
+    if p is None:
+        print(f"Study {study.name} ({study.path}) has no protocol: write a 'protocol:' block in it, or "
+              f"{study.path.parent / study.name / 'protocol.yaml'} (experiments/README.md).")
+        return 0
+    print("\n".join(describe_protocol(p, study.name)))
+    frozen = frozen_copy(args.runs, study.name)
+    if frozen is not None:  # an edit since it was frozen: recorded with --amend, else refused naming the change
+        frozen = freeze(p, study.name, args.runs, args.amend) if args.amend else frozen
+        check_frozen(p, study.name, args.runs)
+    if frozen is None:
+        print(("Nothing to amend. " if args.amend else "")
+              + f"Not frozen yet: frozen in {Path(args.runs) / '.protocol'} when the study's first run there starts.")
+        return 0
+    amended = read_amendments(args.runs, study.name)
+    print(f"Frozen in {frozen.path} ({'last amended' if amended else 'since'} {frozen.frozen_at}); "
+          f"{len(amended)} amendment(s)" + (f", logged in {amendments_path(args.runs, study.name)}:" if amended else "."))
+    for a in amended:
+        print(f"  {a['time']}: {a['reason']} (" + "; ".join(f"{c['key']} {c['before']} -> {c['after']}" for c in a['changes']) + ")")
+    return 0
+
+
+def _amend(args: argparse.Namespace) -> None:
+    """``--amend REASON`` of a training command: record the study's changed protocol before any run starts."""
+    if getattr(args, "amend", None):
+        from domgen.protocol import freeze
+        from domgen.studies import load_study
+
+        study = load_study(args.study)
+        freeze(study.protocol, study.name, args.out, args.amend)
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from domgen.results.tables import plot_table, pruning_report, table2
 
+    exploratory = _registered(args)
+    if exploratory and args.format == "csv":
+        print(exploratory, file=sys.stderr)  # CSV has no caption: said beside it
     df = _results(args)
     if df.empty or not ((df["stage"] == "final") & (df["split"] == "test")).any():
         raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
@@ -181,10 +246,11 @@ def cmd_table(args: argparse.Namespace) -> int:
         if args.plot:
             raise ValueError("--plot draws Table 2 by experiment; leave out --by algorithm or --plot")
         print(algorithm_table(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection,
-                              exps=_exps(args)))
+                              exps=_exps(args), exploratory=exploratory))
         return 0
     exps = _exps(args)
-    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection, exps=exps))
+    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection, exps=exps,
+                 exploratory=exploratory))
     final = df[(df["stage"] == "final") & (df["split"] == "test")]  # the pruning keys are on the final rows
     if args.format == "md" and "params" in final.columns and final["params"].notna().any():
         print("\n" + pruning_report(final))
@@ -196,23 +262,29 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from domgen.results.compare import format_compare
 
-    print(format_compare(_results(args), args.a, args.b, metric=args.metric, selection=args.selection, exps=_exps(args)))
+    exploratory = _registered(args)
+    print(format_compare(_results(args), args.a, args.b, metric=args.metric, selection=args.selection, exps=_exps(args),
+                         exploratory=exploratory))
     return 0
 
 
 # domgen.results.selection's registry (a test checks they agree); spelled here so --help needs no pandas
 SELECTIONS = ("train", "lodo", "oracle")
+DEFAULT_METRIC = "macro_recall"  # the primary metric of a study without a protocol (the paper's)
 
 
 def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
     p.add_argument("--preset", default=None, help="only runs of this preset")
-    p.add_argument("--metric", default="macro_recall", help="macro_recall, balanced_acc, mel_auc, mel_sens, ...")
+    p.add_argument("--metric", default=None, help="default: the study protocol's pre-registered primary metric (`protocol`; "
+                   "macro_recall without one); another (balanced_acc, mel_auc, pos_sens, pos_cost, ...) needs --exploratory")
+    p.add_argument("--exploratory", action="store_true",
+                   help="allow a --metric that is not the pre-registered one; the caption then says it is exploratory")
     p.add_argument("--exps", default=None, help="report only these rows of the study, in its file order: O-T, A,K,R (e.g. "
                    "the leave-one-out runs without their warm-start parent, for --selection lodo or oracle); selection "
                    "still reads every run")
-    p.add_argument("--selection", default="train", choices=SELECTIONS,
-                   help="model selection: train = training-domain validation (what the trainer chose); lodo = "
+    p.add_argument("--selection", default=None, choices=SELECTIONS,
+                   help="default: the study protocol's (train without one). Model selection: train = training-domain validation (what the trainer chose); lodo = "
                         "leave-one-domain-out validation (needs a loo --holdout all sweep); oracle = the held-out "
                         "domain's own validation, an upper bound, not a result")
     cc.add_study_option(p)
@@ -238,6 +310,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from domgen.sweep.plan import algorithm_variants, cross_variants, plan_sweep, split_variants
     from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
+    _amend(args)
     seeds = parse_seeds(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
     exps = args.exps
@@ -287,6 +360,9 @@ def add_sweep_parser(sub) -> None:
     sw.add_argument("--split-seeds", default=None, metavar="SEEDS",
                     help="repeat on these data splits (data.split_seed), like --seeds: 0,1 or 2 (= 0-1); default: the config's own")
     sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
+    sw.add_argument("--amend", default=None, metavar="REASON",
+                    help="the study's protocol was edited after runs exist: record why (logged with the time in "
+                         "<out>/.protocol/) instead of refusing; see `protocol`")
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
@@ -415,6 +491,10 @@ DESCRIPTIONS = {
               "file size, single-image CPU latency, parameters and MACs.",
     "table": "Build the paper's Table 2 (mean +/- std over seeds, per domain) from the results files under --runs, or "
              "a table by algorithm (--by algorithm), under a named model selection (--selection). Reads results only.",
+    "protocol": "Print a study's protocol (experiments/<study>.yaml's protocol: block): the positive class set, target "
+                "sensitivity, costs of a false negative and a false positive, primary metric, model selection, seeds "
+                "and folds; and whether it is frozen beside the runs (it is when the first run starts; an edit after "
+                "that is refused unless --amend says why). Reads files only.",
     "compare": "Paired, seed-matched difference between two experiments (e.g. K vs A) or two algorithms (e.g. coral vs "
                "erm), with a confidence interval, under a named model selection.",
     "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
@@ -487,6 +567,13 @@ def parser() -> argparse.ArgumentParser:
     add_results_options(co)
     co.set_defaults(func=cmd_compare)
     add_sweep_parser(sub)
+    pc = _sub(sub, "protocol", "the study's pre-registered error profile in plain words, and whether it is frozen")
+    cc.add_study_option(pc)
+    pc.add_argument("--runs", default="runs", help="folder holding the runs (their frozen copy is <runs>/.protocol/<study>.yaml)")
+    pc.add_argument("--amend", default=None, metavar="REASON",
+                    help="accept the study file's edited protocol for the runs there: log the reason and the changes with "
+                         "the time, and make it the frozen copy")
+    pc.set_defaults(func=cmd_protocol)
     be = _sub(sub, "bench", "benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
     be.add_argument("what", choices=["pipeline", "train"], help="what to measure")
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")

@@ -23,6 +23,7 @@ import yaml
 
 from domgen.config import TransformConfig
 from domgen.errors import ConfigError
+from domgen.protocol import Protocol, load_protocol
 from domgen.registry import Registry
 
 DEFAULT_STUDY = "yoon2019"
@@ -82,6 +83,7 @@ class Study:
     description: str
     experiments: Registry[Experiment] = field(repr=False)
     presets: dict[str, Preset] = field(repr=False)
+    protocol: Protocol | None = field(default=None, repr=False)  # its error profile (domgen.protocol), if written
 
     @property
     def loo(self) -> dict[str, str]:
@@ -136,7 +138,7 @@ def _load(path: Path) -> Study:
     doc = _read(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a study file is a mapping with an 'experiments:' list")
-    _check_keys(path, "the study", doc, {"study", "description", "experiments", "presets"})
+    _check_keys(path, "the study", doc, {"study", "description", "experiments", "presets", "protocol"})
     name = str(doc.get("study") or path.stem)
     rows = doc.get("experiments")
     if not isinstance(rows, list) or not rows:
@@ -150,7 +152,8 @@ def _load(path: Path) -> Study:
             raise ConfigError(f"{path}, row {exp.name!r}: the name is used twice")
         registry.add(exp.name, exp)
     _check_parents(path, registry)
-    return Study(name, path, str(doc.get("description", "")), registry, presets)
+    protocol = load_protocol(path, name, doc.get("protocol"))
+    return Study(name, path, str(doc.get("description", "")), registry, presets, protocol)
 
 
 def _read(path: Path):

@@ -9,6 +9,7 @@ Each quoted output sits between ``<!-- readme-output: NAME -->`` and ``<!-- /rea
   opening ``data:`` line and the table (from its ``exp`` header on) are compared (minutes on a CPU;
   skipped with --quick).
 - ``table``: ``table`` over the main job's runs (needs main-job; skipped with --quick).
+- ``protocol``: ``python -m domgen.run protocol`` (yoon2019's error profile), verbatim.
 
 Usage: ``tools/readme_outputs.sh [--quick] [--write]``; exit status 1 when a quote differs. The package
 never imports this file; ``tests/test_readme.py`` uses its block reader.
@@ -75,7 +76,7 @@ def summary_output(cache: Path | None = None) -> str:
 
 def current(quick: bool) -> dict[str, str]:
     outputs = {"list": domgen("list").rstrip("\n"), "algorithms": domgen("list", "algorithms").rstrip("\n"),
-               "summary": summary_output()}
+               "summary": summary_output(), "protocol": domgen("protocol").rstrip("\n")}
     if not quick:
         with tempfile.TemporaryDirectory() as runs:
             job = domgen("loo", "--holdout", "PH2", "--preset", "quick", "--out", runs).splitlines()

@@ -11,6 +11,15 @@ specificity at a clinical operating point chosen on *validation* scores (the hig
 still catches >= 95 % of melanomas, since a missed melanoma costs far more than a biopsy) and then
 applied unchanged to the test split. :func:`evaluate_domains` does that choice and application.
 
+The study's error profile (:mod:`domgen.protocol`) generalises that screen: the positive set (one class
+or several, e.g. mel + bcc + akiec, scored by the sum of their probabilities), its target sensitivity and
+the costs of a false negative and a false positive. With ``operating=`` the protocol, every row also holds
+``pos_auc``, ``pos_threshold`` (chosen on the domain's validation like the melanoma one, at the protocol's
+target), and at that threshold ``pos_sens``, ``pos_spec``, ``pos_ppv`` = TP / (TP + FP), ``pos_npv`` =
+TN / (TN + FN) and ``pos_cost`` = (c_FN x FN + c_FP x FP) / N, the expected cost per case (fractions, and
+cost units per case). ``positive: [mel]`` at 0.95 gives the melanoma columns' threshold and sensitivity;
+the ``mel_*`` columns stay as they were.
+
 Scales, fixed so tables need no guessing: ``macro_recall``, ``balanced_acc``, ``accuracy`` and
 ``recall_<cls>`` are percentages; ``mel_auc``, ``mel_sens``, ``mel_spec`` and ``mel_threshold`` are
 fractions in [0, 1] (like the sensitivity target). Anything undefined (a class absent from the ground
@@ -23,13 +32,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
 
 from domgen.data.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
+
+if TYPE_CHECKING:
+    from domgen.protocol import Protocol
 
 MEL = CLASS_INDEX["mel"]
 # Relative slack on ">= target": 19/20 and 0.95 are the same double, but a ratio such as 0.1 * 3 is not.
@@ -45,6 +57,8 @@ __all__ = [
     "threshold_at_sensitivity",
     "sens_spec",
     "binary_auc",
+    "operating_point",
+    "positive_scores",
     "evaluate_predictions",
     "evaluate_domains",
     "jsonable",
@@ -208,6 +222,61 @@ def _first_seen(values: np.ndarray) -> list[str]:
     return list(dict.fromkeys(values.tolist()))
 
 
+def positive_scores(t: np.ndarray, p: np.ndarray, classes: Sequence[str], positive: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(in the positive set, P(positive set) = the sum of its classes' probabilities) per row; classes of the
+    set that the label space lacks add nothing (a set with none of them has no positives: NaN metrics)."""
+    cols = [list(classes).index(c) for c in positive if c in classes]
+    if not cols:
+        return np.zeros(len(t), dtype=bool), np.zeros(len(t))
+    return np.isin(t, cols), p[:, cols].sum(axis=1)
+
+
+def operating_point(y_true_bin: Any, score: Any, threshold: float, cost_fn: float, cost_fp: float) -> dict[str, float]:
+    """The screen ``score >= threshold`` on these cases: sensitivity, specificity, PPV, NPV (fractions; NaN
+    where the denominator is 0) and the expected cost per case (c_FN x FN + c_FP x FP) / N (NaN without a
+    threshold or cases)."""
+    y = np.asarray(y_true_bin).reshape(-1).astype(bool)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    out = dict(sens=math.nan, spec=math.nan, ppv=math.nan, npv=math.nan, cost=math.nan)
+    if threshold is None or math.isnan(threshold) or y.size == 0:
+        return out
+    pred = s >= threshold
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / (a + b) if a + b else math.nan
+
+    out.update(sens=ratio(tp, fn), spec=ratio(tn, fp), ppv=ratio(tp, fp), npv=ratio(tn, fn),
+               cost=(cost_fn * fn + cost_fp * fp) / y.size)
+    return out
+
+
+def _thresholds(is_pos: np.ndarray, score: np.ndarray, dom: np.ndarray, is_val: np.ndarray, target: float,
+                threshold_from: str) -> dict[str, tuple[float, float]]:
+    """Domain -> (threshold, 1.0 if it is the pooled one else 0.0): the domain's own validation threshold
+    reaching ``target``, else (no validation rows or no positives there) the pooled validation one."""
+    if threshold_from not in ("domain", "pooled"):
+        raise ValueError(f"threshold_from must be 'domain' or 'pooled', got {threshold_from!r}")
+    pooled = threshold_at_sensitivity(is_pos[is_val], score[is_val], target)
+    out = {}
+    for d in _first_seen(dom):
+        out[d] = (pooled, 1.0)
+        if threshold_from == "domain":
+            m = is_val & (dom == d)
+            own = threshold_at_sensitivity(is_pos[m], score[m], target)
+            if not math.isnan(own):
+                out[d] = (own, 0.0)
+    return out
+
+
+def _operating_metrics(t: np.ndarray, p: np.ndarray, classes: Sequence[str], protocol: Protocol, thr: float) -> dict[str, float]:
+    """The ``pos_*`` columns of one (split, domain) at the threshold ``thr`` its validation chose."""
+    is_pos, score = positive_scores(t, p, classes, protocol.positive)
+    op = operating_point(is_pos, score, thr, protocol.cost_false_negative, protocol.cost_false_positive)
+    return {"pos_auc": binary_auc(is_pos, score), "pos_threshold": thr} | {f"pos_{k}": v for k, v in op.items()}
+
+
 def evaluate_domains(
     y_true: Any,
     probs: Any,
@@ -218,6 +287,7 @@ def evaluate_domains(
     target: float = 0.95,
     threshold_from: Literal["domain", "pooled"] = "domain",
     classes: Sequence[str] = CLASSES,
+    operating: Protocol | None = None,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
     """Evaluate every (split, domain) present, with the melanoma threshold chosen on validation.
 
@@ -226,7 +296,9 @@ def evaluate_domains(
     that domain, test included. A domain with no usable validation (no rows, or no melanoma there,
     e.g. the held-out domain of a leave-one-domain-out run) falls back to the threshold from all
     validation rows pooled, i.e. the source domains; ``mel_threshold_pooled`` = 1.0 marks that.
-    ``threshold_from="pooled"`` uses the pooled threshold everywhere.
+    ``threshold_from="pooled"`` uses the pooled threshold everywhere. ``operating``: a study's protocol,
+    whose positive set gets the same choice at the protocol's target (``pos_*`` columns, see the module
+    docstring; ``pos_threshold_pooled`` marks the fallback).
 
     Returns rows ``{"split", "domain", **metrics, "mel_threshold_pooled"}`` in order of first
     appearance (domain-major), and the confusion matrices keyed by ``(split, domain)``.
@@ -238,23 +310,22 @@ def evaluate_domains(
     if not (t.shape[0] == p.shape[0] == dom.shape[0] == spl.shape[0]):
         raise ValueError(f"length mismatch: {t.shape[0]}, {p.shape[0]}, {dom.shape[0]}, {spl.shape[0]}")
     is_val = spl == val_split
-    is_mel, mel_score = melanoma_scores(t, p, classes)
-    pooled = threshold_at_sensitivity(is_mel[is_val], mel_score[is_val], target)
+    mel = _thresholds(*melanoma_scores(t, p, classes), dom, is_val, target, threshold_from)
+    pos = {}
+    if operating is not None:
+        is_pos, score = positive_scores(t, p, classes, operating.positive)
+        pos = _thresholds(is_pos, score, dom, is_val, operating.target_sensitivity, threshold_from)
     rows: list[dict[str, Any]] = []
     cms: dict[tuple[str, str], np.ndarray] = {}
     for d in _first_seen(dom):
-        thr, from_pool = pooled, 1.0
-        if threshold_from == "domain":
-            m = is_val & (dom == d)
-            own = threshold_at_sensitivity(is_mel[m], mel_score[m], target)
-            if not math.isnan(own):
-                thr, from_pool = own, 0.0
-        elif threshold_from != "pooled":
-            raise ValueError(f"threshold_from must be 'domain' or 'pooled', got {threshold_from!r}")
+        thr, from_pool = mel[d]
         for s in _first_seen(spl[dom == d]):
             m = (dom == d) & (spl == s)
             metrics, cm = evaluate_predictions(t[m], p[m], thr, classes)
-            rows.append({"split": s, "domain": d, **metrics, "mel_threshold_pooled": from_pool})
+            row = {"split": s, "domain": d, **metrics, "mel_threshold_pooled": from_pool}
+            if operating is not None:
+                row |= _operating_metrics(t[m], p[m], classes, operating, pos[d][0]) | {"pos_threshold_pooled": pos[d][1]}
+            rows.append(row)
             cms[(s, d)] = cm
     return rows, cms
 

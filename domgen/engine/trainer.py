@@ -32,6 +32,7 @@ from domgen.data.run_data import RunData
 from domgen.models import build_model, input_normalization
 from domgen.progress import lazy_bar
 from domgen.seeds import derive_seed
+from domgen.studies import load_study
 from domgen.threads import thread_budget
 
 LAST, BEST = "last.pt", "best.pt"
@@ -105,6 +106,8 @@ class Trainer:
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
         self.saved_epoch = 0  # epochs safely in last.pt (what a Ctrl-C keeps)
         self.tb: TensorBoard | None = None
+        # the study's error profile: its positive set's operating point in every row (pos_*), when it has one
+        self.operating = load_study(cfg.study_file or cfg.study).protocol
 
     # ---- state -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -255,7 +258,7 @@ class Trainer:
         probs, y, feats = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
                                   self.cfg.precision)
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
-        rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes)
+        rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes, operating=self.operating)
         return rows, cms, (feats, y, doms, spl)
 
     def epoch_splits(self) -> tuple[tuple[str, ...], list[str] | None]:

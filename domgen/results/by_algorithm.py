@@ -199,15 +199,16 @@ def _cells(res: ByAlgorithm, frame: pd.DataFrame, pm: str) -> list[list[str]]:
 
 
 def algorithm_table(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False,
-                    selection: str = DEFAULT, exps: Iterable[str] | None = None) -> str:
-    """The table by algorithm as Markdown, LaTeX or CSV (the numeric :func:`algorithm_frame`)."""
+                    selection: str = DEFAULT, exps: Iterable[str] | None = None, exploratory: str | None = None) -> str:
+    """The table by algorithm as Markdown, LaTeX or CSV (the numeric :func:`algorithm_frame`); ``exploratory``:
+    the caption's first line, for a metric that is not the study's pre-registered one (``domgen.protocol``)."""
     res = by_algorithm(df, metric, include_unfinished, selection, exps)
     frame = algorithm_frame(res)
     if frame.empty:
         return "No finished runs with test results.\n"
     if fmt == "csv":
         return frame.to_csv()
-    lines = caption(res, frame, metric, selection) + left_out_lines(df, include_unfinished)
+    lines = [exploratory] * bool(exploratory) + caption(res, frame, metric, selection) + left_out_lines(df, include_unfinished)
     if res.left_out:
         lines.append(f"Left out: {len(res.left_out)} run(s) holding no single domain out beside the leave-one-out "
                      f"sweeps (no held-out column to stand for): {', '.join(res.left_out)}.")

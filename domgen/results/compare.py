@@ -132,14 +132,16 @@ def format_compare(
     wilcoxon_min: int = 5,
     selection: str = DEFAULT,
     exps: Iterable[str] | None = None,
+    exploratory: str | None = None,
 ) -> str:
-    """:func:`compare` as a Markdown table with the matched seeds and what the numbers can support."""
+    """:func:`compare` as a Markdown table with the matched seeds and what the numbers can support;
+    ``exploratory``: the first line, for a metric that is not the study's pre-registered one."""
     res = compare(df, a, b, metric, include_unfinished, wilcoxon_min, selection, exps)
     at = res.attrs
     matched = sorted(set(at["seeds_a"]) & set(at["seeds_b"]))
     only_a = sorted(set(at["seeds_a"]) - set(matched))
     only_b = sorted(set(at["seeds_b"]) - set(matched))
-    lines = [
+    lines = [exploratory] * bool(exploratory) + [
         f"{a} - {b}: test {metric} (x100), paired by seed"
         + (" (an upper bound, not a result)." if get_selection(selection).upper_bound else "."),
         selection_line(selection),

@@ -31,7 +31,7 @@ AVG = "avg"
 COLUMNS: tuple[str, ...] = (*TABLE2_DOMAINS, AVG)
 META = ("Exp", "nsec", "arch", "Cl", "Al", "Pr")
 # Metrics stored as fractions; shown x100 like macro recall so every cell reads as a percentage.
-_FRACTIONS = {"mel_auc", "mel_sens", "mel_spec"}
+_FRACTIONS = {"mel_auc", "mel_sens", "mel_spec", "pos_auc", "pos_sens", "pos_spec", "pos_ppv", "pos_npv"}
 
 
 def table_rows(df: pd.DataFrame, include_unfinished: bool = False, selection: str = DEFAULT_SELECTION,
@@ -247,16 +247,17 @@ def _latex(caption: list[str], cells: list[list[str]], left=META, right=(*COLUMN
 
 
 def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", include_unfinished: bool = False,
-           selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> str:
+           selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None, exploratory: str | None = None) -> str:
     """Table 2 as Markdown (``md``), LaTeX (``latex``, booktabs) or CSV (``csv``: the numeric
-    :func:`table2_frame`, one column per mean / std / n, round-trips to numbers)."""
+    :func:`table2_frame`, one column per mean / std / n, round-trips to numbers). ``exploratory``: the
+    caption's first line, for a metric that is not the study's pre-registered one (``domgen.protocol``)."""
     frame = table2_frame(df, metric, include_unfinished, selection, exps)
     if frame.empty:
         left_out = sorted(set(unfinished_runs(df)) | set(df.attrs.get("unfinished", ())))
         return f"No finished runs with final test results ({len(left_out)} unfinished run(s) left out).\n"
     if fmt == "csv":
         return frame.to_csv()
-    caption = caption_lines(df, frame, include_unfinished)
+    caption = [exploratory] * bool(exploratory) + caption_lines(df, frame, include_unfinished)
     if fmt == "md":
         return _markdown(caption, _cells(frame, " ± "))
     if fmt == "latex":

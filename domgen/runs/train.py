@@ -27,6 +27,7 @@ from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
 from domgen.data.catalog import Catalog
 from domgen.data.run_data import RunData, prepare_data
+from domgen.protocol import freeze, missing_classes, protocol_hash
 from domgen.runs.registry import resolve_config, study_of
 
 
@@ -63,6 +64,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "train_domains": data.train_domains,
         **average_context(cfg),
         **split_context(cfg),
+        **protocol_context(cfg),
     }
 
 
@@ -73,6 +75,21 @@ def split_context(cfg: RunConfig) -> dict[str, Any]:
     if d.folds == 0 and d.split_seed == 0:
         return {}
     return {"split_seed": d.split_seed, "folds": d.folds, "fold": d.fold}
+
+
+def protocol_context(cfg: RunConfig) -> dict[str, Any]:
+    """The study's protocol as the record states it, only when it has one (``domgen.protocol``): its hash,
+    beside the config hash and never in it, and the positive set the ``pos_*`` columns are about."""
+    p = study_of(cfg).protocol
+    if p is None:
+        return {}
+    return {"protocol_hash": protocol_hash(p), "positive": p.positive_name, "positive_classes": list(p.positive)}
+
+
+def freeze_protocol(cfg: RunConfig, amend: str | None = None) -> None:
+    """Freeze the study's protocol beside the runs when its first run starts (``<out>/.protocol``); refuse a
+    run whose study file has changed it since, unless ``amend`` says why (``domgen.protocol.freeze``)."""
+    freeze(study_of(cfg).protocol, cfg.study, cfg.out, amend)
 
 
 def average_context(cfg: RunConfig) -> dict[str, Any]:
@@ -109,8 +126,15 @@ def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog, resume: boo
 def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: Catalog | None = None,
              restart: bool = False, wait: bool = False):
     """``with open_run(...) as (data, run_dir, finished)``: the data, the run folder (locked until the
-    block ends) and the finished result when there is nothing to do. ``catalog``: see ``prepare_data``."""
+    block ends) and the finished result when there is nothing to do. ``catalog``: see ``prepare_data``. The
+    study's protocol is frozen (or checked against its frozen copy) once the data is found, before the run
+    folder exists."""
     data = prepare_data(cfg.data, bar=hooks.bar, catalog=catalog, log=hooks.log)
+    freeze_protocol(cfg)
+    protocol = study_of(cfg).protocol
+    if protocol is not None and missing_classes(protocol, data.classes):
+        hooks.log(f"[{cfg.exp} s{cfg.seed}] the protocol's positive set {protocol.positive_name!r} names classes this data "
+                  f"lacks ({', '.join(missing_classes(protocol, data.classes))}): they add nothing to its pos_* metrics")
     run_dir = run_dir_for(cfg, data.identity)
     tag = f"[{cfg.exp} s{cfg.seed}]"
     lock = RunLock(run_dir, wait=wait, on_wait=lambda o: hooks.log(f"{tag} waiting for {describe(o)} to release {run_dir}"),
