@@ -1,0 +1,104 @@
+"""What a run ran on: ``environment.json`` in every run folder, and the ``deterministic`` switch.
+
+The record names the library versions that decide a result (python, torch, torchvision, timm, numpy,
+scikit-learn), CUDA and cuDNN (None when the run is not on a GPU), the device, the platform, and the git
+commit of the domgen source that ran with whether its tracked files had uncommitted changes (``dirty``;
+untracked files are not counted, since run folders and caches often sit untracked inside a checkout).
+Where git is absent or the source is not a checkout (an installed wheel), ``git_commit`` and
+``git_dirty`` are None. A resumed run keeps the sessions before it under ``earlier`` (a run continued on
+another machine says so).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from domgen.atomic import write_text_atomic
+
+ENVIRONMENT = "environment.json"
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn")
+# cuBLAS needs a fixed workspace to be deterministic (PyTorch's "Reproducibility" notes)
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    """``git args`` in ``cwd``: its stdout, or None when git is missing, fails or hangs."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state(source: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout holding ``source`` (default: the domgen package); (None, None)
+    without git or outside a checkout."""
+    source = Path(source) if source is not None else Path(__file__).resolve().parents[1]
+    commit = _git(["rev-parse", "HEAD"], source)
+    if commit is None:
+        return None, None
+    status = _git(["status", "--porcelain", "--untracked-files=no"], source)
+    return commit, (None if status is None else bool(status))
+
+
+def environment(device: torch.device, deterministic: bool = False, source: Path | None = None) -> dict[str, Any]:
+    """The record written as ``environment.json`` (module docstring)."""
+    cuda = device.type == "cuda"
+    commit, dirty = git_state(source)
+    return {
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        **{p.replace("-", "_"): _version(p) for p in PACKAGES},
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine() or device.type),
+        "device_type": device.type,
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "deterministic": bool(deterministic),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``run_dir/environment.json``; the sessions already recorded there (a resumed
+    run's) move under ``earlier``, oldest first."""
+    path = Path(run_dir) / ENVIRONMENT
+    earlier: list[dict] = []
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            earlier = [*old.pop("earlier", []), old]
+        except (json.JSONDecodeError, AttributeError):
+            earlier = []  # a torn file from a killed write cannot be recovered; the new record stands
+    write_text_atomic(path, json.dumps(record | ({"earlier": earlier} if earlier else {}), indent=1) + "\n")
+    return path
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (``torch.use_deterministic_algorithms``, cuDNN deterministic, no cuDNN
+    autotuning) when ``on``; PyTorch's defaults when off, so a process running several runs does not carry
+    one run's setting into the next. An operation without a deterministic kernel then raises, naming it."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False if on else torch.backends.cudnn.benchmark
