@@ -58,6 +58,7 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
+    add_deterministic_option(p)
     if not folder:
         return
     g = p.add_argument_group("an existing run folder (nothing is ever deleted)")
@@ -65,6 +66,19 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
     g.add_argument("--restart", action="store_true", help="move an unfinished run aside (<name>.abandoned-<time>) and start over")
     g.add_argument("--force", action="store_true", help="redo a run that is already done (the old one is moved aside)")
     g.add_argument("--wait", action="store_true", help="if another process owns the run folder, wait for it instead of stopping")
+
+
+def add_deterministic_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, no autotuning): "
+                        "slower; same as --set deterministic=true, which does not change the run's hash")
+
+
+def deterministic_override(args: argparse.Namespace) -> None:
+    """``--deterministic`` becomes ``--set deterministic=true``, so every path that reads ``--set`` (train,
+    loo, sweep and the jobs a sweep launches) sees it."""
+    if getattr(args, "deterministic", False) and hasattr(args, "set"):
+        args.set = [*args.set, "deterministic=true"]
 
 
 def add_study_option(p: argparse.ArgumentParser) -> None:

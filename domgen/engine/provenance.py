@@ -26,12 +26,17 @@ import torch
 from domgen.atomic import write_text_atomic
 
 ENVIRONMENT = "environment.json"
-PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn")
+# distribution -> module: an imported module's own __version__ keeps the build tag (torch 2.x+cu130), which
+# the distribution's metadata drops; modules not imported yet are read from metadata (no import cost)
+PACKAGES = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "numpy": "numpy", "scikit-learn": "sklearn"}
 # cuBLAS needs a fixed workspace to be deterministic (PyTorch's "Reproducibility" notes)
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def _version(package: str) -> str | None:
+def _version(package: str, module: str) -> str | None:
+    version = getattr(sys.modules.get(module), "__version__", None)
+    if version is not None:
+        return str(version)
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -65,7 +70,7 @@ def environment(device: torch.device, deterministic: bool = False, source: Path 
     return {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        **{p.replace("-", "_"): _version(p) for p in PACKAGES},
+        **{p.replace("-", "_"): _version(p, mod) for p, mod in PACKAGES.items()},
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine() or device.type),

@@ -249,20 +249,21 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------------
     def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None, model=None,
                   extra: np.ndarray | None = None):
-        """Every domain of ``splits``, or only ``domains``, plus the manifest positions ``extra``; ``model``
-        (default: the trained one). Returns rows, confusion matrices, (features, labels, domains, splits)
-        and (positions, probabilities)."""
+        """Every domain of ``splits``, or only ``domains``, then the manifest positions ``extra`` (in a pass
+        of their own, so the other rows' batches, and so their numbers, are the same with or without them);
+        ``model`` (default: the trained one). Returns rows, confusion matrices, (features, labels, domains,
+        splits) and (positions, probabilities)."""
         m = self.data.manifest
         mask = m["split"].isin(splits)
         if domains is not None:
             mask &= m["domain"].isin(domains)
-        mask = mask.to_numpy()
-        if extra is not None and len(extra):
-            mask[extra] = True
-        pos = np.flatnonzero(mask)
+        pos = np.flatnonzero(mask.to_numpy())
         model = self.model if model is None else model
-        probs, y, feats = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
-                                  self.cfg.precision)
+        bs = 2 * self.cfg.optim.batch_size
+        probs, y, feats = predict(model, self.inputs.eval_batches(pos, bs), self.device, features, self.cfg.precision)
+        if extra is not None and len(extra):
+            p2, y2, _ = predict(model, self.inputs.eval_batches(extra, bs), self.device, False, self.cfg.precision)
+            pos, probs, y = np.concatenate([pos, extra]), np.concatenate([probs, p2]), np.concatenate([y, y2])
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes)
         return rows, cms, (feats, y, doms, spl), (pos, probs)
