@@ -128,3 +128,17 @@ def test_deterministic_switch_round_trips():
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     set_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_gap_frame_reads_the_gap_from_results(pair):
+    from domgen.results.collect import collect
+    from domgen.results.gap import gap_frame
+
+    on, _, _, out = pair
+    rows = read_results(on.run_dir)
+    pick = lambda split: {(r["epoch"], r["domain"]): r["macro_recall"] for r in rows if r["stage"] == "val" and r["split"] == split}
+    train, val = pick("train"), pick("val")
+    gap = gap_frame(collect(out, stages=("val",), splits=("train", "val")))
+    assert len(gap) == len(train) == 2 * len(rows[0]["train_domains"]) and set(gap["run"]) == {on.run_dir.relative_to(out).as_posix()}
+    for r in gap.to_dict("records"):
+        assert r["gap"] == pytest.approx(train[(r["epoch"], r["domain"])] - val[(r["epoch"], r["domain"])])

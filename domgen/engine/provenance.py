@@ -43,6 +43,17 @@ def _version(package: str, module: str) -> str | None:
         return None
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows (often only the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def _git(args: list[str], cwd: Path) -> str | None:
     """``git args`` in ``cwd``: its stdout, or None when git is missing, fails or hangs."""
     try:
@@ -73,7 +84,7 @@ def environment(device: torch.device, deterministic: bool = False, source: Path 
         **{p.replace("-", "_"): _version(p, mod) for p, mod in PACKAGES.items()},
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine() or device.type),
+        "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
         "device_type": device.type,
         "platform": platform.platform(),
         "executable": sys.executable,
