@@ -71,7 +71,7 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
 def add_deterministic_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, no autotuning): "
-                        "slower; same as --set deterministic=true, which does not change the run's hash")
+                        "operations without one warn; slower; same as --set deterministic=true, which does not change the run's hash")
 
 
 def deterministic_override(args: argparse.Namespace) -> None:

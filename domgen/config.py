@@ -154,7 +154,7 @@ class RunConfig:
     # training images evaluated after each epoch (a fixed seeded subsample, stratified by domain), recorded
     # as split "train" rows so that the overfitting gap (train minus validation) reads from results; 0 = none
     train_eval: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms and cuDNN's deterministic flags
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn_only) and cuDNN's deterministic flags
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -112,9 +112,15 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
 def set_deterministic(on: bool) -> None:
     """Deterministic kernels (``torch.use_deterministic_algorithms``, cuDNN deterministic, no cuDNN
     autotuning) when ``on``; PyTorch's defaults when off, so a process running several runs does not carry
-    one run's setting into the next. An operation without a deterministic kernel then raises, naming it."""
+    one run's setting into the next.
+
+    ``warn_only``: an operation that has no deterministic kernel warns (naming it) instead of raising.
+    Every ResNet needs this on CUDA: ``adaptive_avg_pool2d``'s backward has no deterministic CUDA kernel
+    (PyTorch's list of such operations; pytorch/pytorch#149130), so the strict mode would stop every GPU
+    run at its first backward pass. Such a run is deterministic except in those operations, which the
+    warnings name."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(on)
+    torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False if on else torch.backends.cudnn.benchmark
