@@ -143,3 +143,19 @@ def test_gap_frame_reads_the_gap_from_results(pair):
     assert len(gap) == len(train) == 2 * len(rows[0]["train_domains"]) and set(gap["run"]) == {on.run_dir.relative_to(out).as_posix()}
     for r in gap.to_dict("records"):
         assert r["gap"] == pytest.approx(train[(r["epoch"], r["domain"])] - val[(r["epoch"], r["domain"])])
+
+
+@pytest.mark.parametrize("argv", [["train"], ["loo", "--holdout", "PH2"], ["sweep"], ["prune"]])
+def test_deterministic_flag_becomes_an_unhashed_set(argv):
+    from domgen import cli_common as cc
+    from domgen.config import RunConfig, apply_overrides, config_hash
+    from domgen.run import parser
+
+    args = parser().parse_args([*argv, "--deterministic", "--set", "optim.lr=0.1"])
+    cc.deterministic_override(args)
+    assert args.set == ["optim.lr=0.1", "deterministic=true"]
+    cfg = apply_overrides(RunConfig(), args.set)
+    assert cfg.deterministic is True and config_hash(cfg) == config_hash(apply_overrides(RunConfig(), ["optim.lr=0.1"]))
+    plain = parser().parse_args(argv)
+    cc.deterministic_override(plain)
+    assert plain.set == []
