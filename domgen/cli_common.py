@@ -58,6 +58,7 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. optim.lr=3e-4 (repeatable)")
+    add_deterministic_option(p)
     if not folder:
         return
     g = p.add_argument_group("an existing run folder (nothing is ever deleted)")
@@ -68,6 +69,19 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
     g.add_argument("--amend", default=None, metavar="REASON",
                    help="the study's protocol was edited after runs exist in --out: record why (logged with the time in "
                         "<out>/.protocol/) instead of refusing; see `protocol`")
+
+
+def add_deterministic_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, no autotuning): "
+                        "operations without one warn; slower; same as --set deterministic=true, which does not change the run's hash")
+
+
+def deterministic_override(args: argparse.Namespace) -> None:
+    """``--deterministic`` becomes ``--set deterministic=true``, so every path that reads ``--set`` (train,
+    loo, sweep and the jobs a sweep launches) sees it."""
+    if getattr(args, "deterministic", False) and hasattr(args, "set"):
+        args.set = [*args.set, "deterministic=true"]
 
 
 def add_study_option(p: argparse.ArgumentParser) -> None:

@@ -154,6 +154,10 @@ class RunConfig:
     epoch_eval: str = "auto"
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     channels_last: str = "auto"  # auto (on CUDA) | on | off: the model's memory format
+    # training images evaluated after each epoch (a fixed seeded subsample, stratified by domain), recorded
+    # as split "train" rows so that the overfitting gap (train minus validation) reads from results; 0 = none
+    train_eval: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn_only) and cuDNN's deterministic flags
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,8 +168,11 @@ class RunConfig:
     average: AverageConfig = field(default_factory=AverageConfig)
 
 
-# Fields that say where or how a run executes, not what it computes: left out of the hash.
-_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+# Fields that say where or how a run executes, not what it computes: left out of the hash. ``train_eval``
+# (like ``epoch_eval``) only adds evaluation rows: eval-mode forward passes on a subsample drawn from its own
+# generator, so the trained weights and every other row are the same with or without it. ``deterministic``
+# picks kernels, not the computation (results differ only by the non-deterministic kernels' rounding).
+_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "train_eval", "deterministic", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -391,7 +398,7 @@ def _problems(cfg: RunConfig):
         if not value > 0:
             yield key, value, "must be > 0"
     nonneg = {"optim.weight_decay": o.weight_decay, "data.workers": d.workers, "threads": cfg.threads,
-              "transform.cutout": t.cutout, "seed": cfg.seed, "prune.threshold": p.threshold, "prune.disc_weight": p.disc_weight}
+              "transform.cutout": t.cutout, "seed": cfg.seed, "train_eval": cfg.train_eval, "prune.threshold": p.threshold, "prune.disc_weight": p.disc_weight}
     for key, value in nonneg.items():
         if not value >= 0:
             yield key, value, "must be >= 0"

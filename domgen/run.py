@@ -240,6 +240,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     df = _results(args)
     if df.empty or not ((df["stage"] == "final") & (df["split"] == "test")).any():
         raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
+    if args.ci:
+        return _table_ci(args, df)
     if args.by == "algorithm":
         from domgen.results.by_algorithm import algorithm_table
 
@@ -256,6 +258,18 @@ def cmd_table(args: argparse.Namespace) -> int:
         print("\n" + pruning_report(final))
     if args.plot:
         cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric, selection=args.selection, exps=exps)}")
+    return 0
+
+
+def _table_ci(args: argparse.Namespace, df) -> int:
+    from domgen.results.bootstrap import METRICS, ci_frame, format_ci
+
+    if args.selection != "train" or args.plot or args.by != "exp":
+        raise ValueError("--ci reads the per-case predictions of final evaluation, i.e. the training-domain "
+                         "selection's weights: leave out --selection, --plot and --by")
+    if args.metric not in METRICS:
+        raise ValueError(f"--ci --metric: one of {', '.join(METRICS)}")
+    print(format_ci(ci_frame(df, args.metric, args.n_boot, exps=_exps(args)), "csv" if args.format == "csv" else "md"))
     return 0
 
 
@@ -366,6 +380,7 @@ def add_sweep_parser(sub) -> None:
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
+    cc.add_deterministic_option(sw)
     sw.add_argument("--launcher", default="local", choices=["local", "slurm"], help="this machine, or a Slurm cluster through submitit")
     sw.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, GPU-hours); submit nothing")
     sw.add_argument("--retry-failed", action="store_true", help="also relaunch runs that failed with an error")
@@ -558,6 +573,9 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX (booktabs) or CSV")
     tb.add_argument("--plot", default=None, metavar="FILE.png", help="also plot per-domain recall by experiment")
     tb.add_argument("--all", action="store_true", help="include unfinished runs")
+    tb.add_argument("--ci", action="store_true", help="instead: each run's per-domain value with a bootstrap interval over "
+                    "test patients (groups resampled within each domain), from the runs' test_predictions.npz")
+    tb.add_argument("--n-boot", type=int, default=2000, help="--ci: bootstrap resamples")
     tb.add_argument("--by", default="exp", choices=["exp", "algorithm"],
                     help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table)")
     tb.set_defaults(func=cmd_table)
@@ -607,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     """The one error boundary: expected failures print one line (exit 2, Ctrl-C 130); bugs a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    cc.deterministic_override(args)
     try:
         return args.func(args)
     except BrokenPipeError:  # `... | head` closed the pipe: the reader has what it wanted

@@ -144,7 +144,8 @@ def test_evaluate_predictions_keys_and_values():
     y = np.array([MEL] * 3 + [NV] * 2)
     m, cm = evaluate_predictions(y, _probs([0.9, 0.6, 0.2, 0.3, 0.8]), mel_threshold=0.25)
     assert set(m) == {
-        "n", "accuracy", "macro_recall", "balanced_acc", "mel_auc", "mel_threshold", "mel_sens", "mel_spec",
+        "n", "accuracy", "macro_recall", "balanced_acc", "macro_f1", "ovr_auc", "brier", "ece",
+        "mel_auc", "mel_threshold", "mel_sens", "mel_spec",
     } | {f"recall_{c}" for c in CLASSES}
     assert m["n"] == 5 and m["accuracy"] == pytest.approx(60.0)
     assert m["macro_recall"] == pytest.approx(175 / 3) == m["balanced_acc"]

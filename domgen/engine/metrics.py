@@ -20,9 +20,16 @@ TN / (TN + FN) and ``pos_cost`` = (c_FN x FN + c_FP x FP) / N, the expected cost
 cost units per case). ``positive: [mel]`` at 0.95 gives the melanoma columns' threshold and sensitivity;
 the ``mel_*`` columns stay as they were.
 
-Scales, fixed so tables need no guessing: ``macro_recall``, ``balanced_acc``, ``accuracy`` and
-``recall_<cls>`` are percentages; ``mel_auc``, ``mel_sens``, ``mel_spec`` and ``mel_threshold`` are
-fractions in [0, 1] (like the sensitivity target). Anything undefined (a class absent from the ground
+Beside the paper's metric every row carries (issue #13): ``macro_f1`` (sklearn's F1, macro over the
+classes present in the ground truth, the same convention as macro recall), ``ovr_auc`` (one-vs-rest ROC
+AUC of each present class's probability, averaged over the present classes; needs two of them),
+``brier`` (the multi-class Brier score, Brier 1950: mean over cases of sum_k (p_k - 1[y = k])^2, in
+[0, 2]) and ``ece`` (expected calibration error of the top-label confidence, Guo et al., ICML 2017,
+Eq. 3, over :data:`ECE_BINS` = 15 equal-width bins (lo, hi]).
+
+Scales, fixed so tables need no guessing: ``macro_recall``, ``balanced_acc``, ``macro_f1``, ``accuracy``
+and ``recall_<cls>`` are percentages; ``ovr_auc``, ``brier``, ``ece``, ``mel_auc``, ``mel_sens``,
+``mel_spec`` and ``mel_threshold`` are fractions (like the sensitivity target). Anything undefined (a class absent from the ground
 truth, AUC with one class, no threshold) is NaN, never an exception; :func:`jsonable` turns NaN into
 ``None`` for the JSON-lines logs.
 """
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
 
 from domgen.data.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
 
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
 MEL = CLASS_INDEX["mel"]
 # Relative slack on ">= target": 19/20 and 0.95 are the same double, but a ratio such as 0.1 * 3 is not.
 _EPS = 1e-12
+ECE_BINS = 15  # Guo et al. 2017's bin count; equal-width bins of the top-label confidence
 
 __all__ = [
     "MEL",
@@ -54,6 +62,11 @@ __all__ = [
     "recall_by_class",
     "macro_recall",
     "balanced_accuracy",
+    "macro_f1",
+    "ovr_auc",
+    "brier_score",
+    "expected_calibration_error",
+    "ECE_BINS",
     "threshold_at_sensitivity",
     "sens_spec",
     "binary_auc",
@@ -128,6 +141,59 @@ def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
         return float(balanced_accuracy_score(t, np.asarray(y_pred).reshape(-1)) * 100.0)
 
 
+def macro_f1(y_true: Any, y_pred: Any) -> float:
+    """sklearn's macro F1 x100 over the classes present in ``y_true`` (as :func:`macro_recall`): a
+    prediction of an absent class is still a false negative of the true class, but the absent class's own
+    F1 (0 by sklearn's convention) is not averaged in. NaN when ``y_true`` is empty."""
+    t = np.asarray(y_true).reshape(-1)
+    if t.size == 0:
+        return math.nan
+    present = np.unique(t)
+    return float(f1_score(t, np.asarray(y_pred).reshape(-1), labels=present, average="macro", zero_division=0) * 100.0)
+
+
+def ovr_auc(y_true: Any, probs: Any) -> float:
+    """One-vs-rest ROC AUC, macro over the classes present in ``y_true``: for each present class c, the AUC
+    of ``probs[:, c]`` separating c from the rest; then their mean. With every class present this is
+    sklearn's ``roc_auc_score(multi_class="ovr", average="macro")``; sklearn refuses a domain lacking a
+    class, which here simply leaves that class out. NaN with fewer than two classes present."""
+    t = np.asarray(y_true).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    present = np.unique(t)
+    if present.size < 2:
+        return math.nan
+    return float(np.mean([roc_auc_score(t == c, p[:, c]) for c in present]))
+
+
+def brier_score(y_true: Any, probs: Any) -> float:
+    """Multi-class Brier score (Brier 1950): mean over cases of sum_k (p_k - 1[y = k])^2, in [0, 2] (not
+    halved, not one-vs-rest); NaN when empty."""
+    t = np.asarray(y_true).reshape(-1).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if t.size == 0:
+        return math.nan
+    onehot = np.eye(p.shape[1])[t]  # (N, K)
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+def expected_calibration_error(y_true: Any, probs: Any, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al., ICML 2017, Eq. 3): sum over equal-width bins B of the top-label confidence of
+    |B| / n * |accuracy(B) - mean confidence(B)|. Bin b holds confidences in (b / bins, (b + 1) / bins], the
+    first bin also 0 (Guo et al.'s code). A fraction in [0, 1]; NaN when empty."""
+    t = np.asarray(y_true).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    if t.size == 0:
+        return math.nan
+    conf, correct = p.max(axis=1), (p.argmax(axis=1) == t).astype(np.float64)
+    # ceil(conf * bins) - 1 puts conf exactly on an upper edge into the lower bin, as (lo, hi] asks
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    total = 0.0
+    for b in np.unique(idx):
+        m = idx == b
+        total += m.sum() / t.size * abs(correct[m].mean() - conf[m].mean())
+    return float(total)
+
+
 def threshold_at_sensitivity(y_true_bin: Any, score: Any, target: float = 0.95) -> float:
     """Highest threshold t with sensitivity P(score >= t | positive) >= target on these scores.
 
@@ -182,8 +248,8 @@ def evaluate_predictions(
 
     ``probs`` is (N, K) class probabilities (argmax gives the prediction; column ``mel`` is the
     melanoma score). The dict always has the same keys, NaN where undefined, so JSON lines stay
-    rectangular: n, accuracy, macro_recall, balanced_acc, recall_<cls>..., mel_auc, mel_threshold,
-    mel_sens, mel_spec (the last two NaN when no threshold is given).
+    rectangular: n, accuracy, macro_recall, balanced_acc, macro_f1, ovr_auc, brier, ece, recall_<cls>...,
+    mel_auc, mel_threshold, mel_sens, mel_spec (the last two NaN when no threshold is given).
     """
     k = len(classes)
     p = np.asarray(probs, dtype=np.float64)
@@ -202,6 +268,10 @@ def evaluate_predictions(
         "accuracy": float((pred == t).mean() * 100.0) if t.size else math.nan,
         "macro_recall": macro_recall(cm),
         "balanced_acc": balanced_accuracy(t, pred),
+        "macro_f1": macro_f1(t, pred),
+        "ovr_auc": ovr_auc(t, p),
+        "brier": brier_score(t, p),
+        "ece": expected_calibration_error(t, p),
     }
     out.update({f"recall_{c}": r for c, r in recall_by_class(cm, classes).items()})
     out.update(mel_auc=binary_auc(is_mel, mel_score), mel_threshold=thr, mel_sens=sens, mel_spec=spec)

@@ -27,6 +27,8 @@ from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate
 from domgen.errors import CheckpointError
 from domgen.engine.loop import autocast, predict, prepare_model, train_epoch
 from domgen.engine.metrics import confusion_figure, evaluate_domains
+from domgen.engine.predictions import save_test_predictions, stratified_subsample
+from domgen.engine.provenance import set_deterministic
 from domgen.engine.profile import NoProfile, RunProfile
 from domgen.data.run_data import RunData
 from domgen.models import build_model, input_normalization
@@ -82,6 +84,7 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(thread_budget(cfg.data.cached, cfg.data.workers, cfg.threads).torch)
+        set_deterministic(cfg.deterministic)  # before the model exists: cuDNN and cuBLAS read it at first use
         seed_everything(cfg.seed)
         if model is None:
             weights = "none" if init_state is not None else cfg.model.weights
@@ -247,19 +250,37 @@ class Trainer:
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None, model=None):
-        """Every domain of ``splits``, or only ``domains``; ``model`` (default: the trained one)."""
+    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None, model=None,
+                  extra: np.ndarray | None = None):
+        """Every domain of ``splits``, or only ``domains``, then the manifest positions ``extra`` (in a pass
+        of their own, so the other rows' batches, and so their numbers, are the same with or without them);
+        ``model`` (default: the trained one). Returns rows, confusion matrices, (features, labels, domains,
+        splits) and (positions, probabilities)."""
         m = self.data.manifest
         mask = m["split"].isin(splits)
         if domains is not None:
             mask &= m["domain"].isin(domains)
         pos = np.flatnonzero(mask.to_numpy())
         model = self.model if model is None else model
-        probs, y, feats = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, features,
-                                  self.cfg.precision)
+        bs = 2 * self.cfg.optim.batch_size
+        probs, y, feats = predict(model, self.inputs.eval_batches(pos, bs), self.device, features, self.cfg.precision)
+        if extra is not None and len(extra):
+            p2, y2, _ = predict(model, self.inputs.eval_batches(extra, bs), self.device, False, self.cfg.precision)
+            pos, probs, y = np.concatenate([pos, extra]), np.concatenate([probs, p2]), np.concatenate([y, y2])
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes, operating=self.operating)
-        return rows, cms, (feats, y, doms, spl)
+        return rows, cms, (feats, y, doms, spl), (pos, probs)
+
+    def train_subsample(self) -> np.ndarray:
+        """Manifest positions of the training images evaluated after each epoch (``train_eval`` of them,
+        stratified by domain, the same every epoch and after a resume); empty when ``train_eval`` is 0. Their
+        rows (split ``train``, stage ``val``) against the validation rows give the overfitting gap."""
+        n = self.cfg.train_eval
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        pool = self.data.pool
+        domains = self.data.manifest["domain"].to_numpy()[pool]
+        return pool[stratified_subsample(domains, n, derive_seed(self.cfg.seed, "train_eval"))]
 
     def epoch_splits(self) -> tuple[tuple[str, ...], list[str] | None]:
         """What is evaluated after each epoch: with ``epoch_eval=all`` the validation and test splits of
@@ -275,10 +296,12 @@ class Trainer:
         return ("val", "test"), None
 
     def validate(self, epoch: int) -> tuple[float, list[dict]]:
-        """Evaluate :meth:`epoch_splits`, record them (stage ``val``, each row's split named) and return the
-        selection score: the mean validation macro recall over the training domains (Yoon et al., Sec. 3)."""
+        """Evaluate :meth:`epoch_splits` (and :meth:`train_subsample`), record them (stage ``val``, each row's
+        split named) and return the selection score: the mean validation macro recall over the training
+        domains (Yoon et al., Sec. 3)."""
         splits, domains = self.epoch_splits()
-        rows, _, _ = self._evaluate(splits, domains=domains, model=self.averager.eval_model(self.model))
+        rows, _, _, _ = self._evaluate(splits, domains=domains, model=self.averager.eval_model(self.model),
+                                       extra=self.train_subsample())
         rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
         append_results(self.run_dir, rows)
         used = [r["macro_recall"] for r in rows if r["split"] == "val" and r["domain"] in self.data.train_domains]
@@ -303,13 +326,15 @@ class Trainer:
             state = load_checkpoint(self.run_dir / BEST, self.device)
             self.model.load_state_dict(state["model"])
         with prof.phase("evaluation"):
-            rows, cms, embed = self._evaluate(("val", "test"), features=self.algorithm.shapes_features)
+            rows, cms, embed, (pos, probs) = self._evaluate(("val", "test"), features=self.algorithm.shapes_features)
         averaged = self.averager.summary()  # SWAD: which epochs its model averages
         # the rows carry the epoch the evaluated weights are from: SWAD's model, its window's last epoch
         epoch = averaged["average_epochs"][-1] if averaged.get("average_epochs") else self.best_epoch
         rows = [self.context | {"epoch": epoch, "stage": "final"} | averaged | r for r in rows]
         with prof.phase("logging_checkpointing"):
             append_results(self.run_dir, rows)
+            # per-case test predictions: what bootstrap intervals over patients are computed from
+            save_test_predictions(self.run_dir, self.data.manifest, pos, embed[1], probs, list(self.data.classes))
             self._log_final(rows, cms, embed)
         test = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test"}
         return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test} | averaged

@@ -7,6 +7,11 @@ difference, its 95% confidence interval from the t distribution (mean +/- t_{0.9
 the paired t-test p-value and, from ``wilcoxon_min`` matched seeds on, the Wilcoxon signed-rank
 p-value. With one matched seed there is a difference and nothing else.
 
+Several domains are compared at once, so each test's p-value is also given Holm-adjusted (Holm, Scand. J.
+Statist. 1979) across the domain columns that have one (``t_p_holm``, ``wilcoxon_p_holm``); ``avg`` is a
+function of those columns, not another comparison, and keeps only its raw p. The output says how many
+comparisons were corrected for.
+
 ``a`` and ``b`` are experiments (Table 2's letters) or, when both name algorithms of the runs (``coral``,
 ``erm``, ``erm+swad``), algorithms: then the columns follow :mod:`domgen.results.by_algorithm` (the
 held-out domains of leave-one-out sweeps, or every domain). Either way the runs are read under a named
@@ -26,7 +31,35 @@ from scipy import stats
 from domgen.results.selection import DEFAULT, get_selection, selection_line
 from domgen.results.tables import AVG, COLUMNS, per_seed
 
-STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "seeds")
+STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "t_p_holm",
+                "wilcoxon_p_holm", "seeds")
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values: with the m finite p sorted ascending, p_(i) becomes
+    max_{j <= i} min(1, (m - j + 1) p_(j)) (1-based j). NaN stays NaN and does not count in m. Rejecting
+    where the adjusted p <= alpha controls the family-wise error rate at alpha."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = idx.size
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])  # (m - j + 1) p_(j), j = 1..m
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def _holm_columns(out: pd.DataFrame, domains: list[str]) -> dict[str, int]:
+    """Add the Holm-adjusted t and Wilcoxon p over the ``domains`` rows; return how many each corrected for."""
+    counts = {}
+    for raw in ("t_p", "wilcoxon_p"):
+        out[f"{raw}_holm"] = np.nan
+        vals = out.loc[domains, raw].to_numpy(dtype=float)
+        out.loc[domains, f"{raw}_holm"] = holm(vals)
+        counts[raw] = int(np.isfinite(vals).sum())
+    return counts
 
 
 def paired_stats(x: np.ndarray, y: np.ndarray, wilcoxon_min: int = 5) -> dict:
@@ -110,9 +143,17 @@ def compare(
         rec = paired_stats(pair["a"].to_numpy(), pair["b"].to_numpy(), wilcoxon_min)
         rows.append({"column": col, **rec, "seeds": " ".join(str(s) for s in pair.index)})
     out = pd.DataFrame(rows, columns=["column", *STAT_COLUMNS]).set_index("column")
-    out.attrs.update(a=a, b=b, metric=metric, seeds_a=sorted(wa.index.tolist()), seeds_b=sorted(wb.index.tolist()),
+    holm_m = _holm_columns(out, [c for c in columns if c != AVG])
+    out.attrs.update(holm_m=holm_m["t_p"], holm_m_wilcoxon=holm_m["wilcoxon_p"], a=a, b=b, metric=metric, seeds_a=sorted(wa.index.tolist()), seeds_b=sorted(wb.index.tolist()),
                      avg_domains=avg_domains, wilcoxon_min=wilcoxon_min, by=by, layout=layout, selection=selection)
     return out
+
+
+def holm_line(at: dict) -> str:
+    m, mw = at["holm_m"], at["holm_m_wilcoxon"]
+    wil = f"; Wilcoxon p across {mw}" if mw else ""
+    return (f"Holm: t-test p adjusted across {m} comparison{'s' if m != 1 else ''} (the domain columns with a "
+            f"p-value){wil}; avg is their mean, not another comparison, and is not corrected.")
 
 
 def _num(x: float, fmt: str = "{:+.2f}") -> str:
@@ -148,21 +189,22 @@ def format_compare(
         f"Seeds matched: {len(matched)} ({' '.join(map(str, matched)) or 'none'}); dropped, only in {a}: "
         f"{' '.join(map(str, only_a)) or 'none'}; only in {b}: {' '.join(map(str, only_b)) or 'none'}.",
         "",
-        f"| column | n | mean {a} | mean {b} | diff | 95% CI | t-test p | Wilcoxon p |",
-        "|:--|--:|--:|--:|--:|:-:|--:|--:|",
+        f"| column | n | mean {a} | mean {b} | diff | 95% CI | t-test p | Holm t p | Wilcoxon p | Holm Wilcoxon p |",
+        "|:--|--:|--:|--:|--:|:-:|--:|--:|--:|--:|",
     ]
     for col, r in res.iterrows():
         ci = "-" if not math.isfinite(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
         lines.append(
             f"| {col} | {r['n']} | {_num(r['mean_a'], '{:.2f}')} | {_num(r['mean_b'], '{:.2f}')} | "
-            f"{_num(r['diff'])} | {ci} | {_p(r['t_p'])} | {_p(r['wilcoxon_p'])} |"
+            f"{_num(r['diff'])} | {ci} | {_p(r['t_p'])} | {_p(r['t_p_holm'])} | {_p(r['wilcoxon_p'])} | "
+            f"{_p(r['wilcoxon_p_holm'])} |"
         )
     if at["layout"] == "loo":
         avg = (f"columns = held-out domains, each from the runs holding it out; avg = each seed's mean over "
                f"{' '.join(at['avg_domains'])}, then paired.")
     else:
         avg = f"avg = each seed's mean over {' '.join(at['avg_domains'])} (held-out included), then paired."
-    lines += ["", avg]
+    lines += ["", avg, holm_line(at)]
     n = int(res["n"].max()) if len(res) else 0
     if n <= 1:
         lines.append("Only one matched seed: a single difference with no spread, no interval and no test; "

@@ -22,6 +22,7 @@ from domgen.config import RunConfig, config_hash, normalise_data, run_keys, save
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import RESULTS, is_done, read_results, write_done
 from domgen.engine.metrics import jsonable
+from domgen.engine.provenance import environment, write_environment
 from domgen.engine.trainer import BEST, LAST, PREV, Hooks, Trainer
 from domgen.errors import RunFolderError, RunInterrupted
 from domgen.lock import LOCK, RunLock, describe
@@ -191,6 +192,8 @@ def finish_run(trainer: Trainer, resume: bool) -> RunResult:
     becomes :class:`RunInterrupted`, naming the last epoch that is safely checkpointed."""
     cfg = trainer.cfg
     prof = trainer.profile
+    # what this session runs on (a resumed run keeps the earlier sessions' records in the file)
+    write_environment(trainer.run_dir, environment(trainer.device, cfg.deterministic))
     try:
         if resume and trainer.resume():
             trainer.hooks.log(f"[{cfg.exp} s{cfg.seed}] resumed after epoch {trainer.epoch} from {trainer.run_dir}")
