@@ -36,6 +36,9 @@ class DataConfig:
     label_space: str = ""  # a registered label space; "" = the layout's own (dermoscopy7 / sorted labels)
     primary: str = "HAM"  # the domain trained on in full (Yoon et al.); "none" = every domain's training split
     domain_by: str = ""  # a metadata column whose values become the domains (e.g. localization); "" = the sources
+    # the share of the primary domain's training split kept (every domain's with primary none): whole lesion
+    # groups, per class, in a seeded order fixed by split_seed (domgen.data.splits.group_fraction); 1 = all
+    train_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class RunConfig:
     epoch_eval: str = "auto"
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     channels_last: str = "auto"  # auto (on CUDA) | on | off: the model's memory format
+    save_init: bool = False  # keep the weights training starts from as init.pt (for `similarity --vs-init`)
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -162,7 +166,7 @@ class RunConfig:
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash.
-_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "save_init", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -208,7 +212,7 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "average.n_tolerance": 6, "average.tolerance_ratio": 0.3,
                     "loss.class_weights": "inverse", "loss.beta": 0.999, "loss.drw_epoch": 0, "loss.gamma": 2.0,
                     "loss.gamma_pos": 0.0, "loss.gamma_neg": 4.0, "loss.clip": 0.05, "loss.smoothing": 0.1,
-                    "loss.max_m": 0.5, "loss.scale": 30.0}
+                    "loss.max_m": 0.5, "loss.scale": 30.0, "data.train_fraction": 1.0}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
@@ -440,6 +444,8 @@ def validate_data(d: DataConfig) -> DataConfig:
 
 
 def _data_problems(d: DataConfig):
+    if not 0 < d.train_fraction <= 1:
+        yield "data.train_fraction", d.train_fraction, "a share of the training split: must be in (0, 1]"
     if d.layout not in LAYOUTS:
         yield "data.layout", d.layout, " | ".join(LAYOUTS)
     if d.primary in d.holdout:
