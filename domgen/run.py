@@ -188,6 +188,11 @@ def cmd_table(args: argparse.Namespace) -> int:
     df = _results(args)
     if df.empty or not ((df["stage"] == "final") & (df["split"] == "test")).any():
         raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
+    if args.by == "transfusion":  # the transfusion study's summary (domgen.results.transfusion)
+        from domgen.results.transfusion import format_summary, summarise
+
+        print(format_summary(summarise(df[df["finished"].astype(bool)], args.metric), args.metric))
+        return 0
     if args.by == "algorithm":
         from domgen.results.by_algorithm import algorithm_table
 
@@ -488,8 +493,9 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX (booktabs) or CSV")
     tb.add_argument("--plot", default=None, metavar="FILE.png", help="also plot per-domain recall by experiment")
     tb.add_argument("--all", action="store_true", help="include unfinished runs")
-    tb.add_argument("--by", default="exp", choices=["exp", "algorithm"],
-                    help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table)")
+    tb.add_argument("--by", default="exp", choices=["exp", "algorithm", "transfusion"],
+                    help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table), "
+                         "or transfusion: per row in- and out-of-domain recall, convergence epochs and CKA to init per layer")
     tb.set_defaults(func=cmd_table)
     co = _sub(sub, "compare", "paired, seed-matched difference between two experiments")
     co.add_argument("a", help="experiment letter, e.g. K, or an algorithm, e.g. coral")
