@@ -207,6 +207,7 @@ def test_two_rows_run_at_the_smoke_preset_and_summarise_from_run_folders(smoke_c
     cfg = smoke(smoke_cache, tmp_path, exp="tiny_none_ccsa_PH2_low", extra=["save_init=true"], study="transfusion")
     child = run_train(cfg)  # trains its parent tiny_none_erm_low first
     parent = next(p for p in tmp_path.iterdir() if p.name.startswith("tiny_none_erm_low-"))
+    assert (parent / "init.pt").is_file() and (child.run_dir / "init.pt").is_file()  # save_init passes to the parent
     for run_dir in (parent, child.run_dir):
         run_similarity(run_dir, vs_init=True, metrics=("cka",), n_probe=32)
     df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
