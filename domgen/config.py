@@ -39,6 +39,9 @@ class DataConfig:
     # Split variance (issue #13): 0 = the paper's 50/20/30 split; K >= 2 = stratified group K-fold, ``fold`` the test fold
     folds: int = 0
     fold: int = 0
+    # the share of the primary domain's training split kept (every domain's with primary none): whole lesion
+    # groups, per class, in a seeded order fixed by split_seed (domgen.data.splits.group_fraction); 1 = all
+    train_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class RunConfig:
     # as split "train" rows so that the overfitting gap (train minus validation) reads from results; 0 = none
     train_eval: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (warn_only) and cuDNN's deterministic flags
+    save_init: bool = False  # keep the weights training starts from as init.pt (for `similarity --vs-init`)
     data: DataConfig = field(default_factory=DataConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,7 +176,7 @@ class RunConfig:
 # (like ``epoch_eval``) only adds evaluation rows: eval-mode forward passes on a subsample drawn from its own
 # generator, so the trained weights and every other row are the same with or without it. ``deterministic``
 # picks kernels, not the computation (results differ only by the non-deterministic kernels' rounding).
-_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "train_eval", "deterministic", "data.workers", "data.cache_dir", "data.cached", "data.root"}
+_NOT_HASHED = {"out", "study_file", "device", "threads", "epoch_eval", "train_eval", "deterministic", "save_init", "data.workers", "data.cache_dir", "data.cached", "data.root"}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -219,7 +223,7 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "average.n_tolerance": 6, "average.tolerance_ratio": 0.3,
                     "loss.class_weights": "inverse", "loss.beta": 0.999, "loss.drw_epoch": 0, "loss.gamma": 2.0,
                     "loss.gamma_pos": 0.0, "loss.gamma_neg": 4.0, "loss.clip": 0.05, "loss.smoothing": 0.1,
-                    "loss.max_m": 0.5, "loss.scale": 30.0}
+                    "loss.max_m": 0.5, "loss.scale": 30.0, "data.train_fraction": 1.0}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
@@ -455,6 +459,8 @@ def _data_problems(d: DataConfig):
         yield "data.folds", d.folds, "0 (the 50/20/30 split) or a number of folds K >= 2"
     elif not (0 <= d.fold < max(d.folds, 1)):
         yield "data.fold", d.fold, f"the test fold: 0..{max(d.folds, 1) - 1} (data.folds={d.folds})"
+    if not 0 < d.train_fraction <= 1:
+        yield "data.train_fraction", d.train_fraction, "a share of the training split: must be in (0, 1]"
     if d.layout not in LAYOUTS:
         yield "data.layout", d.layout, " | ".join(LAYOUTS)
     if d.primary in d.holdout:

@@ -145,6 +145,19 @@ def cmd_loo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from domgen.runs.similarity import format_comparison, plot_comparison, run_similarity
+
+    metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip())
+    c = run_similarity(Path(args.run_a), Path(args.run_b) if args.run_b else None, vs_init=args.vs_init, metrics=metrics,
+                       layers=args.layers, n_probe=args.probe, seed=args.probe_seed, device=args.device, conv=args.conv)
+    cc.say(format_comparison(c))
+    against = "init" if args.vs_init else Path(args.run_b).name
+    plot = plot_comparison(c, Path(args.plot) if args.plot else Path(args.run_a) / f"similarity-{against}.png")
+    cc.say(f"wrote {plot} and {Path(args.run_a) / 'similarity.json'}")
+    return 0
+
+
 def cmd_sampler(args: argparse.Namespace) -> int:
     from domgen.engine.metrics import jsonable
     from domgen.runs.sampler_report import format_sampler_report, sampler_report
@@ -242,6 +255,11 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
     if args.ci:
         return _table_ci(args, df)
+    if args.by == "transfusion":  # the transfusion study's summary (domgen.results.transfusion)
+        from domgen.results.transfusion import format_summary, summarise
+
+        print(format_summary(summarise(df[df["finished"].astype(bool)], args.metric), args.metric))
+        return 0
     if args.by == "algorithm":
         from domgen.results.by_algorithm import algorithm_table
 
@@ -514,6 +532,10 @@ DESCRIPTIONS = {
                "erm), with a confidence interval, under a named model selection.",
     "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
              "Safe to repeat: finished runs are skipped, interrupted ones resume, failed ones wait for --retry-failed.",
+    "similarity": "Per-layer representation similarity (linear CKA, SVCCA, PWCCA) of run A's best model to run B's, or "
+                  "to its own initialisation (--vs-init: init.pt from --set save_init=true, else rebuilt from the seed), "
+                  "on a fixed, seeded, class-stratified sample of run A's validation images from every domain. Prints a "
+                  "table, plots it (PNG) and records it in RUN_A/similarity.json (what the transfusion summary reads).",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
     "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test; "
             "`list algorithms`: every training algorithm, its default sampler and the paper it follows.",
@@ -576,8 +598,9 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--ci", action="store_true", help="instead: each run's per-domain value with a bootstrap interval over "
                     "test patients (groups resampled within each domain), from the runs' test_predictions.npz")
     tb.add_argument("--n-boot", type=int, default=2000, help="--ci: bootstrap resamples")
-    tb.add_argument("--by", default="exp", choices=["exp", "algorithm"],
-                    help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table)")
+    tb.add_argument("--by", default="exp", choices=["exp", "algorithm", "transfusion"],
+                    help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table), "
+                         "or transfusion: per row in- and out-of-domain recall, convergence epochs and CKA to init per layer")
     tb.set_defaults(func=cmd_table)
     co = _sub(sub, "compare", "paired, seed-matched difference between two experiments")
     co.add_argument("a", help="experiment letter, e.g. K, or an algorithm, e.g. coral")
@@ -592,6 +615,19 @@ def parser() -> argparse.ArgumentParser:
                     help="accept the study file's edited protocol for the runs there: log the reason and the changes with "
                          "the time, and make it the frozen copy")
     pc.set_defaults(func=cmd_protocol)
+    si = _sub(sub, "similarity", "per-layer CKA/SVCCA/PWCCA of two runs, or of a run against its initialisation")
+    si.add_argument("run_a", metavar="RUN_A", help="a run folder (its best.pt)")
+    si.add_argument("run_b", metavar="RUN_B", nargs="?", default=None, help="a second run folder, trained on the same data")
+    si.add_argument("--vs-init", action="store_true", help="compare RUN_A with its own initial weights")
+    si.add_argument("--layers", default="all", help="all (ResNets conv1, layer1-4; CBR layer1-N; features) or a comma list")
+    si.add_argument("--metric", default="cka", help="cka, svcca, pwcca, or a comma list (cka,svcca)")
+    si.add_argument("--probe", type=int, default=512, help="probe images (validation split, class-stratified)")
+    si.add_argument("--probe-seed", type=int, default=0, help="seed of the probe sample (and of the row subsample of big layers)")
+    si.add_argument("--conv", default="positions", choices=["positions", "pool"],
+                    help="conv maps: each position a sample (as SVCCA/PWCCA papers), or averaged over positions")
+    si.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    si.add_argument("--plot", default=None, metavar="FILE.png", help="the plot (default RUN_A/similarity-<against>.png)")
+    si.set_defaults(func=cmd_similarity)
     be = _sub(sub, "bench", "benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
     be.add_argument("what", choices=["pipeline", "train"], help="what to measure")
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from domgen.config import DataConfig, cache_dir, normalise_data
 from domgen.data.catalog import Catalog, load_catalog
-from domgen.data.splits import load_or_build_manifest, parse_nsec, training_pool
+from domgen.data.splits import group_fraction, load_or_build_manifest, parse_nsec, training_pool
 from domgen.errors import ConfigError
 
 
@@ -56,6 +56,8 @@ def prepare_data(cfg: DataConfig, bar=None, catalog: Catalog | None = None, log=
     # A registered source absent from this root is simply not there to hold out (loo over a partial root).
     exclude = [d for d in cfg.holdout if d in present]
     pool_rows = training_pool(manifest, parse_nsec(cfg.nsec), seed=cfg.split_seed, primary=primary, exclude=exclude)
+    if cfg.train_fraction < 1:  # the low-data arm: whole lesion groups of the primary's training split
+        pool_rows = pool_rows[group_fraction(pool_rows, cfg.train_fraction, cfg.split_seed, None if primary is None else [primary])]
     pool = pool_rows.index.to_numpy()
     index = {c: i for i, c in enumerate(catalog.classes)}
     labels = manifest["label"].map(index).to_numpy(dtype=np.int64)

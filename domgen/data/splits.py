@@ -339,6 +339,33 @@ def training_pool(
     return manifest.loc[mask]
 
 
+def group_fraction(rows: pd.DataFrame, fraction: float, seed: int, domains: Iterable[str] | None = None) -> pd.Series:
+    """Boolean mask (aligned with ``rows.index``) keeping about ``fraction`` of the images of ``domains``
+    (all of ``rows``' when None) and every row of the other domains: the low-data arm of a study.
+
+    Whole lesion groups, never part of one (the splits' grouping, so a subset holds no half-lesion), per
+    (domain, class) of each group's majority label (:func:`_group_table`), so every class keeps at least
+    one group: within each, the groups in a seeded order (a key from the (domain, group) alone, so the
+    order does not depend on the other rows) are taken until their images reach ``fraction`` of the
+    class's. Nested: a smaller fraction keeps a subset of a larger one's groups."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    keep = pd.Series(True, index=rows.index, name="fraction")
+    if fraction == 1 or rows.empty:
+        return keep
+    chosen = rows["domain"].astype(str).isin(set(domains)) if domains is not None else keep.copy()
+    rec = rows.loc[chosen, ["domain", "group", "label"]].astype(str)
+    groups = _group_table(rec)
+    groups["key"] = [derive_seed("fraction", seed, d, g, **_SPLIT_SEED) for d, g in zip(groups["domain"], groups["group"])]
+    groups = groups.sort_values(["domain", "label", "key", "group"], kind="mergesort")
+    total = groups.groupby(["domain", "label"], sort=False)["size"].transform("sum")
+    before = groups.groupby(["domain", "label"], sort=False)["size"].cumsum() - groups["size"]  # images ahead of it
+    taken = groups.loc[before < fraction * total, ["domain", "group"]]  # the first group always (0 < f * total)
+    kept = pd.MultiIndex.from_frame(rec[["domain", "group"]]).isin(pd.MultiIndex.from_frame(taken))
+    keep.loc[chosen] = kept
+    return keep
+
+
 def class_availability(records: pd.DataFrame, classes: Iterable[str] = CLASSES) -> pd.DataFrame:
     """Images per domain (rows: DOMAINS order, then any others sorted) and class (columns: ``classes``,
     the label space's order). A zero marks a class the domain does not have (the domain-class imbalance

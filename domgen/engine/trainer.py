@@ -37,7 +37,7 @@ from domgen.seeds import derive_seed
 from domgen.studies import load_study
 from domgen.threads import thread_budget
 
-LAST, BEST = "last.pt", "best.pt"
+LAST, BEST, INIT = "last.pt", "best.pt", "init.pt"
 PREV = previous(Path(LAST)).name  # the last.pt before the newest, kept until the run is done
 
 
@@ -133,9 +133,12 @@ class Trainer:
         return {"model": self.averager.eval_model(self.model).state_dict(), "epoch": self.epoch, "best_score": self.best_score, "config": to_dict(self.cfg)}
 
     def start_fresh(self) -> None:
-        """Training from epoch 0 in a folder whose results (if any) a kill left before the first checkpoint."""
+        """Training from epoch 0 in a folder whose results (if any) a kill left before the first checkpoint.
+        With ``save_init``, the weights before step 1 go to ``init.pt`` (``similarity --vs-init`` reads them)."""
         if (self.run_dir / RESULTS).exists():
             truncate_results(self.run_dir, after_epoch=0)
+        if self.cfg.save_init:
+            save_checkpoint(self.run_dir / INIT, {"model": self.model.state_dict(), "epoch": 0, "config": to_dict(self.cfg)})
 
     def _load_last(self) -> dict[str, Any] | None:
         """``last.pt``, or ``last.prev.pt`` (with a message) when the newest is corrupt; None when neither exists."""

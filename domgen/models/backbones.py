@@ -106,13 +106,10 @@ def input_normalization(arch: str) -> Normalization:
     return Normalization(tuple(resolved["mean"]), tuple(resolved["std"]))
 
 
-def build_model(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:
+def build_plain(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:
     """``arch``: a registered name (torchvision ResNet, CBR) or ``timm:<name>``; ``weights``: imagenet | none |
-    PATH | meanvar[:PATH] | transfer:K[:PATH] (the last two: :mod:`domgen.models.init`)."""
-    from domgen.models import init as inits  # imported here: init builds its models with this function
-
-    if inits.is_init_spec(weights):
-        return inits.initialise(arch, weights, num_classes)
+    PATH. ``domgen.models.build_model`` adds meanvar[:PATH] and transfer:K[:PATH] (:mod:`domgen.models.init`),
+    which builds on this function, so this module never imports that one (no import circle)."""
     init = "imagenet" if weights == "imagenet" else "none"
     if arch.startswith("timm:"):
         g, dim = _timm_backbone(arch.split(":", 1)[1], init)

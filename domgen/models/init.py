@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from domgen.errors import ConfigError
-from domgen.models.backbones import Classifier, build_model
+from domgen.models.backbones import Classifier, build_plain
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,22 @@ def parse_init(weights: str) -> InitSpec:
 def initialise(arch: str, weights: str, num_classes: int = 7, generator: torch.Generator | None = None) -> Classifier:
     """A model with random init, then Mean-Var or partial transfer from the source named in ``weights``."""
     spec = parse_init(weights)
-    model = build_model(arch, "none", num_classes)  # PyTorch's random init, from the (seeded) global RNG
+    model = build_plain(arch, "none", num_classes)  # PyTorch's random init, from the (seeded) global RNG
     if spec.kind == "transfer":
         transferred_prefixes(model.g, spec.blocks)  # a bad K fails here, before any download
     with torch.random.fork_rng(devices=[]):  # building the source must not shift the draws below
-        source = build_model(arch, spec.source, num_classes).g.state_dict()
+        source = build_plain(arch, spec.source, num_classes).g.state_dict()
     if spec.kind == "meanvar":
         meanvar_(model.g, source, generator)
     else:
         transfer_(model.g, source, spec.blocks)
     return model
+
+
+def build_model(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:
+    """``arch``: a registered name (torchvision ResNet, CBR) or ``timm:<name>``; ``weights``: imagenet | none |
+    PATH (:func:`domgen.models.backbones.build_plain`) | meanvar[:PATH] | transfer:K[:PATH] (this module)."""
+    return initialise(arch, weights, num_classes) if is_init_spec(weights) else build_plain(arch, weights, num_classes)
 
 
 @torch.no_grad()
