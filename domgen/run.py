@@ -234,7 +234,7 @@ def parse_seeds(text: str) -> int | list[int]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from domgen.sweep.launch import SlurmOptions, launch
+    from domgen.sweep.launch import launch
     from domgen.sweep.plan import algorithm_variants, plan_sweep
     from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
@@ -252,8 +252,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.action == "status":
         print(format_status(sweep_status(plan)))
         return 0
-    slurm = SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
-                         array_parallelism=args.array_parallelism, extra=dict(kv.split("=", 1) for kv in args.slurm_extra))
+    slurm = slurm_options(args)
     if args.dry_run:
         print(format_plan(plan))
     report = launch(plan, args.launcher, retry_failed=args.retry_failed, dry_run=args.dry_run, max_parallel=args.max_parallel, slurm=slurm)
@@ -261,6 +260,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.dry_run:
         print(format_status(sweep_status(plan)))
     return 0
+
+
+def slurm_options(args: argparse.Namespace):
+    from domgen.sweep.launch import SlurmOptions
+
+    return SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
+                        array_parallelism=args.array_parallelism, extra=dict(kv.split("=", 1) for kv in args.slurm_extra))
 
 
 def add_sweep_parser(sub) -> None:
@@ -283,6 +289,12 @@ def add_sweep_parser(sub) -> None:
     sw.add_argument("--out", default="runs", help="folder that holds the run folders")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
+    add_launch_options(sw)
+    sw.set_defaults(func=cmd_sweep)
+
+
+def add_launch_options(sw: argparse.ArgumentParser) -> None:
+    """How a planned set of runs is launched (``sweep`` and ``ablate``)."""
     sw.add_argument("--launcher", default="local", choices=["local", "slurm"], help="this machine, or a Slurm cluster through submitit")
     sw.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, GPU-hours); submit nothing")
     sw.add_argument("--retry-failed", action="store_true", help="also relaunch runs that failed with an error")
@@ -294,7 +306,6 @@ def add_sweep_parser(sub) -> None:
     sw.add_argument("--time-min", type=int, default=720, help="Slurm: time limit per job; a job that runs out is requeued and resumes")
     sw.add_argument("--array-parallelism", type=int, default=64, help="Slurm: most jobs of one array running at once")
     sw.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
-    sw.set_defaults(func=cmd_sweep)
 
 
 def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
@@ -412,6 +423,10 @@ DESCRIPTIONS = {
                "erm), with a confidence interval, under a named model selection.",
     "sweep": "Run experiments x seeds: here (one process per GPU or --max-parallel CPU processes) or on Slurm. "
              "Safe to repeat: finished runs are skipped, interrupted ones resume, failed ones wait for --retry-failed.",
+    "ablate": "A factorial ablation (--axis KEY=V1,V2 ..., or the study's ablation: block) or a random hyperparameter "
+              "search (--search random --space FILE) over one row of a study: every cell x seed is a normal run, hashed, "
+              "resumable and skipped when done, launched like `sweep`; then main effects, interactions, heatmaps, learning "
+              "curves, the overfitting gap and the best cell with its checkpoint, written under <out>/ablations/.",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
     "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test; "
             "`list algorithms`: every training algorithm, its default sampler and the paper it follows.",
@@ -480,6 +495,9 @@ def parser() -> argparse.ArgumentParser:
     add_results_options(co)
     co.set_defaults(func=cmd_compare)
     add_sweep_parser(sub)
+    from domgen.cli_ablate import add_ablate_parser  # the ablate subcommand lives in its own module
+
+    add_ablate_parser(sub, add_launch_options)
     be = _sub(sub, "bench", "benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
     be.add_argument("what", choices=["pipeline", "train"], help="what to measure")
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
