@@ -158,6 +158,15 @@ def binary_auc(y_true_bin: Any, score: Any) -> float:
     return float(roc_auc_score(y, np.asarray(score, dtype=np.float64).reshape(-1)))
 
 
+def macro_auc(t: np.ndarray, p: np.ndarray) -> float:
+    """One-vs-rest ROC AUC averaged over the classes that have both positives and negatives in ``t``
+    (sklearn's ``roc_auc_score(multi_class="ovr", average="macro")`` restricted to those classes); for two
+    classes with softmax scores both terms equal the usual binary AUC. NaN when no class qualifies."""
+    aucs = [binary_auc(t == c, p[:, c]) for c in range(p.shape[1])]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
 def evaluate_predictions(
     y_true: Any,
     probs: Any,
@@ -169,7 +178,7 @@ def evaluate_predictions(
     ``probs`` is (N, K) class probabilities (argmax gives the prediction; column ``mel`` is the
     melanoma score). The dict always has the same keys, NaN where undefined, so JSON lines stay
     rectangular: n, accuracy, macro_recall, balanced_acc, recall_<cls>..., mel_auc, mel_threshold,
-    mel_sens, mel_spec (the last two NaN when no threshold is given).
+    mel_sens, mel_spec (the last two NaN when no threshold is given), auc (one-vs-rest macro, 0..1).
     """
     k = len(classes)
     p = np.asarray(probs, dtype=np.float64)
@@ -191,6 +200,7 @@ def evaluate_predictions(
     }
     out.update({f"recall_{c}": r for c, r in recall_by_class(cm, classes).items()})
     out.update(mel_auc=binary_auc(is_mel, mel_score), mel_threshold=thr, mel_sens=sens, mel_spec=spec)
+    out["auc"] = macro_auc(t, p) if t.size else math.nan  # any label space's AUC (MedMNIST reports it)
     return out, cm
 
 
