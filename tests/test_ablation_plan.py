@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,38 @@ def test_study_ablation_block(tmp_path):
     bad.write_text("experiments:\n  - {name: base}\nablation:\n  exp: nope\n  axes: {optim.lr: [1]}\n")
     with pytest.raises(ConfigError, match="unknown row 'nope'"):
         load_study(bad)
+
+
+# ---- end to end: a 2 x 2 smoke ablation on the synthetic BreastMNIST stand-in, through the CLI ----
+@pytest.mark.slow
+def test_smoke_ablation_end_to_end(tmp_path, monkeypatch, capsys):
+    from domgen.engine.logging import read_results
+    from domgen.run import main
+
+    monkeypatch.setenv("DOMGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DOMGEN_DATA", raising=False)
+    argv = ["ablate", "--study", "breastmnist-ablation", "--preset", "smoke", "--seeds", "2", "--out", str(tmp_path / "runs"),
+            "--axis", "optim.lr=1e-3,3e-3", "--axis", "loss.name=ce,focal", "--scale", "0.1", "--workers", "0",
+            "--set", "optim.epochs=1", "--max-parallel", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    folder = next((tmp_path / "runs" / "ablations").iterdir())
+    doc = read_cells(folder)
+    assert len(doc["cells"]) == 4 and all(len(c["runs"]) == 2 for c in doc["cells"]) and doc["metric"] == "auc"
+    long = __import__("pandas").read_csv(folder / "long.csv")
+    # 4 cells x 2 seeds x (val, test) x 1 domain, for each metric recorded
+    assert set(long["domain"]) == {"synthetic_breastmnist"} and len(long[long["metric"] == "auc"]) == 4 * 2 * 2
+    best = json.loads((folder / "best.json").read_text())
+    run = Path(best["checkpoint"]).parent
+    assert Path(best["checkpoint"]).name == "best.pt" and (run / "best.pt").is_file()
+    # the best cell's validation AUC is the mean over its seeds of what the runs recorded
+    vals = [r["auc"] for s, name in next(c for c in doc["cells"] if ",".join(f"{k}={v}" for k, v in c["values"].items())
+                                         == best["cell"])["runs"].items()
+            for r in read_results(tmp_path / "runs" / name) if r["stage"] == "final" and r["split"] == "val"]
+    assert best["val"] == pytest.approx(sum(vals) / len(vals))
+    assert (folder / "heatmap-optim_lr-loss_name.png").stat().st_size > 0 and (folder / "curves.png").is_file()
+    assert "synthetic data" in out and "Main effects" in out
+    # again: every run is done, nothing is launched
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "launched 0 run(s)" in again and "skipped: 8 done" in again

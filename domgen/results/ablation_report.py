@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from domgen.results.ablation import AblationResult, two_way
+from domgen.results.compare import _p
 
 
 def write_report(res: AblationResult, doc: dict, folder: Path, synthetic: bool = False) -> list[Path]:
@@ -94,8 +95,8 @@ def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> s
     lines = [
         f"Ablation of {doc.get('study')} row {doc.get('exp')} ({doc.get('preset')}): "
         f"{len(doc['cells'])} cells x {len(seeds)} seeds{' on synthetic data' if synthetic else ''}.",
-        f"Score: test {res.metric} (x100 where the metric is a percentage), mean over domains, at the epoch the "
-        "trainer selected on training-domain validation (selection: train).",
+        f"Score: test {res.metric}, mean over domains, at the epoch the trainer selected on training-domain "
+        "validation (selection: train).",
     ]
     if res.missing:
         lines.append(f"Not finished, left out: {len(res.missing)} runs ({', '.join(res.missing[:4])}{' ...' if len(res.missing) > 4 else ''}).")
@@ -104,13 +105,13 @@ def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> s
     for _, r in res.effects.iterrows():
         lines.append(f"| {r['axis']} | {r['level']} | {_f(r['mean'])} | {r['n_runs']} | "
                      f"{'(reference)' if r['level'] == r['vs'] else _f(r['diff'], '{:+.2f}')} | "
-                     f"{'' if r['level'] == r['vs'] else _ci(r)} | {_f(r['t_p'], '{:.3f}')} |")
+                     f"{'' if r['level'] == r['vs'] else _ci(r)} | {_p(r['t_p'])} |")
     if len(res.interactions):
         lines += ["", "Interactions (difference of differences against both first levels, paired):", "",
                   "| axes | levels | vs | contrast | 95% CI | t-test p | n |", "|:--|:--|:--|--:|:-:|--:|--:|"]
         for _, r in res.interactions.iterrows():
             lines.append(f"| {r['axis_a']} x {r['axis_b']} | {r['level_a']}, {r['level_b']} | {r['vs_a']}, {r['vs_b']} | "
-                         f"{_f(r['diff'], '{:+.2f}')} | {_ci(r)} | {_f(r['t_p'], '{:.3f}')} | {r['n']} |")
+                         f"{_f(r['diff'], '{:+.2f}')} | {_ci(r)} | {_p(r['t_p'])} | {r['n']} |")
     lines += ["", "Overfitting gap (train - validation):"]
     if len(res.gaps) and res.gaps["gap"].isna().all():
         lines.append(f"not available: {res.gaps['gap_note'].iloc[0]}.")
