@@ -9,11 +9,9 @@ from pathlib import Path
 from domgen import cli_common as cc
 
 
-def add_ablate_parser(sub, add_launch_options) -> None:
-    from domgen.run import DESCRIPTIONS
-
+def add_ablate_parser(sub, description: str) -> None:
     ab = sub.add_parser("ablate", help="factorial ablation or random search over one row: cells x seeds, then effects",
-                        formatter_class=cc.HelpFormatter, description=DESCRIPTIONS["ablate"])
+                        formatter_class=cc.HelpFormatter, description=description)
     ab.add_argument("action", nargs="?", default="run", choices=["run", "status", "report"],
                     help="run what is not done then report; status: progress; report: the analysis of what is done")
     cc.add_data_options(ab)
@@ -32,7 +30,7 @@ def add_ablate_parser(sub, add_launch_options) -> None:
     ab.add_argument("--out", default="runs", help="folder that holds the run folders; reports go to <out>/ablations/")
     ab.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
-    add_launch_options(ab)
+    cc.add_launch_options(ab)
     ab.set_defaults(func=cmd_ablate)
 
 
@@ -54,7 +52,6 @@ def _cells(args: argparse.Namespace, spec):
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from domgen.run import parse_seeds, slurm_options
     from domgen.studies import load_study
     from domgen.sweep.ablate import plan_ablation, write_cells
     from domgen.sweep.launch import launch
@@ -64,7 +61,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     spec = study.ablation
     cells, kind = _cells(args, spec)
     exp = args.exp or (spec.exp if spec else study.experiments.names()[0])
-    seeds = parse_seeds(args.seeds or (spec.seeds if spec else "5"))
+    seeds = cc.parse_seeds(args.seeds or (spec.seeds if spec else "5"))
     metric = args.metric or (spec.metric if spec else "macro_recall")
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
     ab = plan_ablation(cells, exp, seeds, args.preset, overrides, args.out, study,
@@ -79,10 +76,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(format_plan(ab.plan))
         report = launch(ab.plan, args.launcher, retry_failed=args.retry_failed, dry_run=args.dry_run,
-                        max_parallel=args.max_parallel, slurm=slurm_options(args))
+                        max_parallel=args.max_parallel, slurm=cc.slurm_options(args))
         print(format_report(report))
         if args.dry_run or args.launcher == "slurm":
-            cc.say(f"when the runs are done: python -m domgen.run ablate report with the same options")
+            cc.say("when the runs are done: python -m domgen.run ablate report with the same options")
             return 0
     return _report(ab, cells_file, metric)
 

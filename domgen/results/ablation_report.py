@@ -38,6 +38,13 @@ def write_report(res: AblationResult, doc: dict, folder: Path, synthetic: bool =
     return out
 
 
+def _num_format(values) -> str:
+    """Three decimals for metrics on a 0..1 scale (AUC), one for percentages (macro recall)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return "{:.3f}" if len(finite) and np.abs(finite).max() <= 1.5 else "{:.1f}"
+
+
 def _slug(key: str) -> str:
     return key.replace(".", "_")
 
@@ -55,7 +62,8 @@ def plot_heatmap(res: AblationResult, doc: dict, x: str, y: str, path: Path, syn
     ax.set_xlabel(y)
     ax.set_ylabel(x)
     for (i, j), v in np.ndenumerate(t.to_numpy(dtype=float)):
-        ax.text(j, i, "-" if not math.isfinite(v) else f"{v:.1f}", ha="center", va="center", color="white", fontsize="small")
+        ax.text(j, i, "-" if not math.isfinite(v) else _num_format(t.to_numpy(dtype=float)).format(v), ha="center",
+                va="center", color="white", fontsize="small")
     fig.colorbar(im, ax=ax, label=f"test {res.metric}")
     ax.set_title(f"test {res.metric}, mean over seeds and other axes" + (" (synthetic data)" if synthetic else ""),
                  fontsize="small")
@@ -72,7 +80,8 @@ def plot_curves(res: AblationResult, path: Path, synthetic: bool = False) -> Pat
     for k, col in enumerate(cols):
         ax = fig.add_subplot(1, len(cols), k + 1)
         for cell, c in res.curves.groupby("cell", sort=False):
-            ax.plot(c["epoch"] + 1, c[col], marker="o", markersize=3, label=cell)
+            ax.plot(c["epoch"], c[col], marker="o", markersize=3, label=cell)  # epochs as the results record them
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel(col)
     fig.axes[0].legend(fontsize="x-small")
@@ -81,12 +90,12 @@ def plot_curves(res: AblationResult, path: Path, synthetic: bool = False) -> Pat
     return Path(path)
 
 
-def _f(x, fmt: str = "{:.2f}") -> str:
+def _f(x, fmt: str = "{:.3g}") -> str:
     return "-" if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else fmt.format(x)
 
 
 def _ci(r) -> str:
-    return "-" if not math.isfinite(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+    return "-" if not math.isfinite(r["ci_low"]) else f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]"
 
 
 def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> str:
@@ -104,19 +113,19 @@ def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> s
               "", "| axis | level | mean | n | diff | 95% CI | t-test p |", "|:--|:--|--:|--:|--:|:-:|--:|"]
     for _, r in res.effects.iterrows():
         lines.append(f"| {r['axis']} | {r['level']} | {_f(r['mean'])} | {r['n_runs']} | "
-                     f"{'(reference)' if r['level'] == r['vs'] else _f(r['diff'], '{:+.2f}')} | "
+                     f"{'(reference)' if r['level'] == r['vs'] else _f(r['diff'], '{:+.3g}')} | "
                      f"{'' if r['level'] == r['vs'] else _ci(r)} | {_p(r['t_p'])} |")
     if len(res.interactions):
         lines += ["", "Interactions (difference of differences against both first levels, paired):", "",
                   "| axes | levels | vs | contrast | 95% CI | t-test p | n |", "|:--|:--|:--|--:|:-:|--:|--:|"]
         for _, r in res.interactions.iterrows():
             lines.append(f"| {r['axis_a']} x {r['axis_b']} | {r['level_a']}, {r['level_b']} | {r['vs_a']}, {r['vs_b']} | "
-                         f"{_f(r['diff'], '{:+.2f}')} | {_ci(r)} | {_p(r['t_p'])} | {r['n']} |")
+                         f"{_f(r['diff'], '{:+.3g}')} | {_ci(r)} | {_p(r['t_p'])} | {r['n']} |")
     lines += ["", "Overfitting gap (train - validation):"]
     if len(res.gaps) and res.gaps["gap"].isna().all():
         lines.append(f"not available: {res.gaps['gap_note'].iloc[0]}.")
     else:
-        lines += [f"- {r['cell']}: {_f(r['gap'], '{:+.2f}')} ({_f(r['train'])} - {_f(r['val'])})" for _, r in res.gaps.iterrows()]
+        lines += [f"- {r['cell']}: {_f(r['gap'], '{:+.3g}')} ({_f(r['train'])} - {_f(r['val'])})" for _, r in res.gaps.iterrows()]
     b = res.best
     lines += ["", "Best cell by mean validation " + res.metric + " (test not used to choose):"]
     lines.append(f"{b['cell']}: validation {_f(b['val'])}, test {_f(b['test'])} over {b['seeds']} seeds; "

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from domgen.atomic import atomic_path
 from domgen.data.sources.base import DataLayoutError, LoadResult, make_records
 
 NAME = "medmnist"
