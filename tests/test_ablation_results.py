@@ -120,3 +120,18 @@ def test_gap_with_train_rows_missing_runs_and_report_files(tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     text = (tmp_path / "report" / "summary.md").read_text()
     assert "synthetic data" in text and "A-s3-never-run" in text and "checkpoint" in text
+
+
+def test_a_search_ranks_its_trials_by_validation(tmp_path):
+    from domgen.results.ablation_report import format_summary
+
+    doc = write_runs(tmp_path) | {"kind": "search"}
+    res = analyse(doc, frame(tmp_path))
+    assert res.effects.empty and res.interactions.empty and res.kind == "search"
+    text = format_summary(res, doc)
+    rows = [line for line in text.splitlines() if line.startswith("| optim.lr=")]
+    # validation 60 - 2x + y: (x0, y1) 61, (x0, y0) 60, (x1, y1) 59, ... ranked in that order
+    assert [r.split(" | ")[0][2:] for r in rows[:3]] == [
+        "optim.lr=x0,loss.name=y1", "optim.lr=x0,loss.name=y0", "optim.lr=x1,loss.name=y1"]
+    assert text.startswith("Search of yoon2019 row A") and res.best["cell"] == "optim.lr=x0,loss.name=y1"
+    assert not any(p.name.startswith("heatmap") for p in write_report(res, doc, tmp_path / "report"))

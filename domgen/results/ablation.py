@@ -14,6 +14,8 @@ the test numbers it reports were not used to choose it.
   when the effect of one axis does not depend on the other. Reported with the same paired statistics.
 * **Learning curves**: per cell and epoch, the mean over seeds of the training loss (``train_loss``) and
   of the validation metric over the training domains.
+* **A search** (``kind: search``) has no levels shared by several cells: its trials are ranked by mean
+  validation score instead of averaged into effects.
 * **Overfitting gap**: the metric on the training split minus on validation, at the selected epoch,
   where the run recorded training-split rows; where it did not, the gap is NaN and ``gap_note`` says so.
 """
@@ -46,6 +48,7 @@ class AblationResult:
     gaps: pd.DataFrame  # cell, train, val, gap, gap_note
     best: dict = field(default_factory=dict)  # cell, values, val, test, seeds, checkpoint, checkpoints
     missing: list[str] = field(default_factory=list)  # planned runs without a final result
+    kind: str = "grid"  # grid (effects, interactions) | search (trials ranked by validation)
 
 
 def cell_table(doc: dict) -> pd.DataFrame:
@@ -202,6 +205,11 @@ def analyse(doc: dict, df: pd.DataFrame, metric: str | None = None, metrics: lis
     done = set(scores["cell"] + "|" + scores["seed"].astype(str))
     planned = cell_table(doc)
     missing = [r.run for r in planned.itertuples() if f"{r.cell}|{r.seed}" not in done]
-    return AblationResult(axes_of(doc), metric, long, scores, main_effects(doc, scores), interactions(doc, scores),
-                          learning_curves(doc, df, metric), overfitting_gaps(doc, long, metric),
-                          best_cell(doc, scores, Path(doc.get("runs_dir", "."))), missing)
+    if doc.get("kind") == "search":  # every trial its own values: no levels to average over, trials are ranked instead
+        effects = pd.DataFrame(columns=["axis", "level", "mean", "n_runs", "vs", *STATS])
+        inter = pd.DataFrame(columns=["axis_a", "level_a", "axis_b", "level_b", "vs_a", "vs_b", *STATS])
+    else:
+        effects, inter = main_effects(doc, scores), interactions(doc, scores)
+    return AblationResult(axes_of(doc), metric, long, scores, effects, inter, learning_curves(doc, df, metric),
+                          overfitting_gaps(doc, long, metric), best_cell(doc, scores, Path(doc.get("runs_dir", "."))),
+                          missing, doc.get("kind", "grid"))

@@ -30,7 +30,7 @@ def write_report(res: AblationResult, doc: dict, folder: Path, synthetic: bool =
     out.append(folder / "best.json")
     (folder / "summary.md").write_text(format_summary(res, doc, synthetic))
     out.append(folder / "summary.md")
-    if not res.scores.empty:
+    if not res.scores.empty and res.kind == "grid":
         for x, y in itertools.combinations(res.axes, 2):
             out.append(plot_heatmap(res, doc, x, y, folder / f"heatmap-{_slug(x)}-{_slug(y)}.png", synthetic))
     if not res.curves.empty:
@@ -102,13 +102,32 @@ def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> s
     """Main effects, interactions, gaps and the best cell as Markdown, with what the numbers mean."""
     seeds = sorted(res.scores["seed"].unique().tolist()) if len(res.scores) else []
     lines = [
-        f"Ablation of {doc.get('study')} row {doc.get('exp')} ({doc.get('preset')}): "
+        f"{'Search' if res.kind == 'search' else 'Ablation'} of {doc.get('study')} row {doc.get('exp')} ({doc.get('preset')}): "
         f"{len(doc['cells'])} cells x {len(seeds)} seeds{' on synthetic data' if synthetic else ''}.",
         f"Score: test {res.metric}, mean over domains, at the epoch the trainer selected on training-domain "
         "validation (selection: train).",
     ]
     if res.missing:
         lines.append(f"Not finished, left out: {len(res.missing)} runs ({', '.join(res.missing[:4])}{' ...' if len(res.missing) > 4 else ''}).")
+    if res.kind == "search":
+        lines += ["", *_ranked(res)]
+    else:
+        lines += _effects(res)
+    lines += _gaps_and_best(res)
+    return "\n".join(lines) + "\n"
+
+
+def _ranked(res: AblationResult, top: int = 10) -> list[str]:
+    """A search's trials, best mean validation score first (test beside it, not used to rank)."""
+    means = res.scores.groupby("cell", sort=False).agg(val=("val", "mean"), test=("test", "mean"), seeds=("seed", "nunique"))
+    means = means.sort_values("val", ascending=False, kind="mergesort")
+    lines = [f"Trials by mean validation {res.metric} (top {min(top, len(means))} of {len(means)}):", "",
+             "| trial | val | test | seeds |", "|:--|--:|--:|--:|"]
+    return lines + [f"| {cell} | {_f(r['val'])} | {_f(r['test'])} | {r['seeds']} |" for cell, r in means.head(top).iterrows()]
+
+
+def _effects(res: AblationResult) -> list[str]:
+    lines = []
     lines += ["", "Main effects (mean over the other axes and seeds; diff = paired by other axes and seed, vs the first level):",
               "", "| axis | level | mean | n | diff | 95% CI | t-test p |", "|:--|:--|--:|--:|--:|:-:|--:|"]
     for _, r in res.effects.iterrows():
@@ -121,7 +140,11 @@ def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> s
         for _, r in res.interactions.iterrows():
             lines.append(f"| {r['axis_a']} x {r['axis_b']} | {r['level_a']}, {r['level_b']} | {r['vs_a']}, {r['vs_b']} | "
                          f"{_f(r['diff'], '{:+.3g}')} | {_ci(r)} | {_p(r['t_p'])} | {r['n']} |")
-    lines += ["", "Overfitting gap (train - validation):"]
+    return lines
+
+
+def _gaps_and_best(res: AblationResult) -> list[str]:
+    lines = ["", "Overfitting gap (train - validation):"]
     if len(res.gaps) and res.gaps["gap"].isna().all():
         lines.append(f"not available: {res.gaps['gap_note'].iloc[0]}.")
     else:
@@ -131,4 +154,4 @@ def format_summary(res: AblationResult, doc: dict, synthetic: bool = False) -> s
     lines.append(f"{b['cell']}: validation {_f(b['val'])}, test {_f(b['test'])} over {b['seeds']} seeds; "
                  f"checkpoint (its best seed by validation): {b['checkpoint']}" if b else "none: no finished run")
     lines.append("A difference whose 95% CI contains 0 is not distinguishable from seed noise.")
-    return "\n".join(lines) + "\n"
+    return lines
