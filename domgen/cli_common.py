@@ -205,3 +205,41 @@ def check_weights(cfg: RunConfig) -> None:
     from domgen.models import build_model
 
     build_model(cfg.model.arch, cfg.model.weights)
+
+
+# ---- sweeps and ablations ------------------------------------------------------------------------
+def parse_seeds(text: str) -> int | list[int]:
+    """``5`` -> a count (seeds 0-4); ``0,3,7``, ``2-4`` or ``2,`` (one seed) -> those seeds."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)") from None
+    return list(dict.fromkeys(seeds))
+
+
+def slurm_options(args: argparse.Namespace):
+    from domgen.sweep.launch import SlurmOptions
+
+    return SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
+                        array_parallelism=args.array_parallelism, extra=dict(kv.split("=", 1) for kv in args.slurm_extra))
+
+
+def add_launch_options(sw: argparse.ArgumentParser) -> None:
+    """How a planned set of runs is launched (``sweep`` and ``ablate``)."""
+    sw.add_argument("--launcher", default="local", choices=["local", "slurm"], help="this machine, or a Slurm cluster through submitit")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, GPU-hours); submit nothing")
+    sw.add_argument("--retry-failed", action="store_true", help="also relaunch runs that failed with an error")
+    sw.add_argument("--max-parallel", type=int, default=None, help="local: runs at once (default: one per GPU, else 1)")
+    sw.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    sw.add_argument("--gpus", type=int, default=1, help="Slurm: GPUs per job")
+    sw.add_argument("--cpus", type=int, default=8, help="Slurm: CPU cores per job")
+    sw.add_argument("--mem-gb", type=int, default=32, help="Slurm: memory per job")
+    sw.add_argument("--time-min", type=int, default=720, help="Slurm: time limit per job; a job that runs out is requeued and resumes")
+    sw.add_argument("--array-parallelism", type=int, default=64, help="Slurm: most jobs of one array running at once")
+    sw.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")

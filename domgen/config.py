@@ -32,7 +32,7 @@ class DataConfig:
     workers: int = 2  # processes decoding the image cache; DataLoader workers of the uncached path
     cached: bool = True  # decode once into uint8 arrays (False: reference per-image PIL pipeline)
     # The protocol (README, "Data"): how the root is laid out, which classes, which domain is primary.
-    layout: str = "native"  # native (one sub-folder per source) | metadata_csv | domain_folders
+    layout: str = "native"  # native (one sub-folder per source) | metadata_csv | domain_folders | medmnist
     label_space: str = ""  # a registered label space; "" = the layout's own (dermoscopy7 / sorted labels)
     primary: str = "HAM"  # the domain trained on in full (Yoon et al.); "none" = every domain's training split
     domain_by: str = ""  # a metadata column whose values become the domains (e.g. localization); "" = the sources
@@ -340,7 +340,7 @@ def cache_dir(cfg: DataConfig) -> Path:
 
 
 # ---- normalisation: one spelling per computation, so equal runs share one hash ----
-LAYOUTS = ("native", "metadata_csv", "domain_folders")
+LAYOUTS = ("native", "metadata_csv", "domain_folders", "medmnist")
 EPOCH_EVAL = ("auto", "all", "selection")
 
 

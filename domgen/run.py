@@ -322,23 +322,11 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     cc.add_study_option(p)
 
 
-def parse_seeds(text: str) -> int | list[int]:
-    """``5`` -> a count (seeds 0-4); ``0,3,7``, ``2-4`` or ``2,`` (one seed) -> those seeds."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    seeds: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, _, hi = part.partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)") from None
-    return list(dict.fromkeys(seeds))
+parse_seeds = cc.parse_seeds  # kept here too: `from domgen.run import parse_seeds` reads it
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from domgen.sweep.launch import SlurmOptions, launch
+    from domgen.sweep.launch import launch
     from domgen.sweep.plan import algorithm_variants, cross_variants, plan_sweep, split_variants
     from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
 
@@ -360,8 +348,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.action == "status":
         print(format_status(sweep_status(plan)))
         return 0
-    slurm = SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
-                         array_parallelism=args.array_parallelism, extra=dict(kv.split("=", 1) for kv in args.slurm_extra))
+    slurm = cc.slurm_options(args)
     if args.dry_run:
         print(format_plan(plan))
     report = launch(plan, args.launcher, retry_failed=args.retry_failed, dry_run=args.dry_run, max_parallel=args.max_parallel, slurm=slurm)
@@ -399,17 +386,7 @@ def add_sweep_parser(sub) -> None:
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
     cc.add_deterministic_option(sw)
-    sw.add_argument("--launcher", default="local", choices=["local", "slurm"], help="this machine, or a Slurm cluster through submitit")
-    sw.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, GPU-hours); submit nothing")
-    sw.add_argument("--retry-failed", action="store_true", help="also relaunch runs that failed with an error")
-    sw.add_argument("--max-parallel", type=int, default=None, help="local: runs at once (default: one per GPU, else 1)")
-    sw.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
-    sw.add_argument("--gpus", type=int, default=1, help="Slurm: GPUs per job")
-    sw.add_argument("--cpus", type=int, default=8, help="Slurm: CPU cores per job")
-    sw.add_argument("--mem-gb", type=int, default=32, help="Slurm: memory per job")
-    sw.add_argument("--time-min", type=int, default=720, help="Slurm: time limit per job; a job that runs out is requeued and resumes")
-    sw.add_argument("--array-parallelism", type=int, default=64, help="Slurm: most jobs of one array running at once")
-    sw.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
+    cc.add_launch_options(sw)
     sw.set_defaults(func=cmd_sweep)
 
 
@@ -536,6 +513,10 @@ DESCRIPTIONS = {
                   "to its own initialisation (--vs-init: init.pt from --set save_init=true, else rebuilt from the seed), "
                   "on a fixed, seeded, class-stratified sample of run A's validation images from every domain. Prints a "
                   "table, plots it (PNG) and records it in RUN_A/similarity.json (what the transfusion summary reads).",
+    "ablate": "A factorial ablation (--axis KEY=V1,V2 ..., or the study's ablation: block) or a random hyperparameter "
+              "search (--search random --space FILE) over one row of a study: every cell x seed is a normal run, hashed, "
+              "resumable and skipped when done, launched like `sweep`; then main effects, interactions, heatmaps, learning "
+              "curves, the overfitting gap and the best cell with its checkpoint, written under <out>/ablations/.",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
     "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test; "
             "`list algorithms`: every training algorithm, its default sampler and the paper it follows.",
@@ -628,6 +609,9 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("--device", default="auto", help="auto | cpu | cuda")
     si.add_argument("--plot", default=None, metavar="FILE.png", help="the plot (default RUN_A/similarity-<against>.png)")
     si.set_defaults(func=cmd_similarity)
+    from domgen.cli_ablate import add_ablate_parser  # the ablate subcommand lives in its own module
+
+    add_ablate_parser(sub, DESCRIPTIONS["ablate"])
     be = _sub(sub, "bench", "benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
     be.add_argument("what", choices=["pipeline", "train"], help="what to measure")
     be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")

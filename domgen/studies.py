@@ -77,6 +77,17 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class AblationSpec:
+    """A study's ``ablation:`` block: the row ablated, its axes (config key -> values), seeds and the
+    pre-registered metric the best cell is chosen by (``python -m domgen.run ablate --study NAME``)."""
+
+    exp: str
+    axes: tuple[tuple[str, tuple[str, ...]], ...]
+    seeds: str = "5"
+    metric: str = "macro_recall"
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     path: Path
@@ -84,6 +95,7 @@ class Study:
     experiments: Registry[Experiment] = field(repr=False)
     presets: dict[str, Preset] = field(repr=False)
     protocol: Protocol | None = field(default=None, repr=False)  # its error profile (domgen.protocol), if written
+    ablation: AblationSpec | None = field(default=None, repr=False)
 
     @property
     def loo(self) -> dict[str, str]:
@@ -138,7 +150,7 @@ def _load(path: Path) -> Study:
     doc = _read(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a study file is a mapping with an 'experiments:' list")
-    _check_keys(path, "the study", doc, {"study", "description", "experiments", "presets", "protocol"})
+    _check_keys(path, "the study", doc, {"study", "description", "experiments", "presets", "protocol", "ablation"})
     name = str(doc.get("study") or path.stem)
     rows = doc.get("experiments")
     if not isinstance(rows, list) or not rows:
@@ -153,7 +165,29 @@ def _load(path: Path) -> Study:
         registry.add(exp.name, exp)
     _check_parents(path, registry)
     protocol = load_protocol(path, name, doc.get("protocol"))
-    return Study(name, path, str(doc.get("description", "")), registry, presets, protocol)
+    ablation = _ablation(path, doc["ablation"], registry) if doc.get("ablation") is not None else None
+    return Study(name, path, str(doc.get("description", "")), registry, presets, protocol, ablation)
+
+
+def _ablation(path: Path, block, registry: Registry[Experiment]) -> AblationSpec:
+    """``ablation: {exp: base, seeds: 5, metric: ovr_auc, axes: {model.arch: [resnet18, resnet50], ...}}``."""
+    where = "ablation"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}, {where}: a mapping with exp, axes and optionally seeds, metric")
+    _check_keys(path, where, block, {"exp", "axes", "seeds", "metric"})
+    exp = str(block.get("exp") or registry.names()[0])
+    if exp not in registry:
+        raise ConfigError(f"{path}, {where}: unknown row {exp!r} (rows: {', '.join(registry.names())})")
+    axes = block.get("axes")
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{path}, {where}: 'axes:' maps config keys to lists of values")
+    out = []
+    for key, values in axes.items():
+        values = values if isinstance(values, list) else [values]
+        if not values or len(set(map(str, values))) != len(values):
+            raise ConfigError(f"{path}, {where}, axis {key}: give distinct values as a list")
+        out.append((str(key), tuple(str(v) for v in values)))
+    return AblationSpec(exp, tuple(out), str(block.get("seeds", "5")), str(block.get("metric", "macro_recall")))
 
 
 def _read(path: Path):

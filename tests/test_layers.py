@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("domgen.engine", "domgen.prune")),
     ("drivers", ("domgen.runs", "domgen.export", "domgen.bench")),
     ("sweep, results", ("domgen.sweep", "domgen.results")),
-    ("command line", ("domgen.cli_common", "domgen.run")),
+    ("command line", ("domgen.cli_common", "domgen.cli_ablate", "domgen.run")),
 ]
 # Upward imports allowed, each inside a function (never at import time), with the reason.
 ALLOWED_UPWARD = {

@@ -151,6 +151,7 @@ def test_evaluate_predictions_keys_and_values():
     assert m["macro_recall"] == pytest.approx(175 / 3) == m["balanced_acc"]
     assert m["recall_mel"] == pytest.approx(200 / 3) and math.isnan(m["recall_df"])
     assert m["mel_auc"] == pytest.approx(0.5)
+    assert m["ovr_auc"] == pytest.approx(0.5)  # mel vs rest 0.5; nv vs rest, scored 1 - P(mel), the same pairs: 0.5
     assert m["mel_sens"] == pytest.approx(2 / 3) and m["mel_spec"] == pytest.approx(0.0)
     assert cm[MEL, NV] == 1 and cm[NV, MEL] == 1
     m2, _ = evaluate_predictions(y, _probs([0.9, 0.6, 0.2, 0.3, 0.8]))
@@ -225,3 +226,13 @@ def test_confusion_figure_annotates_every_cell():
     assert ax.get_title() == "PH2 test"
     fig.canvas.draw()  # renders on Agg without a display
     assert fig.canvas.buffer_rgba().shape[2] == 4
+
+
+def test_ovr_auc_is_the_one_vs_rest_macro_over_present_classes():
+    # class a: positives 0.6, 0.2 vs negatives 0.3, 0.1 -> 3 of 4 pairs; b: 0.4 vs 0.3, 0.5, 0.2 -> 2/3;
+    # c: 0.7 vs 0.1, 0.3, 0.3 -> 1; mean (0.75 + 2/3 + 1) / 3
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.3, 0.4, 0.3], [0.1, 0.2, 0.7]])
+    m, _ = evaluate_predictions(np.array([0, 0, 1, 2]), p, classes=("a", "b", "c"))
+    assert m["ovr_auc"] == pytest.approx((0.75 + 2 / 3 + 1) / 3)
+    one, _ = evaluate_predictions(np.array([1, 1]), p[:2], classes=("a", "b", "c"))
+    assert math.isnan(one["ovr_auc"])  # one class present: no AUC

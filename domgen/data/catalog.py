@@ -111,6 +111,10 @@ def resolve_root(cfg: DataConfig, bar=None) -> tuple[Path, bool]:
         if not path.is_dir():
             raise FileNotFoundError(f"data root {path} does not exist (from --data-root or DOMGEN_DATA)")
         return path, False
+    if cfg.layout == "medmnist":  # its synthetic stand-in: a small ultrasound-like set in the npz format
+        from domgen.data.synthetic_ultrasound import ensure_synthetic_medmnist
+
+        return ensure_synthetic_medmnist(cache_dir(cfg), scale=cfg.synthetic_scale, seed=cfg.synthetic_seed), True
     if cfg.layout != "native":
         raise ConfigError(f"data.layout={cfg.layout} reads a data root: give one with --data-root or $DOMGEN_DATA "
                           "(the synthetic benchmark is in the native layout)")
@@ -126,7 +130,7 @@ def load_catalog(cfg: DataConfig, bar=None, verify: bool = False) -> Catalog:
     Then, in this order: ``data.label_space`` picks the classes (images outside it dropped and counted per
     source), and ``data.domain_by`` re-draws the domains."""
     root, synthetic = resolve_root(cfg, bar)
-    results, absent = load_layout(cfg.layout, root, cfg.skip_missing)
+    results, absent = load_layout(cfg.layout, root, cfg.skip_missing, cache_dir(cfg))
     catalog = Catalog(root=root, synthetic=synthetic, results=results, absent=absent, layout=cfg.layout)
     if verify or cfg.skip_missing:
         drop_undecodable(catalog, cfg, bar)

@@ -41,6 +41,7 @@ MANIFEST_COLUMNS = ["path", "domain", "label", "group", "split", "image_id"]
 NSEC_MAX = 5
 # Within a fold, train : val of the paper's split (0.5 : 0.2), carved from the K - 1 training folds.
 FOLD_FRACTIONS: tuple[float, float, float] = (5 / 7, 2 / 7, 0.0)
+OFFICIAL = "official_split"  # a record column naming the release's own partition (train/val/test), kept as given
 
 
 # The manifest's seeds (domgen.seeds, "|"-joined, all 64 bits): changing them would re-split every dataset.
@@ -204,6 +205,8 @@ def manifest_key(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS, 
     h.update(f"domgen-manifest-v{MANIFEST_VERSION}|seed={int(seed)}|fractions={[round(f, 12) for f in fr]}{scheme}\n".encode())
     # One line per row, fields joined by a unit separator (no field holds one).
     lines = rows["path"] + "\x1f" + rows["label"] + "\x1f" + rows["domain"] + "\x1f" + rows["group"]
+    if OFFICIAL in records.columns:  # only then: every other manifest keeps its key
+        lines = lines + "\x1f" + records.loc[rows.index, OFFICIAL].astype(str)
     h.update("\n".join(lines.tolist()).encode())
     return h.hexdigest()[:20]
 
@@ -219,6 +222,9 @@ def build_manifest(records: pd.DataFrame, seed: int, fractions=DEFAULT_FRACTIONS
     if "image_id" not in out.columns:
         out["image_id"] = out["path"].map(lambda p: Path(str(p)).stem)
     out["split"] = split_records(records, seed, fractions, folds, fold)
+    if OFFICIAL in out.columns:  # a release's own splits (MedMNIST) are kept as given, never re-drawn
+        given = out[OFFICIAL].notna() & out[OFFICIAL].isin(SPLITS)
+        out.loc[given, "split"] = out.loc[given, OFFICIAL]
     for c in ("path", "domain", "label", "group", "image_id"):
         out[c] = out[c].astype(str)
     meta = [c for c in out.columns if c not in MANIFEST_COLUMNS]
