@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "domgen"
 # place it here, in the layer its imports put it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("domgen", "domgen.atomic", "domgen.errors", "domgen.registry", "domgen.threads", "domgen.progress",
-                    "domgen.lock", "domgen.seeds", "domgen.config", "domgen.studies")),
+                    "domgen.lock", "domgen.seeds", "domgen.protocol", "domgen.config", "domgen.studies")),
     ("data, models, losses", ("domgen.data", "domgen.models", "domgen.losses", "domgen.analysis")),
     ("algorithms", ("domgen.algorithms", "domgen.regimes")),
     ("engine", ("domgen.engine", "domgen.prune")),
