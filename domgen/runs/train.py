@@ -62,7 +62,16 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         "holdout": list(cfg.data.holdout),
         "train_domains": data.train_domains,
         **average_context(cfg),
+        **regime_context(cfg),
     }
+
+
+def regime_context(cfg: RunConfig) -> dict[str, Any]:
+    """The fine-tuning regime (``regime.*``) as the record states it, only when it is not the default ``ft``:
+    ``regime`` and ``regime_<key>`` for its hyperparameters, so older records stay as they are."""
+    from domgen.regimes import make_regime
+
+    return {} if cfg.regime.name == "ft" else make_regime(cfg.regime).describe()
 
 
 def average_context(cfg: RunConfig) -> dict[str, Any]:
