@@ -281,3 +281,24 @@ def test_lora_without_peft_is_refused_with_the_install_command():
         validate(apply_overrides(RunConfig(), ["regime.name=lora"]))
     with pytest.raises(ConfigError, match="pip install peft"):
         make_regime(REGIMES.get("lora").Hparams()).attach(Toy())
+
+
+# ---- end to end at the smoke preset ----------------------------------------------------------------------
+def test_a_smoke_run_with_lp_ft_records_its_regime_and_keeps_it_in_last_pt(smoke_cache, tmp_path):
+    from domgen.engine.checkpoint import load_checkpoint
+    from domgen.engine.logging import read_results
+    from domgen.runs.registry import resolve_config
+    from domgen.runs.train import run_train
+
+    cfg = resolve_config("A", "smoke", 0, [f"data.cache_dir={smoke_cache}", "data.workers=0", "threads=1",
+                                           f"out={tmp_path}", "regime.name=lp_ft", "regime.lp_epochs=1"])
+    result = run_train(cfg)
+    rows = read_results(result.run_dir)
+    assert rows and all(r["regime"] == "lp_ft" and r["regime_lp_epochs"] == 1 for r in rows)
+    last = load_checkpoint(result.run_dir / "last.pt", CPU)
+    assert last["epoch"] == 2 and last["regime"] == {}
+    # epoch 1 probed, epoch 2 fine-tuned: AdamW counted twice the steps for the head as for the backbone
+    names = [k for k in last["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    steps = {names[i]: int(st["step"]) for i, st in last["optimizer"]["state"].items()}
+    assert len(steps) == len(names) and {steps["h.weight"], steps["h.bias"]} == {2 * steps["g.conv1.weight"]}
+    assert {v for k, v in steps.items() if k.startswith("g.")} == {steps["g.conv1.weight"]}
