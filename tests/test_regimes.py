@@ -302,3 +302,11 @@ def test_a_smoke_run_with_lp_ft_records_its_regime_and_keeps_it_in_last_pt(smoke
     steps = {names[i]: int(st["step"]) for i, st in last["optimizer"]["state"].items()}
     assert len(steps) == len(names) and {steps["h.weight"], steps["h.bias"]} == {2 * steps["g.conv1.weight"]}
     assert {v for k, v in steps.items() if k.startswith("g.")} == {steps["g.conv1.weight"]}
+
+
+def test_list_regimes_output_is_quoted_verbatim_in_the_readme(capsys):
+    from tests.test_readme import QUOTED
+    from domgen import run
+
+    assert run.main(["list", "regimes"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == QUOTED["regimes"]

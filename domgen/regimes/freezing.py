@@ -41,7 +41,7 @@ class LinearProbing(Regime):
     """Linear probing: the backbone frozen, BatchNorm statistics included (g in evaluation mode); the head trains."""
 
     Hparams = LinearProbingHparams
-    reference = "Linear probing: Kumar et al., ICLR 2022, Sec. 2; Davila et al., arXiv 2406.10050"
+    reference = "Linear probing: Kumar et al., ICLR 2022; Davila et al., arXiv 2406.10050"
 
     def probing(self, epoch: int) -> bool:
         return True
@@ -66,7 +66,7 @@ class LPFT(LinearProbing):
     """LP-FT: ``lp_epochs`` of linear probing, then full fine-tuning starting from the probe's head."""
 
     Hparams = LPFTHparams
-    reference = "Kumar, Raghunathan, Jones, Ma & Liang, ICLR 2022, Sec. 4 (LP-FT); Davila et al., arXiv 2406.10050"
+    reference = "Kumar, Raghunathan, Jones, Ma & Liang, ICLR 2022 (LP-FT); Davila et al., arXiv 2406.10050"
 
     @classmethod
     def problems(cls, hp: LPFTHparams):

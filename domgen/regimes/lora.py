@@ -1,5 +1,5 @@
 """LoRA on timm ViTs through the ``peft`` library: Hu et al., "LoRA: Low-Rank Adaptation of Large Language
-Models", ICLR 2022, eq. (3): each targeted linear layer computes W0 x + (lora_alpha / r) B A x with W0
+Models", ICLR 2022: each targeted linear layer computes W0 x + (lora_alpha / r) B A x with W0
 frozen, A [r, in] random and B [out, r] zero at the start, so training starts from the pretrained model.
 
 The adapters are injected with ``peft.inject_adapter_in_model`` (peft's low-level API: the model is changed
@@ -41,7 +41,7 @@ class LoRA(Regime):
     """LoRA (via peft) on a timm ViT: low-rank adapters on the attention projections and the head train."""
 
     Hparams = LoRAHparams
-    reference = "Hu et al., ICLR 2022, eq. 3 (LoRA), through Hugging Face peft's inject_adapter_in_model"
+    reference = "Hu et al., ICLR 2022 (LoRA), through Hugging Face peft's inject_adapter_in_model"
 
     @classmethod
     def problems(cls, hp: LoRAHparams):

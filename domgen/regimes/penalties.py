@@ -1,5 +1,5 @@
 """L2-SP: Li, Grandvalet & Davoine, "Explicit Inductive Bias for Transfer Learning with Convolutional
-Networks", ICML 2018, eq. (3) / Sec. 3.3:
+Networks", ICML 2018 (the L2-SP penalty):
 
     Omega(w) = alpha / 2 ||w_S - w0_S||^2 + beta / 2 ||w_Sbar||^2
 
@@ -43,7 +43,7 @@ class L2SP(Regime):
     """L2-SP: alpha/2 ||w - w0||^2 on the backbone's weights plus beta/2 ||head||^2, added to the loss."""
 
     Hparams = L2SPHparams
-    reference = "Li, Grandvalet & Davoine, ICML 2018, eq. 3 (L2-SP); Davila et al., arXiv 2406.10050"
+    reference = "Li, Grandvalet & Davoine, ICML 2018 (L2-SP); Davila et al., arXiv 2406.10050"
 
     @classmethod
     def problems(cls, hp: L2SPHparams):

@@ -3,7 +3,7 @@
 * ``llrd``: block b at depth d below the head (head d = 0) trains at ``decay**d`` x the rate (Howard &
   Ruder 2018's discriminative fine-tuning; the geometric form of Clark et al. 2020 / Bao et al. 2022).
 * ``auto_rgn`` and ``auto_snr``: Lee, Chen, Tajwar, Kumar, Yao, Liang & Finn, "Surgical Fine-Tuning
-  Improves Adaptation to Distribution Shifts", ICLR 2023, Sec. 5 (Davila et al. 2024 find Auto-RGN among the
+  Improves Adaptation to Distribution Shifts", ICLR 2023 (Davila et al. 2024 find Auto-RGN among the
   most robust of their eight). Every parameter tensor is a "layer" with its own group; at every step, after
   the backward pass, each layer's rate is the scheduled rate times its criterion normalised by the largest
   over the layers, so the layer that most wants to move trains at the full rate:
@@ -98,7 +98,7 @@ class AutoRGN(LayerRates):
     """Auto-RGN: each layer's rate scaled at every step by its relative gradient norm ||g|| / ||w||, over the largest."""
 
     Hparams = AutoRGNHparams
-    reference = "Lee et al., ICLR 2023, Sec. 5 (Surgical fine-tuning, Auto-RGN); Davila et al., arXiv 2406.10050"
+    reference = "Lee et al., ICLR 2023 (Surgical fine-tuning, Auto-RGN); Davila et al., arXiv 2406.10050"
 
     def criterion(self, w: Tensor, g: Tensor) -> Tensor:
         norm = torch.linalg.vector_norm(w.float())
@@ -115,7 +115,7 @@ class AutoSNR(LayerRates):
     """Auto-SNR: each layer's rate scaled at every step by its gradient's signal-to-noise ratio, over the largest."""
 
     Hparams = AutoSNRHparams
-    reference = "Lee et al., ICLR 2023, Sec. 5 (Surgical fine-tuning, Auto-SNR); Davila et al., arXiv 2406.10050"
+    reference = "Lee et al., ICLR 2023 (Surgical fine-tuning, Auto-SNR); Davila et al., arXiv 2406.10050"
 
     def criterion(self, w: Tensor, g: Tensor) -> Tensor:
         g = g.float()
