@@ -310,3 +310,20 @@ def test_list_regimes_output_is_quoted_verbatim_in_the_readme(capsys):
 
     assert run.main(["list", "regimes"]) == 0
     assert capsys.readouterr().out.rstrip("\n") == QUOTED["regimes"]
+
+
+@pytest.mark.parametrize("arch, names", [
+    ("resnet18", ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
+    ("timm:densenet121", ["features.conv0", "features.denseblock1", "features.transition1", "features.denseblock2",
+                          "features.transition2", "features.denseblock3", "features.transition3", "features.denseblock4", "head"]),
+    ("timm:vit_tiny_patch16_224", ["stem"] + [f"blocks.{i}" for i in range(12)] + ["head"]),
+])
+def test_real_backbones_split_into_their_named_blocks(arch, names):
+    from domgen.models import build_model
+    from domgen.regimes import model_blocks
+
+    model = build_model(arch, "none", 7)
+    blocks = model_blocks(model)
+    assert [b.name for b in blocks] == names
+    # the BatchNorm after DenseNet's first conv, and the final norm, join their neighbours
+    assert sum(len(b.params) for b in blocks) == len(list(model.parameters()))

@@ -3,9 +3,11 @@ layer-wise rates decay over.
 
 * ResNets (torchvision, timm) and the CBR models: the blocks ``domgen.models.init.model_blocks`` names for
   ``transfer:K`` (ResNets: stem = conv1 + bn1, layer1 .. layer4), so both features speak of one thing.
-* A backbone with a stack of blocks (timm's ViTs and DeiTs: ``blocks``; ConvNeXt: ``stages``): every
-  parameter and module before the stack is the ``stem``, each element of the stack is a block
-  (``blocks.0`` ...), and what follows the stack (the final norm) joins the last one.
+* A backbone with a stack of blocks (timm's ViTs and DeiTs: ``blocks``; ConvNeXt: ``stages``; VGG and
+  DenseNet: ``features``): every parameter and module before the stack is the ``stem``, each element of
+  the stack that holds parameters is a block (``blocks.0`` ...), except that a BatchNorm joins the block
+  before it (VGG-19-BN: conv + BN pairs; DenseNet-121: its dense blocks and transitions), and what follows
+  the stack (the final norm, VGG's pre-logits MLP) joins the last one.
 * Anything else: each direct child of ``g`` that holds parameters (and each parameter set on ``g`` itself)
   is a block, in registration order (the forward order in every torchvision/timm model we use).
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-STACKS = ("blocks", "stages")  # timm's names for a backbone's stack of blocks
+STACKS = ("blocks", "stages", "features")  # timm's names for a backbone's stack of blocks (features: VGG, DenseNet)
 
 
 @dataclass
@@ -69,10 +71,25 @@ def _backbone_blocks(g: nn.Module) -> list[Block]:
     after = False
     for name, module, params in units:
         if name == stack:
-            out += [Block(f"{stack}.{i}", [m], list(m.parameters())) for i, m in enumerate(module)]
+            out += _stack_blocks(stack, module)
             after = True
             continue
         target = out[-1] if after else out[0]  # the tail (final norm) joins the last block
         target.modules += [module] if module is not None else []
         target.params += params
     return [b for b in out if b.params or b.name != "stem"]
+
+
+def _stack_blocks(stack: str, modules: nn.Module) -> list[Block]:
+    """The stack's elements that hold parameters, each a block; a BatchNorm joins the block before it."""
+    out: list[Block] = []
+    for i, m in modules.named_children():
+        params = list(m.parameters())
+        if not params:
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and out:
+            out[-1].modules.append(m)
+            out[-1].params += params
+        else:
+            out.append(Block(f"{stack}.{i}", [m], params))
+    return out

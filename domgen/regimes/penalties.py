@@ -3,9 +3,9 @@ Networks", ICML 2018 (the L2-SP penalty):
 
     Omega(w) = alpha / 2 ||w_S - w0_S||^2 + beta / 2 ||w_Sbar||^2
 
-with w_S the backbone's parameters (every tensor of ``g``), w0_S their values when training starts (the
-pretrained weights, taken when the regime attaches, before any step), and w_Sbar the new head's weights
-and bias. The term is added to the algorithm's loss at every step, whatever the algorithm.
+with w_S the backbone's parameters (every tensor of ``g``), w0_S their values when training starts (taken
+when the regime attaches, before any step: the pretrained weights, or a warm-started run's parent's), and
+w_Sbar the new head's weights and bias. The term is added to the algorithm's loss at every step, whatever the algorithm.
 
 Li et al. replace weight decay by this penalty, so the model's groups train with ``weight_decay = 0``
 (AdamW's decoupled decay would pull the backbone towards 0, against the penalty's pull towards w0); the
