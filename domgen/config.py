@@ -83,6 +83,16 @@ class AlgorithmConfig:
 
 
 @dataclass(frozen=True)
+class RegimeConfig:
+    """How the pretrained model is adapted (``domgen.regimes``): which parameters train in which epoch, their
+    learning-rate multipliers and any penalty added to the algorithm's loss. Each regime declares its
+    hyperparameters as a subclass of this; ``regime.name`` switches the section to that class's defaults,
+    as ``algorithm.name`` does."""
+
+    name: str = "ft"  # a registered regime: ft (every parameter, one group) | lp | lp_ft | llrd | ...
+
+
+@dataclass(frozen=True)
 class LossConfig:
     """The classification loss every algorithm uses, weighted by the inverse probabilities of the classes
     its sampler draws (see ``domgen.losses.ce`` and ``domgen.losses.ccsa`` for the conventions and sources)."""
@@ -170,6 +180,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     average: AverageConfig = field(default_factory=AverageConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash. ``train_eval``
@@ -192,6 +203,8 @@ def from_dict(d: dict, cls: type = RunConfig) -> Any:
         sub = _dataclass_type(f)
         if sub is AlgorithmConfig:  # the section's class is the named algorithm's hyperparameters
             sub = algorithm_hparams(value.get("name", AlgorithmConfig.name))
+        elif sub is RegimeConfig:  # likewise the named regime's
+            sub = regime_hparams(value.get("name", RegimeConfig.name))
         if sub is not None:
             value = from_dict(value, sub)
         elif isinstance(value, list):
@@ -206,6 +219,13 @@ def algorithm_hparams(name: str) -> type:
     from domgen.algorithms import ALGORITHMS
 
     return ALGORITHMS.get(name).Hparams
+
+
+def regime_hparams(name: str) -> type:
+    """The hyperparameter dataclass of the registered regime ``name`` (imports ``domgen.regimes`` only when asked)."""
+    from domgen.regimes import REGIMES
+
+    return REGIMES.get(name).Hparams
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:
@@ -223,7 +243,11 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "average.n_tolerance": 6, "average.tolerance_ratio": 0.3,
                     "loss.class_weights": "inverse", "loss.beta": 0.999, "loss.drw_epoch": 0, "loss.gamma": 2.0,
                     "loss.gamma_pos": 0.0, "loss.gamma_neg": 4.0, "loss.clip": 0.05, "loss.smoothing": 0.1,
-                    "loss.max_m": 0.5, "loss.scale": 30.0, "data.train_fraction": 1.0}
+                    "loss.max_m": 0.5, "loss.scale": 30.0, "data.train_fraction": 1.0,
+                    # domgen.regimes: the name and every regime's own keys
+                    "regime.name": "ft", "regime.lp_epochs": 10, "regime.every": 1, "regime.factor": 2.6,
+                    "regime.decay": 0.65, "regime.alpha": 0.1, "regime.beta": 0.01, "regime.rank": 8,
+                    "regime.lora_alpha": 16.0, "regime.lora_dropout": 0.0, "regime.target_modules": "qkv"}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
@@ -266,10 +290,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any]) -> Any:
     """``["optim.lr=1e-3", "data.nsec=a"]`` -> a new config. Values are parsed by the field's type;
-    an unknown key fails and lists the valid ones. ``algorithm.name`` is applied first, so that the
-    named algorithm's hyperparameters can follow it in any order."""
+    an unknown key fails and lists the valid ones. ``algorithm.name`` and ``regime.name`` are applied
+    first, so that the named algorithm's (regime's) hyperparameters can follow them in any order."""
     items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides))
-    items.sort(key=lambda kv: not kv[0].endswith("algorithm.name"))  # stable: the rest keep their order
+    items.sort(key=lambda kv: not kv[0].endswith(("algorithm.name", "regime.name")))  # stable: the rest keep their order
     for key, value in items:
         cfg = _set(cfg, key.split("."), value, key)
     return cfg
@@ -290,6 +314,11 @@ def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
 
             raise ConfigError(f"unknown config key {full!r}: algorithm {cfg.name!r} has no hyperparameter {path[0]!r}; "
                               f"its keys: {', '.join(sorted(names))} (set algorithm.name first to use another algorithm's)")
+        if isinstance(cfg, RegimeConfig):
+            from domgen.errors import ConfigError
+
+            raise ConfigError(f"unknown config key {full!r}: regime {cfg.name!r} has no hyperparameter {path[0]!r}; "
+                              f"its keys: {', '.join(sorted(names))} (set regime.name first to use another regime's)")
         valid = ", ".join(sorted(flatten(to_dict(cfg))))
         raise KeyError(f"unknown config key {full!r}; valid keys: {valid}")
     current = getattr(cfg, path[0])
@@ -299,6 +328,8 @@ def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
         return replace(cfg, **{path[0]: _set(current, path[1:], value, full)})
     if isinstance(cfg, AlgorithmConfig) and path[0] == "name" and value != cfg.name:
         return algorithm_hparams(str(value))()  # another algorithm: its own hyperparameters, at their defaults
+    if isinstance(cfg, RegimeConfig) and path[0] == "name" and value != cfg.name:
+        return regime_hparams(str(value))()  # another regime: its own hyperparameters, at their defaults
     return replace(cfg, **{path[0]: _parse(value, current, full)})
 
 
@@ -422,6 +453,7 @@ def _problems(cfg: RunConfig):
         yield "channels_last", cfg.channels_last, "auto, on or off"
     yield from _loss_problems(loss)
     yield from _algorithm_problems(cfg.algorithm)
+    yield from _regime_problems(cfg.regime)
     if p.method not in ("dcp", "magnitude", "taylor", "bn"):
         yield "prune.method", p.method, "dcp, magnitude, taylor or bn"
     if not (str(d.nsec).strip().lower() in ("a", "all") or (str(d.nsec).strip().isdigit() and int(d.nsec) <= 5)):
@@ -504,3 +536,11 @@ def _algorithm_problems(hp: AlgorithmConfig):
 
     for key, value, why in ALGORITHMS.get(hp.name).problems(hp):
         yield f"algorithm.{key}", value, why
+
+
+def _regime_problems(hp: RegimeConfig):
+    """The regime's own checks of its hyperparameters (``Regime.problems``), keyed ``regime.<field>``."""
+    from domgen.regimes import REGIMES
+
+    for key, value, why in REGIMES.get(hp.name).problems(hp):
+        yield f"regime.{key}", value, why

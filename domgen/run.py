@@ -464,6 +464,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         print(describe_algorithms())
         return 0
+    if args.what == "regimes":
+        from domgen.regimes import describe_regimes  # imports torch: only for this listing
+
+        print(describe_regimes())
+        return 0
     from domgen.studies import load_study
 
     EXPERIMENTS = load_study(args.study).experiments
@@ -519,7 +524,8 @@ DESCRIPTIONS = {
               "curves, the overfitting gap and the best cell with its checkpoint, written under <out>/ablations/.",
     "bench": "Measure the input pipeline against plain PIL, and CCSA training steps against the model alone.",
     "list": "List the rows of a study (experiments/<study>.yaml; yoon2019: A-V) with their backbone, nsec and what they test; "
-            "`list algorithms`: every training algorithm, its default sampler and the paper it follows.",
+            "`list algorithms`: every training algorithm, its default sampler and the paper it follows; `list regimes`: "
+            "every fine-tuning regime (regime.name) and its paper.",
 }
 
 
@@ -633,9 +639,10 @@ def parser() -> argparse.ArgumentParser:
                          "with --compile; steps/s, ratio and peak GPU memory per line")
     be.add_argument("--archs", default="resnet18", help="bench train --matrix: comma-separated backbones")
     be.set_defaults(func=cmd_bench)
-    ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V), or the algorithms")
-    ls.add_argument("what", nargs="?", default="experiments", choices=["experiments", "algorithms"],
-                    help="experiments: the study's rows; algorithms: every registered training algorithm and its paper")
+    ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V), the algorithms or the regimes")
+    ls.add_argument("what", nargs="?", default="experiments", choices=["experiments", "algorithms", "regimes"],
+                    help="experiments: the study's rows; algorithms: every registered training algorithm and its paper; "
+                         "regimes: every fine-tuning regime and its paper")
     cc.add_study_option(ls)
     ls.set_defaults(func=cmd_list)
     return p

@@ -4,6 +4,7 @@ Each quoted output sits between ``<!-- readme-output: NAME -->`` and ``<!-- /rea
 
 - ``list``: ``python -m domgen.run list``, verbatim.
 - ``algorithms``: ``python -m domgen.run list algorithms``, verbatim.
+- ``regimes``: ``python -m domgen.run list regimes``, verbatim.
 - ``summary``: ``python -m domgen.run summary`` on the synthetic default (the cache path shown as ~).
 - ``main-job``: ``loo --holdout PH2 --preset quick``; the README abbreviates the epoch lines, so only the
   opening ``data:`` line and the table (from its ``exp`` header on) are compared (minutes on a CPU;
@@ -76,6 +77,7 @@ def summary_output(cache: Path | None = None) -> str:
 
 def current(quick: bool) -> dict[str, str]:
     outputs = {"list": domgen("list").rstrip("\n"), "algorithms": domgen("list", "algorithms").rstrip("\n"),
+               "regimes": domgen("list", "regimes").rstrip("\n"),
                "summary": summary_output(), "protocol": domgen("protocol").rstrip("\n")}
     if not quick:
         with tempfile.TemporaryDirectory() as runs:

@@ -70,24 +70,36 @@ def train_epoch(
     device: torch.device,
     precision: str = "auto",
     on_step: Callable[[], None] | None = None,
+    regime=None,
 ) -> dict[str, float]:
     """Train over ``batches`` (``domgen.algorithms.Batch``); return the mean of every logged value,
     weighted by the images in each batch. The engine never asks which algorithm it runs: the algorithm
     gives a :class:`domgen.algorithms.Step`, the engine backpropagates ``step.loss`` and steps.
-    ``on_step`` is called after every optimiser step (a weight average's update).
+    ``on_step`` is called after every optimiser step (a weight average's update). ``regime``
+    (``domgen.regimes.Regime``; None = full fine-tuning) sets the frozen blocks' modes after
+    ``model.train()``, adds its penalty to the loss (logged as ``regime_penalty``) and makes the step.
 
     Components are summed on the device and read once at the end: a per-step ``.item()`` would make
     the host wait for the GPU every step and leave it idle while the next batch is prepared.
     """
     model.train()
+    if regime is not None:
+        regime.train_mode(model)
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     for batch in batches:
         with autocast(device, precision):
             values = step_values(algorithm.loss(model, batch))
+        penalty = regime.penalty(model) if regime is not None else None  # on the fp32 weights, outside autocast
+        if penalty is not None:
+            values["loss"] = values["loss"] + penalty
+            values["regime_penalty"] = penalty
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
-        optimizer.step()
+        if regime is not None:
+            regime.step(optimizer)
+        else:
+            optimizer.step()
         if on_step is not None:
             on_step()
         n = batch.y.shape[0]

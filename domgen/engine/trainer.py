@@ -33,6 +33,7 @@ from domgen.engine.profile import NoProfile, RunProfile
 from domgen.data.run_data import RunData
 from domgen.models import build_model, input_normalization
 from domgen.progress import lazy_bar
+from domgen.regimes import Regime, make_regime
 from domgen.seeds import derive_seed
 from domgen.studies import load_study
 from domgen.threads import thread_budget
@@ -92,6 +93,9 @@ class Trainer:
         if init_state is not None:
             model.load_state_dict(init_state)
         self.model = prepare_model(model, self.device, cfg.channels_last)
+        # the regime sees the model first: LoRA changes its structure, L2-SP keeps its initial weights
+        self.regime: Regime = make_regime(cfg.regime)
+        self.regime.attach(self.model)
         # before attach: the average's copies of the model never carry the algorithm's hooks (MixStyle's)
         self.averager: Averager = make_averager(cfg.average, self.model)
         m = data.manifest
@@ -102,7 +106,8 @@ class Trainer:
         self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
         self.algorithm.attach(self.model)  # its own modules and hooks exist before the optimiser sees them
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.algorithm.param_groups(self.model), lr=o.lr, weight_decay=o.weight_decay)
+        groups = self.regime.param_groups(self.model, self.algorithm.param_groups(self.model), o.lr)  # ft: as given
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.profile = hooks.profile or NoProfile()
         self.profile.watch(self.optimizer)
@@ -124,6 +129,7 @@ class Trainer:
             "rng": rng_state(),
             "algorithm": self.algorithm.state_dict(),
             "average": self.averager.state_dict(),
+            "regime": self.regime.state_dict(),
             "config": to_dict(self.cfg),
         }
 
@@ -171,6 +177,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.algorithm.load_state_dict(state["algorithm"])
         self.averager.load_state_dict(state.get("average", {}))
+        self.regime.load_state_dict(state.get("regime", {}))
         truncate_results(self.run_dir, after_epoch=self.epoch)
         return True
 
@@ -226,8 +233,10 @@ class Trainer:
         batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
         self.algorithm.begin_epoch(epoch, cfg.optim.epochs)
         self.averager.begin_epoch(epoch)
+        self.regime.begin_epoch(epoch, cfg.optim.epochs, self.model)
         on_step = None if cfg.average.name == "none" else (lambda: self.averager.update(self.model))
-        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision, on_step)
+        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision, on_step,
+                             self.regime)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return losses

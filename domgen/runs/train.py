@@ -66,6 +66,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         **average_context(cfg),
         **split_context(cfg),
         **protocol_context(cfg),
+        **regime_context(cfg),
     }
 
 
@@ -91,6 +92,14 @@ def freeze_protocol(cfg: RunConfig, amend: str | None = None) -> None:
     """Freeze the study's protocol beside the runs when its first run starts (``<out>/.protocol``); refuse a
     run whose study file has changed it since, unless ``amend`` says why (``domgen.protocol.freeze``)."""
     freeze(study_of(cfg).protocol, cfg.study, cfg.out, amend)
+
+
+def regime_context(cfg: RunConfig) -> dict[str, Any]:
+    """The fine-tuning regime (``regime.*``) as the record states it, only when it is not the default ``ft``:
+    ``regime`` and ``regime_<key>`` for its hyperparameters, so older records stay as they are."""
+    from domgen.regimes import make_regime
+
+    return {} if cfg.regime.name == "ft" else make_regime(cfg.regime).describe()
 
 
 def average_context(cfg: RunConfig) -> dict[str, Any]:
