@@ -470,6 +470,8 @@ def _augment_problems(cfg: RunConfig):
         yield "augment.mix_alpha", a.mix_alpha, "the Beta distribution's parameter: must be > 0"
     if a.mix != "none" and cfg.algorithm.name == "mixup":
         yield "augment.mix", a.mix, "the mixup algorithm mixes its batches already: use one of the two"
+    elif a.mix != "none" and _images_per_sample(cfg.algorithm) != 1:
+        yield "augment.mix", a.mix, f"algorithm {cfg.algorithm.name!r} trains on pairs, which mixing the batch would cross"
     if not 0 <= cfg.model.head_dropout < 1:
         yield "model.head_dropout", cfg.model.head_dropout, "a dropout probability: must be in [0, 1)"
 
@@ -534,6 +536,12 @@ def _loss_problems(loss: LossConfig):
     for key in ("max_m", "scale"):
         if not getattr(loss, key) > 0:
             yield f"loss.{key}", getattr(loss, key), "must be > 0"
+
+
+def _images_per_sample(hp: AlgorithmConfig) -> int:
+    from domgen.algorithms import ALGORITHMS
+
+    return ALGORITHMS.get(hp.name).images_per_sample if hp.name in ALGORITHMS else 1
 
 
 def _algorithm_problems(hp: AlgorithmConfig):

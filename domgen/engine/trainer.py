@@ -23,6 +23,7 @@ from domgen.data.samplers import TrainPool
 from domgen.engine.averaging import Averager, domain_mean_cross_entropy, make_averager
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
+from domgen.engine.mixing import make_mixer
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
 from domgen.engine.loop import autocast, predict, prepare_model, train_epoch
@@ -95,9 +96,10 @@ class Trainer:
         pool = train_pool(data, cfg.seed)
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
         self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar,
-                             norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]))
+                             norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]), acfg=cfg.augment)
         self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
         self.algorithm.attach(self.model)  # its own modules and hooks exist before the optimiser sees them
+        self.mixer = make_mixer(cfg.augment, self.algorithm, len(data.classes))  # augment.mix: wraps its criterion
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.algorithm.param_groups(self.model), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = make_schedule(self.optimizer, o)  # optim.schedule, stepped once per epoch
@@ -225,6 +227,8 @@ class Trainer:
         with self.profile.phase("data"):
             draws = [d._replace(idx=pool[d.idx]) for d in self.algorithm.batches(epoch, bs)]  # pool -> manifest
         batches = self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
+        if self.mixer is not None:
+            batches = self.mixer.batches(batches, derive_seed(cfg.seed, epoch, "mix"))
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
         batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
         self.algorithm.begin_epoch(epoch, cfg.optim.epochs)
