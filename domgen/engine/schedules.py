@@ -15,7 +15,8 @@ groups of a regime (layer-wise rates) keep their ratios.
   the remaining E - W epochs, ``e - W`` in place of e (``SequentialLR``).
 * ``onecycle`` (Smith & Topin 2019; ``OneCycleLR`` with torch's defaults: pct_start 0.3, cosine annealing,
   div_factor 25, final_div_factor 1e4, momentum not cycled so AdamW's betas stay as set): over E steps, one
-  per epoch, from lr/25 up to lr at step 0.3 E - 1 and down to lr/25/1e4 at the last epoch.
+  per epoch, from lr/25 up to lr at step 0.3 E - 1 and down to lr/25/1e4 at the last epoch. With fewer than
+  4 epochs the peak step is below 0 and training starts on the way down (torch's arithmetic, kept).
 """
 
 from __future__ import annotations
