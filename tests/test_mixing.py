@@ -93,3 +93,29 @@ def test_pairs_and_the_mixup_algorithm_are_refused_at_validation():
         with pytest.raises(ConfigError, match="augment.mix"):
             validate(apply_overrides(RunConfig(), [f"algorithm.name={algo}", "augment.mix=mixup"]))
     validate(apply_overrides(RunConfig(), ["augment.mix=cutmix"]))  # ERM: fine
+
+
+# Which registered methods take augment.mix: those that classify the whole batch through the run's criterion.
+# Per-domain risks (GroupDRO, VREx) and IRM's split-batch penalty call it on parts and are refused.
+REFUSED = {"groupdro", "vrex", "irm"}
+
+
+def test_every_single_image_algorithm_trains_on_mixed_batches_or_refuses_clearly():
+    from test_algorithm_contract import CPU, batches, fresh, toy_pool  # the contract's toy model and pool
+
+    from domgen.engine.loop import train_epoch
+
+    refused = set()
+    for name in ALGORITHMS.names():
+        if ALGORITHMS.get(name).images_per_sample != 1 or name == "mixup":
+            continue  # refused by validation (test above)
+        model, opt, alg = fresh(name, LossConfig())
+        m = BatchMixer(AugmentConfig(mix="mixup"), alg, num_classes=3)
+        try:
+            logs = train_epoch(model, m.batches(batches(alg, toy_pool(), 0, 3), 0), alg, opt, CPU, "fp32")
+        except ConfigError as err:
+            assert "part of the batch" in str(err)
+            refused.add(name)
+        else:
+            assert np.isfinite(logs["loss"]), name
+    assert refused == REFUSED

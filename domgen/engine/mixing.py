@@ -18,8 +18,9 @@ engine wraps the algorithm's criterion (:class:`MixedCriterion`); a method that 
 (ERM and most of the hub) needs no change. A method that computes its classification loss on part of the
 batch (per domain: GroupDRO, IRM, VREx; the halves of a pair) cannot be given its mixed labels: the first
 such call raises a :class:`~domgen.errors.ConfigError`, and so does a step whose loss never called the
-criterion (a method with its own copy of it). CCSA's pairs and the ``mixup`` algorithm are refused when the
-config is validated.
+criterion (a method with its own copy of it). Of the hub, GroupDRO, VREx and IRM refuse (tests/test_mixing.py);
+the others train, their own penalties (CORAL's, Fishr's, SelfReg's ...) seeing the mixed images with the
+images' own labels. CCSA's pairs and the ``mixup`` algorithm are refused when the config is validated.
 
 Randomness: lam (and CutMix's box) are drawn by torchvision from torch's global RNG, inside a forked RNG
 seeded from a generator of (run seed, epoch), so an epoch's mixing replays exactly after a resume and the
