@@ -34,7 +34,8 @@ class Classifier(nn.Module):
     """``h(drop(g(x)))``. ``head_dropout`` > 0 adds ``drop``, a Dropout on the features [B, D] before the head
     (the BreastMNIST ablation's head dropout; a regulariser of the head only); at 0 there is no such module,
     so the model, its state-dict keys and its outputs are exactly those of the plain ``h(g(x))``. The
-    features ``forward_both`` returns are ``g``'s, before the dropout (what CCSA and the other methods align)."""
+    features ``forward_both`` returns are ``g``'s, before the dropout (what CCSA and the other methods align).
+    A method that applies ``h`` to features itself (RSC's muted features) bypasses the dropout."""
 
     def __init__(self, g: nn.Module, feat_dim: int, num_classes: int, head_dropout: float = 0.0):
         super().__init__()
