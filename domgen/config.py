@@ -55,9 +55,24 @@ class TransformConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """The training augmentation (``domgen.data.policies``): a named policy and batch mixing."""
+
+    policy: str = "paper"  # none | basic | paper (Yoon et al.'s recipe, transform.*) | dermoscopy | heavy
+    jitter: float = 0.1  # dermoscopy: colour jitter strength j (brightness, contrast, saturation x U(1-j, 1+j); hue +-j/2)
+    mix: str = "none"  # none | mixup | cutmix: mix each training batch with itself, rolled by one
+    mix_alpha: float = 1.0  # mixup / cutmix: lam ~ Beta(alpha, alpha) (torchvision's MixUp / CutMix default)
+
+
+POLICIES = ("none", "basic", "paper", "dermoscopy", "heavy")
+MIXES = ("none", "mixup", "cutmix")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet18"  # torchvision resnet18/50/152, or "timm:<name>"
     weights: str = "imagenet"  # "imagenet" | "none" | a local file path | "meanvar[:PATH]" | "transfer:K[:PATH]"
+    head_dropout: float = 0.0  # dropout on the features before the head h (0 = no Dropout module at all)
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,15 @@ class OptimConfig:
     epochs: int = 135
     lr_step: int = 45  # lr divided by 10 every lr_step epochs
     lr_gamma: float = 0.1
+    # Added with the schedules and regularisers (domgen.engine.schedules, domgen.engine.loop); hashed only when set.
+    schedule: str = "step"  # step | constant | cosine | warmup_cosine | onecycle: stepped once per epoch
+    warmup_epochs: int = 5  # warmup_cosine: epochs of linear warmup before the cosine
+    min_lr: float = 0.0  # cosine, warmup_cosine: the rate the cosine ends at
+    clip_norm: float = 0.0  # clip the gradient's global L2 norm to this before each step; 0 = no clipping
+    patience: int = 0  # stop after this many epochs without a better selection score; 0 = never stop early
+
+
+SCHEDULES = ("step", "constant", "cosine", "warmup_cosine", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -181,6 +205,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     average: AverageConfig = field(default_factory=AverageConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 # Fields that say where or how a run executes, not what it computes: left out of the hash. ``train_eval``
@@ -247,7 +272,10 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     # domgen.regimes: the name and every regime's own keys
                     "regime.name": "ft", "regime.lp_epochs": 10, "regime.every": 1, "regime.factor": 2.6,
                     "regime.decay": 0.65, "regime.alpha": 0.1, "regime.beta": 0.01, "regime.rank": 8,
-                    "regime.lora_alpha": 16.0, "regime.lora_dropout": 0.0, "regime.target_modules": "qkv"}
+                    "regime.lora_alpha": 16.0, "regime.lora_dropout": 0.0, "regime.target_modules": "qkv",
+                    "optim.schedule": "step", "optim.warmup_epochs": 5, "optim.min_lr": 0.0, "optim.clip_norm": 0.0,
+                    "optim.patience": 0, "model.head_dropout": 0.0,
+                    "augment.policy": "paper", "augment.jitter": 0.1, "augment.mix": "none", "augment.mix_alpha": 1.0}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:
@@ -460,6 +488,39 @@ def _problems(cfg: RunConfig):
         yield "data.nsec", d.nsec, "0..5 or a"
     yield from _data_problems(d)
     yield from _average_problems(cfg.average, o.epochs)
+    yield from _schedule_problems(o)
+    yield from _augment_problems(cfg)
+
+
+def _schedule_problems(o: OptimConfig):
+    if o.schedule not in SCHEDULES:
+        yield "optim.schedule", o.schedule, " | ".join(SCHEDULES)
+    if o.schedule == "warmup_cosine" and not 1 <= o.warmup_epochs < o.epochs:
+        yield "optim.warmup_epochs", o.warmup_epochs, f"warmup_cosine warms up for 1..optim.epochs-1 = {o.epochs - 1} epochs"
+    if not 0 <= o.min_lr < o.lr:
+        yield "optim.min_lr", o.min_lr, f"the cosine's floor: must be in [0, optim.lr = {o.lr})"
+    if not o.clip_norm >= 0:
+        yield "optim.clip_norm", o.clip_norm, "the largest gradient norm: must be >= 0 (0 = no clipping)"
+    if not o.patience >= 0:
+        yield "optim.patience", o.patience, "epochs without a better selection score: must be >= 0 (0 = never stop early)"
+
+
+def _augment_problems(cfg: RunConfig):
+    a = cfg.augment
+    if a.policy not in POLICIES:
+        yield "augment.policy", a.policy, " | ".join(POLICIES)
+    if not 0 <= a.jitter < 1:
+        yield "augment.jitter", a.jitter, "a colour jitter strength: must be in [0, 1)"
+    if a.mix not in MIXES:
+        yield "augment.mix", a.mix, " | ".join(MIXES)
+    if not a.mix_alpha > 0:
+        yield "augment.mix_alpha", a.mix_alpha, "the Beta distribution's parameter: must be > 0"
+    if a.mix != "none" and cfg.algorithm.name == "mixup":
+        yield "augment.mix", a.mix, "the mixup algorithm mixes its batches already: use one of the two"
+    elif a.mix != "none" and _images_per_sample(cfg.algorithm) != 1:
+        yield "augment.mix", a.mix, f"algorithm {cfg.algorithm.name!r} trains on pairs, which mixing the batch would cross"
+    if not 0 <= cfg.model.head_dropout < 1:
+        yield "model.head_dropout", cfg.model.head_dropout, "a dropout probability: must be in [0, 1)"
 
 
 def _average_problems(a: AverageConfig, epochs: int):
@@ -528,6 +589,12 @@ def _loss_problems(loss: LossConfig):
     for key in ("max_m", "scale"):
         if not getattr(loss, key) > 0:
             yield f"loss.{key}", getattr(loss, key), "must be > 0"
+
+
+def _images_per_sample(hp: AlgorithmConfig) -> int:
+    from domgen.algorithms import ALGORITHMS
+
+    return ALGORITHMS.get(hp.name).images_per_sample if hp.name in ALGORITHMS else 1
 
 
 def _algorithm_problems(hp: AlgorithmConfig):

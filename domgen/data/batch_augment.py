@@ -176,15 +176,23 @@ class BatchAugment(torch.nn.Module):
 
     def augment(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
         """Apply given choices to uint8 ``[B, H, W, 3]`` -> normalized float ``[B, 3, out, out]``."""
+        return self.finish(self.geometry(x, p).float(), p)
+
+    def geometry(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+        """The crop, flips and rotation of uint8 ``[B, H, W, 3]`` -> ``[B, 3, out, out]`` on 0..255 (uint8 on
+        the CPU, float elsewhere; see :meth:`_resized_crops`)."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 [B, H, W, 3], got {x.dtype} {tuple(x.shape)}")
         dev, out, b = x.device, self.out, x.shape[0]
         crops = self._resized_crops(x.permute(0, 3, 1, 2), p)  # [B, 3, out, out], channels-last view in
         combo = (8 * p.hflip.long() + 4 * p.vflip.long() + p.k).to(dev)  # [B] row of the dihedral table
         index = self._index(out, dev)[combo]  # [B, out*out]
-        y = crops.view(b, 3, -1).gather(2, index[:, None, :].expand(b, 3, -1)).view(b, 3, out, out).float()
+        return crops.view(b, 3, -1).gather(2, index[:, None, :].expand(b, 3, -1)).view(b, 3, out, out)
+
+    def finish(self, y: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+        """Normalize float ``y`` [B, 3, out, out] on 0..255 in place, then Cutout (the hole set to 0)."""
         y = _normalize_(y, self.mean, self.std)
-        return y.masked_fill_(_cutout_mask(p.cy.to(dev), p.cx.to(dev), self.cutout, out)[:, None], 0.0)
+        return y.masked_fill_(_cutout_mask(p.cy.to(y.device), p.cx.to(y.device), self.cutout, self.out)[:, None], 0.0)
 
     def _resized_crops(self, src: torch.Tensor, p: AugmentParams) -> torch.Tensor:
         """Each sample's box resized to out x out: uint8 on CPU (torch's fast antialiased kernel), float

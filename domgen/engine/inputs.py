@@ -22,11 +22,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from domgen.algorithms.base import Batch
-from domgen.config import DataConfig, TransformConfig, cache_dir
+from domgen.config import AugmentConfig, DataConfig, TransformConfig, cache_dir
 from domgen.data.batch_augment import BatchAugment, eval_batch
 from domgen.data.cache import build_cache, open_cache
+from domgen.data.policies import PolicyAugment, make_policy, policy_train_transform
 from domgen.data.samplers import Draw, chunks
-from domgen.data.transforms import IMAGENET, ImageFolderDataset, Normalization, reference_eval_transform, reference_train_transform
+from domgen.data.transforms import IMAGENET, ImageFolderDataset, Normalization, reference_eval_transform
 from domgen.threads import thread_budget
 
 
@@ -45,10 +46,10 @@ class Inputs:
     ``domains``: [N] int64 domain index of every image, carried by each training batch (default 0)."""
 
     def __init__(self, paths: list[str], labels: np.ndarray, tcfg: TransformConfig, dcfg: DataConfig, device, progress=None,
-                 norm: Normalization = IMAGENET, domains: np.ndarray | None = None):
+                 norm: Normalization = IMAGENET, domains: np.ndarray | None = None, acfg: AugmentConfig = AugmentConfig()):
         budget = thread_budget(dcfg.cached, dcfg.workers)  # workers never exceed the usable cores
-        self.t, self.device, self.workers, self.norm = tcfg, torch.device(device), budget.loader_workers, norm
-        self.augment = BatchAugment(out=tcfg.size, cutout=tcfg.cutout, mean=norm.mean, std=norm.std).to(self.device)
+        self.t, self.device, self.workers, self.norm, self.a = tcfg, torch.device(device), budget.loader_workers, norm, acfg
+        self.augment = self._batch_augment().to(self.device)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.domains = np.zeros(len(self.labels), dtype=np.int64) if domains is None else np.asarray(domains, dtype=np.int64)
         self.cached = dcfg.cached
@@ -58,13 +59,21 @@ class Inputs:
         else:
             self.paths = list(paths)
 
+    def _batch_augment(self) -> torch.nn.Module:
+        """``augment.policy`` on the device: the paper's recipe is :class:`BatchAugment` as it always was, any
+        other policy a :class:`domgen.data.policies.PolicyAugment`."""
+        t, norm = self.t, self.norm
+        if self.a.policy == "paper":
+            return BatchAugment(out=t.size, cutout=t.cutout, mean=norm.mean, std=norm.std)
+        return PolicyAugment(make_policy(self.a), t.size, t.cutout, norm, resize=t.resize)
+
     def _loader(self, batches: list[np.ndarray], train: bool, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.cached:
             pin = self.device.type == "cuda"  # pinned host memory makes the non_blocking copy asynchronous
             batches_u8 = (_gather(self.images, self.labels, idx) for idx in batches)
             return prefetch(((x.pin_memory(), y.pin_memory()) if pin else (x, y) for x, y in batches_u8))
         t = self.t
-        tf = (reference_train_transform(t.resize, t.crop, t.size, t.cutout, self.norm) if train
+        tf = (policy_train_transform(self.a, t.resize, t.crop, t.size, t.cutout, self.norm) if train
               else reference_eval_transform(t.resize, t.size, self.norm))
         ds = ImageFolderDataset(self.paths, self.labels, tf)
         g = torch.Generator().manual_seed(seed)  # seeds each worker's transforms, so epochs replay exactly

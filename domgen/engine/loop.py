@@ -71,6 +71,7 @@ def train_epoch(
     precision: str = "auto",
     on_step: Callable[[], None] | None = None,
     regime=None,
+    clip_norm: float = 0.0,
 ) -> dict[str, float]:
     """Train over ``batches`` (``domgen.algorithms.Batch``); return the mean of every logged value,
     weighted by the images in each batch. The engine never asks which algorithm it runs: the algorithm
@@ -78,6 +79,10 @@ def train_epoch(
     ``on_step`` is called after every optimiser step (a weight average's update). ``regime``
     (``domgen.regimes.Regime``; None = full fine-tuning) sets the frozen blocks' modes after
     ``model.train()``, adds its penalty to the loss (logged as ``regime_penalty``) and makes the step.
+    ``on_step`` is called after every optimiser step (a weight average's update). ``clip_norm`` > 0 clips
+    the global L2 norm of every optimised parameter's gradient to at most ``clip_norm`` before each step
+    (``torch.nn.utils.clip_grad_norm_``, Pascanu et al. 2013); the norm before clipping is logged as
+    ``grad_norm``. 0 (default) leaves the step as it was.
 
     Components are summed on the device and read once at the end: a per-step ``.item()`` would make
     the host wait for the GPU every step and leave it idle while the next batch is prepared.
@@ -96,6 +101,8 @@ def train_epoch(
             values["regime_penalty"] = penalty
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
+        if clip_norm > 0:
+            values["grad_norm"] = clip_gradients(optimizer, clip_norm)
         if regime is not None:
             regime.step(optimizer)
         else:
@@ -107,6 +114,13 @@ def train_epoch(
             sums[k] = sums.get(k, 0) + v.detach().float() * n
         seen += n
     return {k: float(v) / max(seen, 1) for k, v in sums.items()}
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of all of ``optimizer``'s parameters (every group: the model's and an algorithm's
+    own modules) so that their global L2 norm is at most ``max_norm``; returns the norm before clipping."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from domgen.data.samplers import TrainPool
 from domgen.engine.averaging import Averager, domain_mean_cross_entropy, make_averager
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.inputs import Inputs
+from domgen.engine.mixing import make_mixer
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
 from domgen.engine.loop import autocast, predict, prepare_model, train_epoch
@@ -30,6 +31,7 @@ from domgen.engine.metrics import confusion_figure, evaluate_domains
 from domgen.engine.predictions import save_test_predictions, stratified_subsample
 from domgen.engine.provenance import set_deterministic
 from domgen.engine.profile import NoProfile, RunProfile
+from domgen.engine.schedules import make_schedule
 from domgen.data.run_data import RunData
 from domgen.models import build_model, input_normalization
 from domgen.progress import lazy_bar
@@ -89,7 +91,7 @@ class Trainer:
         seed_everything(cfg.seed)
         if model is None:
             weights = "none" if init_state is not None else cfg.model.weights
-            model = build_model(cfg.model.arch, weights, len(data.classes))
+            model = build_model(cfg.model.arch, weights, len(data.classes), cfg.model.head_dropout)
         if init_state is not None:
             model.load_state_dict(init_state)
         self.model = prepare_model(model, self.device, cfg.channels_last)
@@ -102,13 +104,14 @@ class Trainer:
         pool = train_pool(data, cfg.seed)
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
         self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar,
-                             norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]))
+                             norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]), acfg=cfg.augment)
         self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
         self.algorithm.attach(self.model)  # its own modules and hooks exist before the optimiser sees them
+        self.mixer = make_mixer(cfg.augment, self.algorithm, len(data.classes))  # augment.mix: wraps its criterion
         o = cfg.optim
         groups = self.regime.param_groups(self.model, self.algorithm.param_groups(self.model), o.lr)  # ft: as given
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
+        self.scheduler = make_schedule(self.optimizer, o)  # optim.schedule, stepped once per epoch
         self.profile = hooks.profile or NoProfile()
         self.profile.watch(self.optimizer)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
@@ -187,7 +190,7 @@ class Trainer:
         self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch + 1 if self.epoch else None)
         total = self.cfg.optim.epochs
         prof = self.profile
-        while self.epoch < total:
+        while self.epoch < total and not self.stopped_early():
             prof.stage(self.epoch + 1)
             losses = self._train_one(self.epoch)
             self.epoch += 1
@@ -201,7 +204,18 @@ class Trainer:
                     save_checkpoint(self.run_dir / BEST, self.best_state())
                 save_checkpoint(self.run_dir / LAST, self.state(), keep_previous=True)
             self.saved_epoch = self.epoch
+        if self.stopped_early():
+            self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] early stop after epoch {self.epoch}: no better selection score "
+                           f"for {self.cfg.optim.patience} epochs (best: epoch {self.best_epoch})")
         self._finish_average()
+
+    def stopped_early(self) -> bool:
+        """Early stopping (``optim.patience`` P > 0): training stops once P epochs in a row have not improved on
+        the best selection score, i.e. after epoch ``best_epoch + P``. A function of the epoch and the best
+        epoch, both in ``last.pt``, so a resumed run stops where the uninterrupted one does (and a run
+        killed after its stopping epoch's checkpoint trains no further epoch when resumed)."""
+        p = self.cfg.optim.patience
+        return p > 0 and self.best_epoch >= 0 and self.epoch - self.best_epoch >= p and self.epoch < self.cfg.optim.epochs
 
     def _finish_average(self) -> None:
         """SWAD: its model (BatchNorm statistics recomputed on training batches) becomes ``best.pt``, the
@@ -229,6 +243,8 @@ class Trainer:
         with self.profile.phase("data"):
             draws = [d._replace(idx=pool[d.idx]) for d in self.algorithm.batches(epoch, bs)]  # pool -> manifest
         batches = self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
+        if self.mixer is not None:
+            batches = self.mixer.batches(batches, derive_seed(cfg.seed, epoch, "mix"))
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
         batches = self.hooks.progress(self.profile.batches(batches), desc=desc, total=len(draws), leave=False)
         self.algorithm.begin_epoch(epoch, cfg.optim.epochs)
@@ -236,7 +252,7 @@ class Trainer:
         self.regime.begin_epoch(epoch, cfg.optim.epochs, self.model)
         on_step = None if cfg.average.name == "none" else (lambda: self.averager.update(self.model))
         losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision, on_step,
-                             self.regime)
+                             self.regime, clip_norm=cfg.optim.clip_norm)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return losses
@@ -349,7 +365,10 @@ class Trainer:
             save_test_predictions(self.run_dir, self.data.manifest, pos, embed[1], probs, list(self.data.classes))
             self._log_final(rows, cms, embed)
         test = {r["domain"]: r["macro_recall"] for r in rows if r["split"] == "test"}
-        return self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test} | averaged
+        # the epoch training stopped at, only for a run that may stop early (older done markers stay as they are)
+        stop = {"stopped_epoch": self.epoch} if self.cfg.optim.patience else {}
+        return (self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test}
+                | stop | averaged)
 
     def _log_final(self, rows, cms, embed) -> None:
         tb = self.tb or TensorBoard(self.run_dir / "tb")

@@ -31,18 +31,38 @@ class WeightsUnavailable(DomgenError, RuntimeError):
 
 
 class Classifier(nn.Module):
-    def __init__(self, g: nn.Module, feat_dim: int, num_classes: int):
+    """``h(drop(g(x)))``. ``head_dropout`` > 0 adds ``drop``, a Dropout on the features [B, D] before the head
+    (the BreastMNIST ablation's head dropout; a regulariser of the head only); at 0 there is no such module,
+    so the model, its state-dict keys and its outputs are exactly those of the plain ``h(g(x))``. The
+    features ``forward_both`` returns are ``g``'s, before the dropout (what CCSA and the other methods align).
+    A method that applies ``h`` to features itself (RSC's muted features) bypasses the dropout."""
+
+    def __init__(self, g: nn.Module, feat_dim: int, num_classes: int, head_dropout: float = 0.0):
         super().__init__()
         self.g = g
         self.h = nn.Linear(feat_dim, num_classes)
         self.feat_dim = feat_dim
+        self.drop: nn.Module | None = None
+        self.set_head_dropout(head_dropout)
+
+    def set_head_dropout(self, p: float) -> None:
+        """Dropout with probability ``p`` before the head (parameter-free: the state dict is unchanged); 0 removes it."""
+        if p > 0:
+            self.drop = nn.Dropout(p)
+        elif self.drop is not None:
+            del self.drop
+            self.drop = None
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] -> logits [B, K], through the dropout when there is one."""
+        return self.h(z if self.drop is None else self.drop(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.h(self.g(x))  # [B, K]
+        return self.head(self.g(x))  # [B, K]
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.g(x)
-        return self.h(z), z
+        return self.head(z), z
 
 
 def _torchvision_resnet(name: str) -> Callable[[str], tuple[nn.Module, int]]:
@@ -106,16 +126,17 @@ def input_normalization(arch: str) -> Normalization:
     return Normalization(tuple(resolved["mean"]), tuple(resolved["std"]))
 
 
-def build_plain(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:
+def build_plain(arch: str, weights: str = "none", num_classes: int = 7, head_dropout: float = 0.0) -> Classifier:
     """``arch``: a registered name (torchvision ResNet, CBR) or ``timm:<name>``; ``weights``: imagenet | none |
-    PATH. ``domgen.models.build_model`` adds meanvar[:PATH] and transfer:K[:PATH] (:mod:`domgen.models.init`),
-    which builds on this function, so this module never imports that one (no import circle)."""
+    PATH; ``head_dropout``: see :class:`Classifier`. ``domgen.models.build_model`` adds meanvar[:PATH] and
+    transfer:K[:PATH] (:mod:`domgen.models.init`), which builds on this function, so this module never imports
+    that one (no import circle)."""
     init = "imagenet" if weights == "imagenet" else "none"
     if arch.startswith("timm:"):
         g, dim = _timm_backbone(arch.split(":", 1)[1], init)
     else:
         g, dim = BACKBONES.get(arch)(init)
-    model = Classifier(g, dim, num_classes)
+    model = Classifier(g, dim, num_classes, head_dropout)
     if weights not in ("imagenet", "none"):
         load_backbone_file(model, Path(weights))
     return model

@@ -73,10 +73,15 @@ def initialise(arch: str, weights: str, num_classes: int = 7, generator: torch.G
     return model
 
 
-def build_model(arch: str, weights: str = "none", num_classes: int = 7) -> Classifier:
+def build_model(arch: str, weights: str = "none", num_classes: int = 7, head_dropout: float = 0.0) -> Classifier:
     """``arch``: a registered name (torchvision ResNet, CBR) or ``timm:<name>``; ``weights``: imagenet | none |
-    PATH (:func:`domgen.models.backbones.build_plain`) | meanvar[:PATH] | transfer:K[:PATH] (this module)."""
-    return initialise(arch, weights, num_classes) if is_init_spec(weights) else build_plain(arch, weights, num_classes)
+    PATH (:func:`domgen.models.backbones.build_plain`) | meanvar[:PATH] | transfer:K[:PATH] (this module);
+    ``head_dropout``: see :class:`domgen.models.backbones.Classifier`."""
+    if not is_init_spec(weights):
+        return build_plain(arch, weights, num_classes, head_dropout)
+    model = initialise(arch, weights, num_classes)
+    model.set_head_dropout(head_dropout)
+    return model
 
 
 @torch.no_grad()

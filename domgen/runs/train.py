@@ -67,6 +67,7 @@ def run_context(cfg: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
         **split_context(cfg),
         **protocol_context(cfg),
         **regime_context(cfg),
+        **training_context(cfg),
     }
 
 
@@ -100,6 +101,26 @@ def regime_context(cfg: RunConfig) -> dict[str, Any]:
     from domgen.regimes import make_regime
 
     return {} if cfg.regime.name == "ft" else make_regime(cfg.regime).describe()
+
+
+def training_context(cfg: RunConfig) -> dict[str, Any]:
+    """The schedule, regularisers and augmentation (issue 14's keys) as the record states them, each only when
+    it differs from the default (so older records stay as they are): ``schedule``, ``clip_norm``,
+    ``patience``, ``head_dropout``, ``augment`` (the policy), ``mix`` and the parameters those use."""
+    o, a = cfg.optim, cfg.augment
+    out: dict[str, Any] = {}
+    if o.schedule != "step":
+        out["schedule"] = o.schedule
+        out |= {"warmup_epochs": o.warmup_epochs} if o.schedule == "warmup_cosine" else {}
+        out |= {"min_lr": o.min_lr} if o.schedule in ("cosine", "warmup_cosine") and o.min_lr else {}
+    out |= {k: getattr(o, k) for k in ("clip_norm", "patience") if getattr(o, k)}
+    out |= {"head_dropout": cfg.model.head_dropout} if cfg.model.head_dropout else {}
+    if a.policy != "paper":
+        out["augment"] = a.policy
+        out |= {"augment_jitter": a.jitter} if a.policy == "dermoscopy" else {}
+    if a.mix != "none":
+        out |= {"mix": a.mix, "mix_alpha": a.mix_alpha}
+    return out
 
 
 def average_context(cfg: RunConfig) -> dict[str, Any]:
