@@ -20,7 +20,8 @@ from domgen.engine.profile import NoProfile
 from domgen.engine.schedules import ONECYCLE, make_schedule
 from domgen.engine.trainer import Hooks, Trainer
 from domgen.errors import ConfigError
-from domgen.models.backbones import Classifier, build_model
+from domgen.models import build_model
+from domgen.models.backbones import Classifier
 
 LR = (1e-3, 2e-4)  # two parameter groups (a regime's layer-wise rates): every schedule keeps their ratio
 
