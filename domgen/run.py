@@ -498,7 +498,9 @@ DESCRIPTIONS = {
            "selection and evaluated like the others. Trains or reuses A, then CCSA (or --algorithm NAME). Every domain's "
            "validation and test splits are recorded after each epoch, so `table --selection lodo|oracle` can be applied "
            "afterwards; only the training domains' validation is shown while training.",
-    "sampler": "Show the pair sampler's exact and empirical class probabilities, P(positive pair), the CCSA weights "
+    "sampler": "Show what the experiment's sampler draws. A one-image sampler (uniform, domain_balanced, class_balanced, "
+               "sqrt_frequency, effective_number): exact and empirical class and domain probabilities and the class weights "
+               "that invert them. The pair sampler: its exact and empirical class probabilities, P(positive pair), the CCSA weights "
                "it implies and their expected size, and (once the warm start is trained) each weighted loss term and its "
                "gradient at the features on the first pair batches: for checking a configuration before training. Writes nothing.",
     "export": "Write a finished run's model (pruned or not) as ONNX or TorchScript for deployment, with the "
@@ -572,9 +574,9 @@ def parser() -> argparse.ArgumentParser:
                     help="train this algorithm instead of the study's (CCSA), warm-started from A the same way "
                          "(`list algorithms`); same as --set algorithm.name=NAME")
     lo.set_defaults(func=cmd_loo)
-    sa = _sub(sub, "sampler", "exact and empirical class probabilities and weights of the pair sampler")
+    sa = _sub(sub, "sampler", "exact and empirical class probabilities and weights of the experiment's sampler")
     cc.add_run_options(sa, folder=False)
-    sa.add_argument("--pairs", type=int, default=100_000, help="pairs to draw for the empirical frequencies")
+    sa.add_argument("--pairs", type=int, default=100_000, help="pairs (or, for a one-image sampler, images) to draw for the empirical frequencies")
     sa.add_argument("--json", action="store_true", help="print the report as JSON")
     sa.set_defaults(func=cmd_sampler)
     tb = _sub(sub, "table", "the paper's Table 2 from results files (mean +/- std over seeds)")

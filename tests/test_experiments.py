@@ -16,7 +16,7 @@ from domgen.engine.logging import read_results
 from domgen.data.run_data import prepare_data
 from domgen.runs.loo import format_loo, loo_experiments, run_loo
 from domgen.runs.registry import resolve_config
-from domgen.runs.sampler_report import sampler_report
+from domgen.runs.sampler_report import format_sampler_report, sampler_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,3 +127,19 @@ def test_prune_u_smoke_shrinks_reloads_and_records(smoke_cache, runs):
     state = torch.load(result.run_dir / "best.pt", weights_only=True)["model"]
     model.load_state_dict(state)
     assert model.eval()(torch.zeros(2, *size)).shape == (2, 7)
+
+
+def test_sampler_report_of_a_one_image_sampler_gives_exact_and_drawn_frequencies(smoke_cache, runs):
+    cfg = resolve_config("E", "smoke", 0, overrides(smoke_cache, runs) + ["algorithm.sampler=sqrt_frequency"])
+    report = sampler_report(cfg, n_pairs=30_000)
+    counts = np.array(report["pool_classes"], dtype=float)
+    root = np.sqrt(counts)
+    assert report["kind"] == "single" and report["exact"]["p_class"] == pytest.approx(root / root.sum())
+    # 30,000 draws: each frequency within 5 binomial standard deviations of the exact probability
+    p, emp = np.array(report["exact"]["p_class"]), np.array(report["empirical"]["p_class"])
+    assert np.all(np.abs(emp - p) <= 5 * np.sqrt(p * (1 - p) / report["empirical"]["draws"]) + 1e-12)
+    # inverse-probability weights give every present class the same share of the weighted loss
+    share = np.array(report["weights"]["effective_class_mass"])[counts > 0]
+    assert share == pytest.approx(np.full(len(share), 1 / len(share)))
+    assert sum(report["exact"]["p_domain"]) == pytest.approx(1.0)
+    assert "sampler sqrt_frequency" in format_sampler_report(report).splitlines()[0]

@@ -1,9 +1,14 @@
-"""What the dynamic pair sampler of an experiment does: exact class probabilities of both streams, the
+"""What an experiment's sampler draws. For a one-image sampler (uniform, domain- or class-balanced,
+sqrt-frequency, effective-number): the exact class and domain probabilities, the class weights that invert
+them (what corrects the sampler's residual bias) and their expected size, and empirical frequencies from
+whole epochs (:func:`single_sampler_report`). For the dynamic pair sampler: exact class probabilities of both streams, the
 joint, P(y1 == y2), P(positive), the resulting loss weights and their expected size under the sampler,
 empirical frequencies from drawn pairs, and, when the warm start exists, the size of each weighted loss
 term (and its gradient at the features) on the first pair batches."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -30,8 +35,70 @@ def pair_algorithm(cfg: RunConfig, data: RunData) -> Algorithm:
     return algorithm
 
 
+def single_sampler_report(cfg: RunConfig, data: RunData, n_draws: int = 100_000) -> dict:
+    """The run's one-image sampler on its pool: exact P(class), P(domain) and the class weights, against
+    the frequencies of ``n_draws`` images drawn epoch by epoch as training draws them."""
+    algorithm = make_algorithm(cfg.algorithm, cfg.loss).build(train_pool(data, cfg.seed))
+    sampler, labels = algorithm.sampler, data.labels[data.pool]
+    pool = train_pool(data, cfg.seed)
+    K, D = len(data.classes), len(pool.domain_names)
+    probs = getattr(sampler, "image_probabilities", None)
+    p_image = probs() if probs is not None else np.full(len(pool), 1 / len(pool))  # uniform: each image once
+    p_class = np.asarray(sampler.class_probabilities(), dtype=float)
+    p_domain = np.bincount(pool.domains, weights=p_image, minlength=D)
+    class_n, domain_n, drawn, epoch = np.zeros(K), np.zeros(D), 0, 0
+    while drawn < n_draws:
+        idx = np.concatenate([d.idx for d in sampler.epoch_batches(epoch, cfg.optim.batch_size)])
+        class_n += np.bincount(labels[idx], minlength=K)
+        domain_n += np.bincount(pool.domains[idx], minlength=D)
+        drawn, epoch = drawn + len(idx), epoch + 1
+    w = algorithm.class_w.cpu().numpy() if algorithm.class_w is not None else np.ones(K)
+    return {
+        "exp": cfg.exp, "data": data.identity, "kind": "single", "sampler": cfg.algorithm.sampler,
+        "algorithm": cfg.algorithm.name, "weighted": cfg.loss.weighted, "class_weights": cfg.loss.class_weights,
+        "weight_norm": cfg.loss.weight_norm, "classes": list(data.classes), "domains": list(pool.domain_names),
+        "pool_classes": np.bincount(labels, minlength=K).tolist(), "pool_domains": np.bincount(pool.domains, minlength=D).tolist(),
+        "exact": {"p_class": p_class.tolist(), "p_domain": p_domain.tolist()},
+        "empirical": {"draws": drawn, "epochs": epoch, "p_class": (class_n / drawn).tolist(), "p_domain": (domain_n / drawn).tolist()},
+        "weights": {"class_w": w.tolist(), "expected": float(p_class @ w),
+                    "effective_class_mass": (p_class * w / (p_class @ w)).tolist() if (p_class @ w) > 0 else [math.nan] * K},
+    }
+
+
+def format_single_report(r: dict) -> str:
+    cls, doms = r["classes"], r["domains"]
+    e, m, w = r["exact"], r["empirical"], r["weights"]
+
+    def row(name, values, names, fmt="{:7.4f}"):
+        return f"{name:<10}" + " ".join(fmt.format(v) for v in values)
+
+    def head(names):
+        return " " * 10 + " ".join(f"{n:>7}" for n in names)
+
+    weights = f"{r['class_weights']} class weights normalised by {r['weight_norm']}" if r["weighted"] else "unweighted"
+    return "\n".join([
+        f"experiment {r['exp']} on {r['data']}: algorithm {r['algorithm']}, sampler {r['sampler']}, {weights}",
+        f"class probabilities (exact | empirical from {m['draws']} images over {m['epochs']} epochs)",
+        head(cls),
+        row("pool n", r["pool_classes"], cls, "{:7d}"),
+        row("P(class)", e["p_class"], cls),
+        row("empirical", m["p_class"], cls),
+        row("weight", w["class_w"], cls, "{:7.3f}"),
+        row("P x w", w["effective_class_mass"], cls),
+        f"expected weight under the sampler: E[w] {w['expected']:.4g}; 'P x w' is each class's share of the weighted loss",
+        "domain probabilities (exact | empirical):",
+        head(doms),
+        row("pool n", r["pool_domains"], doms, "{:7d}"),
+        row("P(domain)", e["p_domain"], doms),
+        row("empirical", m["p_domain"], doms),
+    ])
+
+
 def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batches: int = 4) -> dict:
+    """The pair sampler's report below, or :func:`single_sampler_report` for a one-image sampler."""
     data = prepare_data(cfg.data, bar=bar)
+    if make_algorithm(cfg.algorithm, cfg.loss).images_per_sample == 1:
+        return single_sampler_report(cfg, data, n_pairs)
     domains = data.manifest["domain"].to_numpy()[data.pool]
     labels = data.labels[data.pool]
     algorithm = pair_algorithm(cfg, data)
@@ -96,6 +163,8 @@ def warm_start_terms(cfg: RunConfig, data: RunData, n_batches: int, bar=None, al
 
 
 def format_sampler_report(r: dict) -> str:
+    if r.get("kind") == "single":
+        return format_single_report(r)
     cls = r["classes"]
     head = "        " + " ".join(f"{c:>7}" for c in cls)
 
