@@ -195,3 +195,17 @@ def test_list_and_train_take_study(tmp_path, capsys):
     assert "error: unknown study 'nope'" in err and "known: " in err and "yoon2019" in err.split("known: ")[1]
     assert main(["prune", "--study", str(path), "--exp", "tuned", "--preset", "smoke"]) == 2
     assert "not tuned" in capsys.readouterr().err  # prune runs a row whose driver is prune
+
+
+def test_the_imbalance_study_crosses_sampler_loss_and_weights_including_the_stacked_corrections():
+    from domgen.sweep.grid import grid_cells
+
+    study = load_study("imbalance")
+    assert study.protocol.positive == ("mel", "bcc", "akiec") and study.ablation.exp == "erm"
+    cells = grid_cells(study.ablation.axes)
+    assert len(cells) == 3 * 3 * 2
+    cfgs = [resolve_config("erm", "smoke", 0, list(c.items), study=study) for c in cells]
+    assert len({config_hash(c, "x") for c in cfgs}) == 18  # every cell its own run
+    stacked = [c for c in cfgs if c.algorithm.sampler == "class_balanced" and c.loss.name == "focal"]
+    assert len(stacked) == 2 and {c.loss.weighted for c in stacked} == {False, True}
+    assert resolve_config("ccsa", "smoke", 0, study=study).warm_start == "A"
