@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ALLOWED_UPWARD = {
     ("domgen.config", "domgen.algorithms"): "validate() and --set check algorithm.* against the algorithm's declared hyperparameters",
     ("domgen.config", "domgen.losses"): "validate() asks the loss registry whether loss.name exists",
+    ("domgen.config", "domgen.regimes"): "regime.name switches the regime section to that regime's declared hyperparameters",
     ("domgen.config", "domgen.data.labels"): "normalise() maps --holdout SONIC and SON to one code through the source registry",
     ("domgen.config", "domgen.data.label_space"): "validate() checks data.label_space against the named label spaces",
 }
