@@ -70,8 +70,9 @@ MIXES = ("none", "mixup", "cutmix")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet18"  # torchvision resnet18/50/152, or "timm:<name>"
-    weights: str = "imagenet"  # "imagenet" | "none" | a local file path | "meanvar[:PATH]" | "transfer:K[:PATH]"
+    arch: str = "resnet18"  # a name of domgen.models.BACKBONES (resnet18/50/152, densenet121, vit_small, ...), or "timm:<name>"
+    # "imagenet" | "none" | a local file path | "timm:<model>.<tag>" | "meanvar[:PATH]" | "transfer:K[:PATH]"
+    weights: str = "imagenet"
     head_dropout: float = 0.0  # dropout on the features before the head h (0 = no Dropout module at all)
 
 
