@@ -133,6 +133,15 @@ def test_davila2024_is_seven_regimes_by_three_backbones_every_cell_valid():
     assert {c.model.arch for c in cfgs} == {"resnet50", "densenet121", "vgg19_bn"}
     assert {c.data.primary for c in cfgs} == {"HAM"} and {c.data.nsec for c in cfgs} == {"0"}
     assert len({config_hash(c, "x") for c in cfgs}) == 21
+    # the study's smoke preset is 32 px, the least VGG-19 and DenseNet-121 can pool down to 1 x 1
+    smoke = resolve_config("base", "smoke", 0, study=study)
+    assert smoke.transform.size == 32 and smoke.optim.epochs == 2
+    for arch in ("vgg19_bn", "densenet121"):
+        model = build_model(arch, "none", num_classes=7).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+        with pytest.raises(RuntimeError, match="too small"):  # why 28 px (presets.yaml's smoke) is not enough
+            model(torch.randn(1, 3, 28, 28))
 
 
 def test_regimes_dg_crosses_regime_algorithm_and_held_out_domain():
