@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,7 +97,7 @@ def test_margin_dim_is_hashed_only_when_set_and_reaches_the_loss():
 
 def test_a_timm_tag_offline_fails_with_the_clear_error(tmp_path):
     """A subprocess with an empty Hugging Face cache and HF_HUB_OFFLINE=1: nothing can be fetched."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     code = ("from domgen.models import build_model, WeightsUnavailable\n"
             "try:\n    build_model('vit_small_dinov2', 'timm:vit_small_patch14_dinov2.lvd142m')\n"
             "except WeightsUnavailable as e:\n    print('ERR', e)\n")
