@@ -53,7 +53,7 @@ def add_run_options(p: argparse.ArgumentParser, exp: bool = True, folder: bool =
                    help="a preset of experiments/presets.yaml (or of the study's own presets:): paper (the paper's exactly; GPU hours; needs ImageNet weights, downloaded once or "
                         "given with --weights), quick (CPU, minutes), smoke (seconds, for checks)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data splits have their own, data.split_seed)")
-    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict | meanvar[:PATH] | transfer:K[:PATH] (Raghu et al. 2019, domgen/models/init.py) (default: the preset's); "
+    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a local state dict | timm:MODEL.TAG (a timm pretrained tag) | meanvar[:PATH] | transfer:K[:PATH] (Raghu et al. 2019, domgen/models/init.py) (default: the preset's); "
                    "for an experiment warm-started from A (F-V), the weights A starts from")
     p.add_argument("--out", default="runs", help="folder that holds run folders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -70,8 +70,9 @@ MIXES = ("none", "mixup", "cutmix")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet18"  # torchvision resnet18/50/152, or "timm:<name>"
-    weights: str = "imagenet"  # "imagenet" | "none" | a local file path | "meanvar[:PATH]" | "transfer:K[:PATH]"
+    arch: str = "resnet18"  # a name of domgen.models.BACKBONES (resnet18/50/152, densenet121, vit_small, ...), or "timm:<name>"
+    # "imagenet" | "none" | a local file path | "timm:<model>.<tag>" | "meanvar[:PATH]" | "transfer:K[:PATH]"
+    weights: str = "imagenet"
     head_dropout: float = 0.0  # dropout on the features before the head h (0 = no Dropout module at all)
 
 
@@ -275,7 +276,8 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "regime.lora_alpha": 16.0, "regime.lora_dropout": 0.0, "regime.target_modules": "qkv",
                     "optim.schedule": "step", "optim.warmup_epochs": 5, "optim.min_lr": 0.0, "optim.clip_norm": 0.0,
                     "optim.patience": 0, "model.head_dropout": 0.0,
-                    "augment.policy": "paper", "augment.jitter": 0.1, "augment.mix": "none", "augment.mix_alpha": 1.0}
+                    "augment.policy": "paper", "augment.jitter": 0.1, "augment.mix": "none", "augment.mix_alpha": 1.0,
+                    "algorithm.margin_dim": 0}
 
 
 def config_hash(cfg: RunConfig, data_identity: str = "", ignore: tuple[str, ...] = ()) -> str:

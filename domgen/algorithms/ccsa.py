@@ -7,6 +7,15 @@ streams (BatchNorm normalises them together); the loss (``domgen.losses.ccsa.CCS
 its exact class probabilities under the sampler, and the alignment terms by the inverse of the joint
 P(y1, y2) (``algorithm.weighted_align``; Table 2 rows L-N switch the weights off). The defaults are the
 authors' code (chrisjmyoon/iccsa): margin 50, alpha 0.1, max-normalised weights, exclusive negatives.
+
+The margin and the feature scale (domgen's rule, not the paper's): the margin m = 50 was chosen for
+ResNet's 512-d features. The distance between two feature vectors whose coordinates spread alike grows as
+sqrt(D), so on a ViT-Tiny's 192-d features m = 50 asks for more separation than on ResNet-18. Setting
+``algorithm.margin_dim=D0`` (the dimension the margin was chosen for, e.g. 512) makes the margin used
+``margin * sqrt(D / D0)``, with D = ``model.h.in_features``: 30.6 for D = 192, 50 for D = 512, 100 for
+D = 2048. At the default 0 the margin is used as given (Yoon et al.'s behaviour, every existing run), and
+the key is hashed only when set. It equalises the scale of the distance, not of what the features
+learn; per-backbone margins (``--set algorithm.margin=...``) remain the honest alternative to search.
 """
 
 from __future__ import annotations
@@ -35,6 +44,12 @@ class CCSAHparams(AlgorithmConfig):
     pairs: str = hparam("exclusive", lambda r: str(r.choice(PAIR_MODES)))
     exclude_own_domain: bool = hparam(False, lambda r: bool(r.integers(2)))  # x2's secondary other than x1's domain
     weighted_align: bool = True  # inverse joint-probability weights on L_SA and L_S (Table 2's Al column)
+    margin_dim: int = 0  # 0: margin as given; D0 > 0: margin * sqrt(D / D0) for D-d features (module docstring)
+
+
+def scaled_margin(margin: float, margin_dim: int, dim: int) -> float:
+    """The margin used on ``dim``-d features: ``margin`` when ``margin_dim`` is 0, else ``margin * sqrt(dim / margin_dim)``."""
+    return float(margin) if margin_dim == 0 else float(margin) * float(np.sqrt(dim / margin_dim))
 
 
 @ALGORITHMS.register("ccsa")
@@ -58,8 +73,15 @@ class CCSA(Algorithm):
         for key in ("alpha", "p_same"):
             if not 0 <= getattr(hp, key) <= 1:
                 yield key, getattr(hp, key), "a probability: must be in [0, 1]"
+        if hp.margin_dim < 0:
+            yield "margin_dim", hp.margin_dim, "a feature dimension (0 = margin as given): must be >= 0"
         if hp.pairs not in PAIR_MODES:
             yield "pairs", hp.pairs, " | ".join(PAIR_MODES)
+
+    def attach(self, model) -> None:
+        """The margin for this backbone's feature dimension (``margin_dim``; unchanged at its default 0)."""
+        super().attach(model)
+        self.pair_loss.margin = scaled_margin(self.hparams.margin, self.hparams.margin_dim, model.h.in_features)
 
     def sampler_options(self) -> dict[str, Any]:
         hp = self.hparams
