@@ -226,7 +226,7 @@ def test_ft_is_todays_training_bit_for_bit():
 
 
 # ---- every regime with ERM and CCSA: two steps, state, resume --------------------------------------------
-USABLE = [r for r in REGIMES.names() if r != "lora" or peft_available()]
+USABLE = [r for r in REGIMES.names() if r != "lora"]  # LoRA adapts ViTs, not the toy: its own test below
 SHORT = {"lp_ft": {"lp_epochs": 1}, "gradual_unfreeze": {"every": 1}}  # the resume crosses a switch
 CASES = [(r, a) for r in USABLE for a in ("erm", "ccsa")]
 
@@ -281,6 +281,36 @@ def test_lora_without_peft_is_refused_with_the_install_command():
         validate(apply_overrides(RunConfig(), ["regime.name=lora"]))
     with pytest.raises(ConfigError, match="pip install peft"):
         make_regime(REGIMES.get("lora").Hparams()).attach(Toy())
+
+
+@pytest.mark.skipif(not peft_available(), reason="peft is not installed")
+def test_lora_trains_only_the_rank_r_adapters_and_the_head_and_starts_from_the_model():
+    from domgen.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", "none", num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    base = {k: v.detach().clone() for k, v in model.g.state_dict().items()}
+    regime = make_regime(REGIMES.get("lora").Hparams(rank=4))
+    regime.attach(model)
+    regime.begin_epoch(0, 1, model)
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    depth, dim = len(model.g.blocks), model.h.in_features  # ViT-Tiny: 12 blocks of width 192
+    # per block, qkv (192 -> 576) gains A [4, 192] and B [576, 4]; the head is 192 x 3 + 3
+    assert sum(trainable.values()) == depth * 4 * (dim + 3 * dim) + dim * 3 + 3
+    assert all("lora_" in n or n.startswith("h.") for n in trainable)
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-6)  # B starts at zero: the adapted model is the model
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 2])).backward()
+    opt.step()
+    after = model.g.state_dict()
+    renamed = {k: k.replace(".qkv.", ".qkv.base_layer.") if ".qkv." in k else k for k in base}  # peft wraps qkv
+    assert all(torch.equal(after[renamed[k]], v) for k, v in base.items())  # every pretrained weight stays
 
 
 # ---- end to end at the smoke preset ----------------------------------------------------------------------

@@ -7,9 +7,8 @@ in place and keeps its interface) into ``model.g``'s modules named by ``target_m
 attention's fused ``qkv`` projection, as in Hu et al.'s W_q, W_v). Then only the LoRA matrices and the
 head train. The adapters are part of the model's state dict, so ``last.pt`` and ``best.pt`` hold them.
 
-``peft`` is not a dependency of domgen, and it is not installed where this module was written: the
-configuration is refused (``Regime.problems``) with the command that installs it, and this module's
-injection path has not been run here.
+``peft`` is an optional dependency (``pip install -e ".[lora]"``; the test extra includes it, so CI runs the
+LoRA tests): without it the configuration is refused (``Regime.problems``) with the command that installs it.
 """
 
 from __future__ import annotations
