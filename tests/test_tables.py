@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -213,3 +214,15 @@ def test_plot_writes_png(runs, tmp_path):
     out = plot_table(collect(runs), tmp_path / "table2.png")
     img = imread(out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.ndim == 3 and img.shape[2] == 4 and img.shape[0] > 200
+
+
+def test_identical_differences_have_no_t_test_p_value():
+    from domgen.results.compare import paired_stats
+
+    # two seeds, both 0.03 better: a difference with no spread, so no test (scipy alone would say p = 0)
+    same = paired_stats(np.array([0.53, 0.63]), np.array([0.50, 0.60]))
+    assert same["diff"] == pytest.approx(0.03) and same["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(same["t_p"])
+    # with spread: the paired t-test, t = mean / (sd / sqrt(n)) = 0.02 / (0.01 * sqrt(2) / sqrt(2)) = 2 on 1 df
+    spread = paired_stats(np.array([0.53, 0.61]), np.array([0.50, 0.60]))
+    assert spread["t_p"] == pytest.approx(2 * (1 - 0.5 - math.atan(2) / math.pi))

@@ -77,9 +77,10 @@ def paired_stats(x: np.ndarray, y: np.ndarray, wilcoxon_min: int = 5) -> dict:
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     out.update(sd=sd, ci_low=out["diff"] - half, ci_high=out["diff"] + half)
     with warnings.catch_warnings():
-        # Identical differences (sd = 0) make t undefined; scipy warns and returns NaN, which we keep.
+        # Identical differences (sd = 0) make t undefined (0/0, or a non-zero mean over no spread, where
+        # scipy returns p = 0, a certainty no finite sample gives): NaN, shown as "-".
         warnings.simplefilter("ignore", RuntimeWarning)
-        out["t_p"] = float(stats.ttest_rel(x, y).pvalue)
+        out["t_p"] = float(stats.ttest_rel(x, y).pvalue) if sd > 0 else math.nan
         if n >= wilcoxon_min:
             try:
                 out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
