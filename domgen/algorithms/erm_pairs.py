@@ -45,6 +45,7 @@ class ERMPairsHparams(AlgorithmConfig):
     alpha: ClassVar[float] = 0.0  # no alignment or separation in the loss
     margin: ClassVar[float] = CCSAHparams.margin  # only the logged separation distance uses it
     weighted_align: ClassVar[bool] = False  # the alignment terms carry no weight in the loss anyway
+    margin_dim: ClassVar[int] = 0  # the logged separation distance uses the margin as given
 
 
 @ALGORITHMS.register("erm_pairs")
