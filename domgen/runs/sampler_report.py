@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from domgen.algorithms import Algorithm, make_algorithm
+from domgen.algorithms import Algorithm, images_per_sample, make_algorithm
 from domgen.config import RunConfig
 from domgen.data.pair_sampler import PairSampler
 from domgen.engine.checkpoint import load_checkpoint
@@ -38,9 +38,9 @@ def pair_algorithm(cfg: RunConfig, data: RunData) -> Algorithm:
 def single_sampler_report(cfg: RunConfig, data: RunData, n_draws: int = 100_000) -> dict:
     """The run's one-image sampler on its pool: exact P(class), P(domain) and the class weights, against
     the frequencies of ``n_draws`` images drawn epoch by epoch as training draws them."""
-    algorithm = make_algorithm(cfg.algorithm, cfg.loss).build(train_pool(data, cfg.seed))
-    sampler, labels = algorithm.sampler, data.labels[data.pool]
     pool = train_pool(data, cfg.seed)
+    algorithm = make_algorithm(cfg.algorithm, cfg.loss).build(pool)
+    sampler, labels = algorithm.sampler, data.labels[data.pool]
     K, D = len(data.classes), len(pool.domain_names)
     probs = getattr(sampler, "image_probabilities", None)
     p_image = probs() if probs is not None else np.full(len(pool), 1 / len(pool))  # uniform: each image once
@@ -97,7 +97,7 @@ def format_single_report(r: dict) -> str:
 def sampler_report(cfg: RunConfig, n_pairs: int = 100_000, bar=None, warm_batches: int = 4) -> dict:
     """The pair sampler's report below, or :func:`single_sampler_report` for a one-image sampler."""
     data = prepare_data(cfg.data, bar=bar)
-    if make_algorithm(cfg.algorithm, cfg.loss).images_per_sample == 1:
+    if images_per_sample(cfg.algorithm) == 1:
         return single_sampler_report(cfg, data, n_pairs)
     domains = data.manifest["domain"].to_numpy()[data.pool]
     labels = data.labels[data.pool]
