@@ -3,7 +3,11 @@ Medical Imaging" (NeurIPS 2019), registered as backbones ``cbr_large_t``, ``cbr_
 ``cbr_tiny``.
 
 Layer lists, as the paper's appendix states them (quoted in public reading notes of the paper and in a
-CBR-Tiny implementation's header; the paper PDF itself was not in the searchable corpora):
+CBR-Tiny implementation's header; the paper PDF itself was not in the searchable corpora). Two further
+public reimplementations, written independently of those notes, use the same four lists (kernel 7 with
+32..512 / 64..512 / 32..256 channels for LargeT / LargeW / Small, kernel 5 with 64..512 for Tiny, every
+max pool 3x3 with stride 2), so CBR-Tiny's 64..512 is the appendix's, even though the Table 1 count we
+recall for it (1,076,480) fits 32..256 channels instead (tests/test_cbr_init.py):
 
 - CBR-LargeT(all), 7x7 filters: (conv32-bn-relu) maxpool (conv64-bn-relu) maxpool (conv128-bn-relu) maxpool
   (conv256-bn-relu) maxpool (conv512-bn-relu), global avgpool, classification  [no maxpool after the last]
