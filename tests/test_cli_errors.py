@@ -128,7 +128,10 @@ def _ham_layout() -> str:
 # ---- real processes -----------------------------------------------------------------------------
 def _popen(cache: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "domgen.run", *train_args(cache, out, *extra)]
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a suite started in the background by a non-interactive shell
+    # (`pytest &`, nohup) ignores SIGINT, the child inherits that, and Python then installs no Ctrl-C handler
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
