@@ -274,6 +274,7 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "regime.name": "ft", "regime.lp_epochs": 10, "regime.every": 1, "regime.factor": 2.6,
                     "regime.decay": 0.65, "regime.alpha": 0.1, "regime.beta": 0.01, "regime.rank": 8,
                     "regime.lora_alpha": 16.0, "regime.lora_dropout": 0.0, "regime.target_modules": "qkv",
+                    "regime.norm": "mars", "regime.proj_freq": 1, "regime.proj_lr": 0.01, "regime.max_iters": 1,
                     "optim.schedule": "step", "optim.warmup_epochs": 5, "optim.min_lr": 0.0, "optim.clip_norm": 0.0,
                     "optim.patience": 0, "model.head_dropout": 0.0,
                     "augment.policy": "paper", "augment.jitter": 0.1, "augment.mix": "none", "augment.mix_alpha": 1.0,

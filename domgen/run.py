@@ -370,8 +370,9 @@ def add_sweep_parser(sub) -> None:
     sw.add_argument("--algorithms", default=None, metavar="A,B,...",
                     help="train each row with each of these algorithms (`list algorithms`) instead of the row's own, e.g. erm,coral,ccsa")
     sw.add_argument("--hparams", default="default", choices=["default", "random"],
-                    help="random: a DomainBed-style search, --n-hparams trials per algorithm (trial 0 = the defaults), "
-                         "each its own hashed, resumable run; `table --selection` picks among them")
+                    help="random: a DomainBed-style search, --n-hparams trials per algorithm (trial 0 = the defaults) over "
+                         "the algorithm's and the regime's (regime.*) searched hyperparameters, each its own hashed, "
+                         "resumable run; `table --selection` picks among them")
     sw.add_argument("--n-hparams", type=int, default=8, help="--hparams random: trials per algorithm")
     sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)")
     sw.add_argument("--folds", type=int, default=0, metavar="K",

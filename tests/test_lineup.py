@@ -124,16 +124,16 @@ def test_a_timm_tag_loads_into_the_matching_backbone(monkeypatch):
         build_model("resnet18", "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k")
 
 
-def test_davila2024_is_seven_regimes_by_three_backbones_every_cell_valid():
+def test_davila2024_is_eight_regimes_by_three_backbones_every_cell_valid():
     study = load_study("davila2024")
     assert study.ablation.exp == "base" and study.ablation.seeds == "5"
     cells = grid_cells(study.ablation.axes)
-    assert len(cells) == 7 * 3
+    assert len(cells) == 8 * 3
     cfgs = [resolve_config("base", "quick", 0, list(c.items), study=study) for c in cells]
-    assert {c.regime.name for c in cfgs} == {"ft", "lp", "lp_ft", "gradual_unfreeze", "l2sp", "auto_rgn", "auto_snr"}
+    assert {c.regime.name for c in cfgs} == {"ft", "lp", "lp_ft", "gradual_unfreeze", "l2sp", "auto_rgn", "auto_snr", "tpgm"}
     assert {c.model.arch for c in cfgs} == {"resnet50", "densenet121", "vgg19_bn"}
     assert {c.data.primary for c in cfgs} == {"HAM"} and {c.data.nsec for c in cfgs} == {"0"}
-    assert len({config_hash(c, "x") for c in cfgs}) == 21
+    assert len({config_hash(c, "x") for c in cfgs}) == 24
     # the study's smoke preset is 32 px, the least VGG-19 and DenseNet-121 can pool down to 1 x 1
     smoke = resolve_config("base", "smoke", 0, study=study)
     assert smoke.transform.size == 32 and smoke.optim.epochs == 2

@@ -17,19 +17,28 @@ from domgen.engine.loop import train_epoch
 from domgen.errors import ConfigError
 from domgen.regimes import REGIMES, make_regime
 from domgen.regimes.lora import peft_available
-from tests.test_algorithm_contract import CPU, Toy, batches, same, through_checkpoint, toy_pool
+from tests.test_algorithm_contract import CPU, IMAGES, LABELS, Toy, batches, same, through_checkpoint, toy_pool
 
 BLOCKS = ["layer1", "layer2", "fc", "bn", "head"]
 EPOCHS = 12
 LR = 1e-2
 
 
+def toy_validation(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k-th batch of a stand-in validation stream (4 toy images drawn by k): a function of k alone, as the
+    trainer's ``ValidationStream`` is."""
+    idx = np.random.default_rng(k).choice(len(LABELS), 4, replace=False)
+    return IMAGES[idx], torch.as_tensor(LABELS[idx])
+
+
 def setup(regime: str, algorithm: str = "erm", lr: float = LR, **hp):
-    """The trainer's wiring in miniature: model, regime attached, algorithm attached, AdamW on the regime's groups."""
+    """The trainer's wiring in miniature: model, regime attached (and handed validation batches), algorithm
+    attached, AdamW on the regime's groups."""
     torch.manual_seed(0)
     model = Toy()
     reg = make_regime(REGIMES.get(regime).Hparams(**hp))
     reg.attach(model)
+    reg.use_validation(toy_validation)
     alg = make_algorithm(ALGORITHMS.get(algorithm).Hparams(), LossConfig(), CPU).build(toy_pool())
     alg.attach(model)
     optimizer = torch.optim.AdamW(reg.param_groups(model, alg.param_groups(model), lr), lr=lr, weight_decay=1e-3)

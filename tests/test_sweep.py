@@ -80,8 +80,11 @@ def test_plan_deduplicates_by_run_folder(tmp_path):
 
 def test_algorithms_and_random_trials_plan_one_hashed_run_each_sharing_the_parent(tmp_path):
     variants = algorithm_variants("erm,ccsa", "random", n_hparams=3)
-    # erm declares nothing to search: one variant; ccsa: trial 0 = its defaults, then two draws
-    assert variants[0] == ("algorithm.name=erm",) and variants[1] == ("algorithm.name=ccsa",) and len(variants) == 4
+    # trial 0 = the defaults, trials 1 and 2 marked (the regime's draws come at planning): erm declares
+    # nothing to search, so its trials differ only in the mark, and under ft they plan one run (below)
+    assert variants[:4] == [("algorithm.name=erm",), ("algorithm.name=erm", "hparams.trial=1"),
+                            ("algorithm.name=erm", "hparams.trial=2"), ("algorithm.name=ccsa",)]
+    assert len(variants) == 6 and variants[5][-1] == "hparams.trial=2"
     assert algorithm_variants("erm,ccsa", "random", n_hparams=3) == variants  # the same command plans the same trials
     plan = plan_sweep("R", 2, "smoke", [], tmp_path / "runs", identity=IDENTITY, sizes=lambda d: SIZES, variants=variants)
     requested = [j for j in plan.jobs if j.requested]
@@ -375,3 +378,37 @@ def test_slurm_job_interrupted_keeps_a_claim_for_its_requeue(tmp_path, monkeypat
     (bin_dir / "sacct").chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     assert read_state(job.run_dir)[0] == "interrupted"  # Slurm says it was cancelled, not requeued
+
+
+def test_a_random_search_draws_the_regimes_hyperparameters_too(tmp_path):
+    """Trial 0 is the regime's defaults; trial i draws each searched field of its Hparams, in field order, from
+    one generator seeded by (regime, i, "hparams"), the algorithms' rule, whatever the number of trials."""
+    import dataclasses
+
+    import numpy as np
+
+    from domgen.regimes import REGIMES
+    from domgen.seeds import derive_seed
+    from domgen.studies import load_study
+    from domgen.sweep.plan import resolve_variant
+
+    study = load_study("yoon2019")
+
+    def trials(n: int) -> list:
+        return [resolve_variant("A", "smoke", 0, ["regime.name=l2sp"], v, study).regime
+                for v in algorithm_variants("erm", "random", n_hparams=n)]
+
+    regimes = trials(3)
+    hp = REGIMES.get("l2sp").Hparams
+    searched = [f for f in dataclasses.fields(hp) if f.metadata.get("search")]
+    assert [f.name for f in searched] == ["alpha", "beta"]
+    assert regimes[0] == hp()  # trial 0: the defaults
+    for trial, got in enumerate(regimes[1:], start=1):
+        rng = np.random.default_rng(derive_seed("l2sp", trial, "hparams", bits=32))
+        expected = {f.name: f.metadata["search"](rng) for f in searched}
+        assert {f.name: getattr(got, f.name) for f in searched} == pytest.approx(expected, rel=1e-12)
+    assert regimes[1] != regimes[2] and len({(r.alpha, r.beta) for r in regimes}) == 3
+    assert trials(2) == regimes[:2]  # trial 1 is the same in a shorter search
+    plan = plan_sweep("A", [0], "smoke", ["regime.name=l2sp"], tmp_path / "runs", identity=IDENTITY,
+                      sizes=lambda d: SIZES, variants=algorithm_variants("erm", "random", n_hparams=3))
+    assert sorted(j.cfg.regime.alpha for j in plan.jobs) == sorted(r.alpha for r in regimes)  # three runs

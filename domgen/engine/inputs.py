@@ -113,6 +113,32 @@ class Inputs:
             yield self._to_device(x, None), y.to(self.device)
 
 
+class ValidationStream:
+    """``stream(k)``: the k-th evaluation batch (x, y) of an endless stream over ``positions`` (manifest
+    positions), pass after pass, each pass in its own order seeded by (``seed``, pass). Batch k is a function
+    of k alone, so a consumer that keeps k in its state (TPGM's radius updates) draws the same batches after
+    a resume; consecutive calls read on through one loader, any other k starts one there."""
+
+    def __init__(self, inputs: Inputs, positions: np.ndarray, batch_size: int, seed: int):
+        self.inputs, self.positions, self.batch_size, self.seed = inputs, np.asarray(positions), batch_size, seed
+        self._next, self._it = -1, None
+
+    def __call__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from domgen.errors import ConfigError
+        from domgen.seeds import derive_seed
+
+        n = len(self.positions)
+        if n == 0:
+            raise ConfigError("this regime learns on the training domains' validation split, and the run has none")
+        per_pass = -(-n // self.batch_size)  # the last batch of a pass may be short
+        cycle, j = divmod(k, per_pass)
+        if k != self._next or j == 0 or self._it is None:
+            order = self.positions[np.random.default_rng(derive_seed(self.seed, cycle)).permutation(n)]
+            self._it = self.inputs.eval_batches(order[j * self.batch_size:], self.batch_size)
+        self._next = k + 1
+        return next(self._it)
+
+
 def prefetch(items: Iterator, depth: int = 3) -> Iterator:
     """Produce ``items`` in a background thread, ``depth`` ahead of the consumer. numpy and torch copies
     release the GIL, so the next batch is read while this one is augmented and trained on."""

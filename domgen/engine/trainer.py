@@ -22,7 +22,7 @@ from domgen.data.labels import DOMAINS
 from domgen.data.samplers import TrainPool
 from domgen.engine.averaging import Averager, domain_mean_cross_entropy, make_averager
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
-from domgen.engine.inputs import Inputs
+from domgen.engine.inputs import Inputs, ValidationStream
 from domgen.engine.mixing import make_mixer
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
 from domgen.errors import CheckpointError
@@ -105,6 +105,9 @@ class Trainer:
         bar = lazy_bar(hooks.bar, total=len(m), desc="caching images", unit="img")
         self.inputs = Inputs(m["path"].tolist(), data.labels, cfg.transform, cfg.data, self.device, bar,
                              norm=input_normalization(cfg.model.arch), domains=pool.domain_index(m["domain"]), acfg=cfg.augment)
+        # TPGM learns its radii on batches training never sees: the training domains' validation split
+        self.regime.use_validation(ValidationStream(self.inputs, data.positions("val", data.train_domains),
+                                                    cfg.optim.batch_size, derive_seed(cfg.seed, "regime_val")))
         self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
         self.algorithm.attach(self.model)  # its own modules and hooks exist before the optimiser sees them
         self.mixer = make_mixer(cfg.augment, self.algorithm, len(data.classes))  # augment.mix: wraps its criterion

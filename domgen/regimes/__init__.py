@@ -16,12 +16,14 @@ the paper each comes from (each class's ``reference``):
 ``l2sp``                  penalty towards the pretrained weights (Li, Grandvalet & Davoine, ICML 2018)
 ``auto_rgn``              per-layer rates from relative gradient norms (Lee et al., ICLR 2023)
 ``auto_snr``              per-layer rates from gradient signal-to-noise (Lee et al., ICLR 2023)
+``tpgm``                  backbone projected onto learned balls around w0 (Tian et al., CVPR 2023)
 ``bitfit``                biases and head only (Ben Zaken et al., ACL 2022)
 ``lora``                  low-rank adapters on timm ViTs through peft (Hu et al., ICLR 2022)
 ========================  ===============================================================================
 
-TPGM (Tian et al., CVPR 2023: projection of each layer onto a learned ball around the pretrained weights)
-is not implemented.
+A warm-started study row's parent (e.g. yoon2019's A for F-T) trains with its own row's regime (``ft``
+unless that row sets another), never the child's: the parent is the shared warm start and the regime is
+the child's axis, so the children of one parent compare regimes from the same starting weights.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from domgen.regimes.base import REGIMES, Regime, make_regime, split_groups
 from domgen.regimes.blocks import Block, model_blocks
 
 # Imported after REGIMES exists: each module registers its regimes on import, in the order `list` shows them.
-from domgen.regimes import freezing, rates, penalties, lora  # noqa: E402,F401,I001
+from domgen.regimes import freezing, rates, penalties, tpgm, lora  # noqa: E402,F401,I001
 
 
 def describe_regimes() -> str:

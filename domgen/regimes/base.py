@@ -10,7 +10,9 @@ paper it follows (``reference``). It decides, around the algorithm and never ins
 * which model parameters are trainable, and which blocks run in evaluation mode (frozen BatchNorm
   statistics), epoch by epoch (:meth:`Regime.begin_epoch`, :meth:`Regime.train_mode`);
 * a penalty added to the algorithm's loss (:meth:`Regime.penalty`, L2-SP's);
-* the optimiser step itself (:meth:`Regime.step`: Auto-RGN rescales each layer's rate from its gradient).
+* the optimiser step itself (:meth:`Regime.step`: Auto-RGN rescales each layer's rate from its gradient;
+  TPGM projects the backbone onto balls around its pretrained weights whose radii it learns on validation
+  batches, which the engine hands every regime through :meth:`Regime.use_validation`).
 
 Everything a regime decides is a function of the epoch, the model as built and the current gradient, so a
 resumed run recomputes it exactly; what it keeps beyond that goes in :meth:`Regime.state_dict` (``last.pt``).
@@ -21,7 +23,7 @@ The model is seen as blocks, bottom-up, then the head (:func:`domgen.regimes.blo
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +60,12 @@ class Regime:
         the optimiser: a regime that changes the model's structure (LoRA) does it here; the blocks and any
         reference weights (L2-SP's w0) are taken here."""
         self.blocks = model_blocks(model)
+
+    def use_validation(self, batch: Callable[[int], tuple[Tensor, Tensor]]) -> None:
+        """Called once by the trainer, after :meth:`attach`, with ``batch(k)``: the k-th (x, y) of an endless
+        seeded stream over the training domains' validation split (never a held-out domain's), a function of
+        k alone, so a regime that keeps its position k in its state draws the same batches after a resume.
+        For a regime that learns from data the training loop does not see (TPGM's radii); the default ignores it."""
 
     def multipliers(self) -> dict[str, float] | None:
         """Learning-rate multiplier of each block by name (head included); None: the algorithm's groups as

@@ -158,8 +158,11 @@ def algorithm_variants(algorithms: str | Iterable[str] | None, hparams: str = "d
     ``default``: one variant per algorithm, at its declared defaults. ``random``: ``n_hparams`` trials per
     algorithm (DomainBed's hyperparameter search): trial 0 is the defaults, trial i > 0 draws every
     searched hyperparameter from the distribution its class declares (``domgen.algorithms.hparam``), seeded
-    by (algorithm, i), so the same command plans the same trials. Each trial's config is hashed like any
-    run's, so a search is resumable and skips finished trials; ``table --selection`` chooses among them.
+    by (algorithm, i), so the same command plans the same trials. Trial i > 0 also carries ``hparams.trial=i``
+    (:data:`TRIAL`, not a config key): :func:`plan_sweep` draws the run's regime's searched hyperparameters
+    for it (:func:`regime_trial_items`), since the regime is known only once the row and ``--set`` are
+    resolved. Each trial's config is hashed like any run's, so a search is resumable and skips finished
+    trials (and trials that draw nothing new are one run); ``table --selection`` chooses among them.
     No algorithms: the study rows' own (``default`` only)."""
     if hparams not in HPARAMS:
         raise ValueError(f"--hparams {hparams!r}: choose {' or '.join(HPARAMS)}")
@@ -180,8 +183,42 @@ def algorithm_variants(algorithms: str | Iterable[str] | None, hparams: str = "d
         for trial in range(1, n_hparams if hparams == "random" else 1):
             drawn = random_hparams(cls, derive_seed(name, trial, "hparams", bits=32))
             searched = [f.name for f in fields(cls.Hparams) if f.metadata.get("search")]
-            variants.append((f"algorithm.name={name}", *(f"algorithm.{k}={getattr(drawn, k)}" for k in searched)))
-    return list(dict.fromkeys(variants))  # an algorithm with nothing to search has one trial, not n equal ones
+            variants.append((f"algorithm.name={name}", *(f"algorithm.{k}={getattr(drawn, k)}" for k in searched),
+                             f"{TRIAL}={trial}"))
+    return list(dict.fromkeys(variants))
+
+
+TRIAL = "hparams.trial"  # a variant's search trial: plan_sweep draws the run's regime's hyperparameters from it
+
+
+def regime_trial_items(regime: str, trial: int) -> tuple[str, ...]:
+    """The ``--set`` items of random-search trial ``trial`` for the regime named ``regime``: every
+    hyperparameter its class declares a search distribution for (``hparam(default, search)``), drawn by the
+    algorithms' rule, seeded by (regime, trial), so trial i is the same whatever the number of trials.
+    Trial 0, or a regime with nothing to search: none (its defaults)."""
+    if trial == 0:
+        return ()
+    from domgen.algorithms import random_hparams
+    from domgen.regimes import REGIMES
+    from domgen.seeds import derive_seed
+
+    cls = REGIMES.get(regime)
+    drawn = random_hparams(cls, derive_seed(regime, trial, "hparams", bits=32))
+    return tuple(f"regime.{f.name}={getattr(drawn, f.name)}" for f in fields(cls.Hparams) if f.metadata.get("search"))
+
+
+def resolve_variant(exp: str, preset: str, seed: int, items: list[str], variant: Iterable[str], study: Study) -> RunConfig:
+    """The run of row ``exp`` x ``seed`` under ``items`` then ``variant``'s ``--set`` items; a search trial's
+    (``hparams.trial=i``) also gets its regime's drawn hyperparameters, after everything else."""
+    trial, rest = 0, []
+    for item in variant:
+        if item.startswith(f"{TRIAL}="):
+            trial = int(item.split("=", 1)[1])
+        else:
+            rest.append(item)
+    cfg = resolve_config(exp, preset, seed, [*items, *rest], study=study)
+    drawn = regime_trial_items(cfg.regime.name, trial)
+    return resolve_config(exp, preset, seed, [*items, *rest, *drawn], study=study) if drawn else cfg
 
 
 def split_variants(folds: int = 0, split_seeds: Iterable[int] | None = None) -> list[tuple[str, ...]]:
@@ -229,7 +266,8 @@ def plan_sweep(
     real counts of the data, via :func:`data_size`, counted only when an estimate is asked for).
     ``study``: the study (name, path or loaded) whose rows ``exps`` names. ``variants``: each requested
     (experiment, seed) is planned once per variant, its ``--set`` items after ``overrides``
-    (:func:`algorithm_variants`: one per algorithm, or per trial of a hyperparameter search).
+    (:func:`algorithm_variants`: one per algorithm, or per trial of a hyperparameter search, which draws the
+    regime's hyperparameters too: :func:`resolve_variant`); variants that resolve to one config are one run.
     """
     study = study if isinstance(study, Study) else load_study(study)
     names = parse_exps(exps if isinstance(exps, str) else ",".join(exps), study)
@@ -237,7 +275,7 @@ def plan_sweep(
     if not seed_list:
         raise ValueError("a sweep needs at least one seed")
     items = [f"out={out}", *overrides]
-    cfgs = [resolve_config(e, preset, s, [*items, *v], study=study) for e in names for v in variants for s in seed_list]
+    cfgs = [resolve_variant(e, preset, s, items, v, study) for e in names for v in variants for s in seed_list]
     if identity is None:
         from domgen.data.catalog import load_catalog
 
