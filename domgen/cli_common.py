@@ -243,3 +243,13 @@ def add_launch_options(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--time-min", type=int, default=720, help="Slurm: time limit per job; a job that runs out is requeued and resumes")
     sw.add_argument("--array-parallelism", type=int, default=64, help="Slurm: most jobs of one array running at once")
     sw.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
+
+
+def amend_protocol(args: argparse.Namespace) -> None:
+    """``--amend REASON`` of a training command: record the study's changed protocol before any run starts."""
+    if getattr(args, "amend", None):
+        from domgen.protocol import freeze
+        from domgen.studies import load_study
+
+        study = load_study(args.study)
+        freeze(study.protocol, study.name, args.out, args.amend)

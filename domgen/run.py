@@ -13,10 +13,14 @@ import sys
 from pathlib import Path
 
 from domgen import cli_common as cc
+# each of these modules holds its commands and their options (no torch at import: `--help` stays fast)
+from domgen.cli_ablate import add_ablate_parser
+from domgen.cli_bench import add_bench_parser
+from domgen.cli_results import DEFAULT_METRIC, SELECTIONS, add_results_parsers  # noqa: F401  (tests read run.SELECTIONS)
+from domgen.cli_sweep import add_sweep_parser, parse_seeds  # noqa: F401  (`from domgen.run import parse_seeds`)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from domgen.config import DataConfig, apply_overrides
     from domgen.data.catalog import dropped_report, load_catalog, summary_table
 
     cfg = cc.data_config(cc.data_overrides(args) + args.set)
@@ -45,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from domgen.engine.profile import RunProfile, format_profile
     from domgen.runs.train import run_train
 
-    _amend(args)
+    cc.amend_protocol(args)
     cfg = cc.build_config(args)
     cc.check_weights(cfg)
     hooks = cc.cli_hooks()
@@ -83,7 +87,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.set.append(f"prune.threshold={args.threshold}")
     from domgen.runs.registry import study_of
 
-    _amend(args)
+    cc.amend_protocol(args)
     cfg = cc.build_config(args)
     if study_of(cfg).experiments.get(cfg.exp).driver != "prune":
         raise ValueError(f"prune runs the study's pruning rows (driver: prune; yoon2019: U and V), not {cfg.exp}")
@@ -132,7 +136,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_loo(args: argparse.Namespace) -> int:
     from domgen.runs.loo import format_loo, loo_experiments, run_loo
 
-    _amend(args)
+    cc.amend_protocol(args)
     overrides = cc.data_overrides(args) + [f"out={args.out}", f"device={args.device}"] + list(args.set)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
@@ -164,298 +168,6 @@ def cmd_sampler(args: argparse.Namespace) -> int:
 
     report = sampler_report(cc.build_config(args), n_pairs=args.pairs, bar=cc.cli_hooks().bar)
     print(json.dumps(jsonable(report)) if args.json else format_sampler_report(report))
-    return 0
-
-
-def _results(args: argparse.Namespace):
-    """Every row selection may read (per-epoch and final, validation and test) of the asked study and preset."""
-    from domgen.results.collect import collect, select
-    from domgen.studies import load_study
-
-    df = collect(Path(args.runs), stages=("val", "final"), splits=("val", "test"))
-    return select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
-
-
-def _exps(args: argparse.Namespace) -> list[str] | None:
-    """``--exps``: the experiments reported (selection still reads every run, e.g. lodo's siblings)."""
-    if not args.exps:
-        return None
-    from domgen.sweep.plan import parse_exps  # imports torch: only when asked
-
-    return parse_exps(args.exps, args.study)
-
-
-def _registered(args: argparse.Namespace) -> str | None:
-    """Settle ``args.metric`` and ``args.selection`` from the study's protocol (``domgen.protocol``): its primary
-    metric and selection unless given; another metric only with ``--exploratory``. Refuses runs frozen under
-    another protocol. Returns the caption line of an exploratory metric, else None."""
-    from domgen.protocol import check_frozen, exploratory_line, protocol_hash
-    from domgen.studies import load_study
-
-    study = load_study(args.study)
-    p = study.protocol
-    check_frozen(p, study.name, args.runs)
-    primary = p.primary_metric if p is not None else DEFAULT_METRIC
-    args.selection = args.selection or (p.selection if p is not None else SELECTIONS[0])
-    args.metric = args.metric or primary
-    if args.metric == primary:
-        return None
-    if not args.exploratory:
-        by = f"protocol {protocol_hash(p)} in {p.source}" if p is not None else "the default, as the study has no protocol"
-        raise ValueError(f"--metric {args.metric}: the pre-registered primary metric of study {study.name} is {primary} "
-                         f"({by}); another metric is reported only with --exploratory, which labels it so")
-    return exploratory_line(args.metric, p, primary)
-
-
-def cmd_protocol(args: argparse.Namespace) -> int:
-    from domgen.protocol import amendments_path, check_frozen, describe_protocol, freeze, frozen_copy, read_amendments
-    from domgen.studies import load_study
-
-    study = load_study(args.study)
-    p = study.protocol
-    if p is None:
-        print(f"Study {study.name} ({study.path}) has no protocol: write a 'protocol:' block in it, or "
-              f"{study.path.parent / study.name / 'protocol.yaml'} (experiments/README.md).")
-        return 0
-    print("\n".join(describe_protocol(p, study.name)))
-    frozen = frozen_copy(args.runs, study.name)
-    if frozen is not None:  # an edit since it was frozen: recorded with --amend, else refused naming the change
-        frozen = freeze(p, study.name, args.runs, args.amend) if args.amend else frozen
-        check_frozen(p, study.name, args.runs)
-    if frozen is None:
-        print(("Nothing to amend. " if args.amend else "")
-              + f"Not frozen yet: frozen in {Path(args.runs) / '.protocol'} when the study's first run there starts.")
-        return 0
-    amended = read_amendments(args.runs, study.name)
-    print(f"Frozen in {frozen.path} ({'last amended' if amended else 'since'} {frozen.frozen_at}); "
-          f"{len(amended)} amendment(s)" + (f", logged in {amendments_path(args.runs, study.name)}:" if amended else "."))
-    for a in amended:
-        print(f"  {a['time']}: {a['reason']} (" + "; ".join(f"{c['key']} {c['before']} -> {c['after']}" for c in a['changes']) + ")")
-    return 0
-
-
-def _amend(args: argparse.Namespace) -> None:
-    """``--amend REASON`` of a training command: record the study's changed protocol before any run starts."""
-    if getattr(args, "amend", None):
-        from domgen.protocol import freeze
-        from domgen.studies import load_study
-
-        study = load_study(args.study)
-        freeze(study.protocol, study.name, args.out, args.amend)
-
-
-def cmd_table(args: argparse.Namespace) -> int:
-    from domgen.results.tables import plot_table, pruning_report, table2
-
-    exploratory = _registered(args)
-    if exploratory and args.format == "csv":
-        print(exploratory, file=sys.stderr)  # CSV has no caption: said beside it
-    df = _results(args)
-    if df.empty or not ((df["stage"] == "final") & (df["split"] == "test")).any():
-        raise ValueError(f"no finished run of study {args.study} with final test results under {args.runs}")
-    if args.ci:
-        return _table_ci(args, df)
-    if args.by == "transfusion":  # the transfusion study's summary (domgen.results.transfusion)
-        from domgen.results.transfusion import format_summary, summarise
-
-        print(format_summary(summarise(df[df["finished"].astype(bool)], args.metric), args.metric))
-        return 0
-    if args.by == "algorithm":
-        from domgen.results.by_algorithm import algorithm_table
-
-        if args.plot:
-            raise ValueError("--plot draws Table 2 by experiment; leave out --by algorithm or --plot")
-        print(algorithm_table(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection,
-                              exps=_exps(args), exploratory=exploratory))
-        return 0
-    exps = _exps(args)
-    print(table2(df, fmt=args.format, metric=args.metric, include_unfinished=args.all, selection=args.selection, exps=exps,
-                 exploratory=exploratory))
-    final = df[(df["stage"] == "final") & (df["split"] == "test")]  # the pruning keys are on the final rows
-    if args.format == "md" and "params" in final.columns and final["params"].notna().any():
-        print("\n" + pruning_report(final))
-    if args.plot:
-        cc.say(f"wrote {plot_table(df, Path(args.plot), metric=args.metric, selection=args.selection, exps=exps)}")
-    return 0
-
-
-def _table_ci(args: argparse.Namespace, df) -> int:
-    from domgen.results.bootstrap import METRICS, ci_frame, format_ci
-
-    if args.selection != "train" or args.plot or args.by != "exp":
-        raise ValueError("--ci reads the per-case predictions of final evaluation, i.e. the training-domain "
-                         "selection's weights: leave out --selection, --plot and --by")
-    if args.metric not in METRICS:
-        raise ValueError(f"--ci --metric: one of {', '.join(METRICS)}")
-    print(format_ci(ci_frame(df, args.metric, args.n_boot, exps=_exps(args)), "csv" if args.format == "csv" else "md"))
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from domgen.results.compare import format_compare
-
-    exploratory = _registered(args)
-    print(format_compare(_results(args), args.a, args.b, metric=args.metric, selection=args.selection, exps=_exps(args),
-                         exploratory=exploratory))
-    return 0
-
-
-# domgen.results.selection's registry (a test checks they agree); spelled here so --help needs no pandas
-SELECTIONS = ("train", "lodo", "oracle")
-DEFAULT_METRIC = "macro_recall"  # the primary metric of a study without a protocol (the paper's)
-
-
-def add_results_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs", default="runs", help="folder holding run folders (searched recursively)")
-    p.add_argument("--preset", default=None, help="only runs of this preset")
-    p.add_argument("--metric", default=None, help="default: the study protocol's pre-registered primary metric (`protocol`; "
-                   "macro_recall without one); another (balanced_acc, mel_auc, pos_sens, pos_cost, ...) needs --exploratory")
-    p.add_argument("--exploratory", action="store_true",
-                   help="allow a --metric that is not the pre-registered one; the caption then says it is exploratory")
-    p.add_argument("--exps", default=None, help="report only these rows of the study, in its file order: O-T, A,K,R (e.g. "
-                   "the leave-one-out runs without their warm-start parent, for --selection lodo or oracle); selection "
-                   "still reads every run")
-    p.add_argument("--selection", default=None, choices=SELECTIONS,
-                   help="default: the study protocol's (train without one). Model selection: train = training-domain validation (what the trainer chose); lodo = "
-                        "leave-one-domain-out validation (needs a loo --holdout all sweep); oracle = the held-out "
-                        "domain's own validation, an upper bound, not a result")
-    cc.add_study_option(p)
-
-
-parse_seeds = cc.parse_seeds  # kept here too: `from domgen.run import parse_seeds` reads it
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from domgen.sweep.launch import launch
-    from domgen.sweep.plan import algorithm_variants, cross_variants, plan_sweep, split_variants
-    from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
-
-    _amend(args)
-    seeds = parse_seeds(args.seeds)
-    overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
-    exps = args.exps
-    if args.holdout:  # the study's leave-one-out rows (yoon2019: O-T), like `loo --holdout`
-        from domgen.runs.loo import loo_experiments
-
-        if args.exps != "all":
-            raise ValueError("give --exps or --holdout, not both: --holdout names the leave-one-out rows itself")
-        exps = sorted({e for h in args.holdout.split(",") for e in loo_experiments(h.strip(), args.study)})
-    split_seeds = parse_seeds(args.split_seeds) if args.split_seeds is not None else None
-    split_seeds = list(range(split_seeds)) if isinstance(split_seeds, int) else split_seeds
-    variants = cross_variants(algorithm_variants(args.algorithms, args.hparams, args.n_hparams),
-                              split_variants(args.folds, split_seeds))
-    plan = plan_sweep(exps, seeds, args.preset, overrides, out=args.out, study=args.study, variants=variants)
-    if args.action == "status":
-        print(format_status(sweep_status(plan)))
-        return 0
-    slurm = cc.slurm_options(args)
-    if args.dry_run:
-        print(format_plan(plan))
-    report = launch(plan, args.launcher, retry_failed=args.retry_failed, dry_run=args.dry_run, max_parallel=args.max_parallel, slurm=slurm)
-    print(format_report(report))
-    if not args.dry_run:
-        print(format_status(sweep_status(plan)))
-    return 0
-
-
-def add_sweep_parser(sub) -> None:
-    sw = sub.add_parser("sweep", help="experiments x seeds, locally or on Slurm (submitit); `sweep status` for progress",
-                        formatter_class=cc.HelpFormatter, description=DESCRIPTIONS["sweep"])
-    sw.add_argument("action", nargs="?", default="run", choices=["run", "status"], help="run what is not done, or show progress")
-    cc.add_data_options(sw)
-    cc.add_study_option(sw)
-    sw.add_argument("--exps", default="all", help="the study's rows: all, or ranges and lists in file order: A-V, F-K,U, A,K,R")
-    sw.add_argument("--holdout", default=None, metavar="DOMAINS",
-                    help="instead of --exps: the leave-one-out rows holding out these domains (PH2,SON), or all (yoon2019: O-T)")
-    sw.add_argument("--algorithms", default=None, metavar="A,B,...",
-                    help="train each row with each of these algorithms (`list algorithms`) instead of the row's own, e.g. erm,coral,ccsa")
-    sw.add_argument("--hparams", default="default", choices=["default", "random"],
-                    help="random: a DomainBed-style search, --n-hparams trials per algorithm (trial 0 = the defaults) over "
-                         "the algorithm's and the regime's (regime.*) searched hyperparameters, each its own hashed, "
-                         "resumable run; `table --selection` picks among them")
-    sw.add_argument("--n-hparams", type=int, default=8, help="--hparams random: trials per algorithm")
-    sw.add_argument("--seeds", default="5", help="a count (5 = seeds 0-4), a list (0,3,7), a range (2-4) or one seed (2,)")
-    sw.add_argument("--folds", type=int, default=0, metavar="K",
-                    help="train on each fold of a stratified group K-fold split (data.folds/data.fold) x seeds; 0 = the study's split")
-    sw.add_argument("--split-seeds", default=None, metavar="SEEDS",
-                    help="repeat on these data splits (data.split_seed), like --seeds: 0,1 or 2 (= 0-1); default: the config's own")
-    sw.add_argument("--preset", default="paper", help="paper (needs ImageNet weights), quick or smoke")
-    sw.add_argument("--amend", default=None, metavar="REASON",
-                    help="the study's protocol was edited after runs exist: record why (logged with the time in "
-                         "<out>/.protocol/) instead of refusing; see `protocol`")
-    sw.add_argument("--out", default="runs", help="folder that holds the run folders")
-    sw.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every run (repeatable)")
-    cc.add_deterministic_option(sw)
-    cc.add_launch_options(sw)
-    sw.set_defaults(func=cmd_sweep)
-
-
-def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
-    """One line per figure: idle, and beside it the same figure with ``--contention`` busy processes."""
-    cond = r.get("contended")
-    head = f"{'':<38}{'idle':>10}" + (f"{'%d busy' % cond['busy_processes']:>10}" if cond else "")
-    lines = [head]
-    for label, key, fmt in rows:
-        lines.append(f"{label:<38}{format(r[key], fmt):>10}" + (f"{format(cond[key], fmt):>10}" if cond else ""))
-    return lines
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from domgen.config import DataConfig, cache_dir
-    from domgen.engine.metrics import jsonable
-
-    root = Path(args.root) if args.root else cache_dir(DataConfig()) / "bench"
-    if args.what == "pipeline":
-        from domgen.bench.pipeline import bench_pipeline
-
-        r = bench_pipeline(root, workers=args.workers, quick=args.quick, device=args.device if args.device != "auto" else "cpu",
-                           contention=args.contention)
-        lines = _side_by_side(r, [("reference (PIL per image), batches/s", "reference_batches_per_s", ".2f"),
-                                  ("domgen (cached + batched), batches/s", "cached_batches_per_s", ".2f"),
-                                  ("ratio", "ratio", ".1f")])
-        lines.append(f"cache build (one-off): {r['cache_build_s']:.1f} s")
-    elif args.matrix:
-        return _bench_matrix(args, root)
-    else:
-        from domgen.bench.train import bench_train
-
-        r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, contention=args.contention,
-                        arch=args.arch, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                        **({"n_steps": args.steps} if args.steps else {}))
-        lines = _side_by_side(r, [("CCSA steps/s with the full pipeline", "pipeline_steps_per_s", ".3f"),
-                                  ("CCSA steps/s on device tensors", "model_only_steps_per_s", ".3f"),
-                                  ("ratio", "ratio", ".2f")])
-        lines.append(f"({r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compiled'] else ''}, "
-                     f"{r['arch']}, {r['batch_pairs']} pairs/step)")
-    if args.json:
-        print(json.dumps(jsonable(r)))
-    else:
-        m = r.get("machine", r)
-        print("\n".join(lines + [f"machine: {m['device']} ({m['device_name'] or 'CPU'}), {m['cpu_count']} CPUs "
-                                 f"({m['usable_cores']} usable), {m['torch_threads']} torch threads, torch {m['torch']}"]))
-        extra = {k: v for k, v in r.items() if ("rss" in k or "peak" in k) and v is not None}
-        if extra:
-            print("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in extra.items()))
-    return 0
-
-
-def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
-    """``bench train --matrix``: each architecture x precision x memory format (x compiled), one line each."""
-    from domgen.bench.train import bench_matrix
-
-    rows = bench_matrix(root, archs=tuple(args.archs.split(",")), compile=args.compile, workers=args.workers,
-                        quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))
-    if args.json:
-        print(json.dumps(jsonable(rows)))
-        return 0
-    print(f"{'arch':<16}{'precision':<10}{'NHWC':<6}{'compiled':<10}{'pipeline':>10}{'model only':>12}{'ratio':>7}{'peak MB':>9}")
-    for r in rows:
-        peak = f"{r['peak_gpu_mem_mb']:.0f}" if r["peak_gpu_mem_mb"] is not None else "-"
-        print(f"{r['arch']:<16}{r['precision']:<10}{'on' if r['channels_last'] else 'off':<6}{'yes' if r['compiled'] else 'no':<10}"
-              f"{r['pipeline_steps_per_s']:>10.3f}{r['model_only_steps_per_s']:>12.3f}{r['ratio']:>7.2f}{peak:>9}")
-    m = rows[0]
-    print(f"steps/s of CCSA, {m['batch_pairs']} pairs per step; machine: {m['device']} ({m['device_name'] or 'CPU'}), torch {m['torch']}")
     return 0
 
 
@@ -580,31 +292,8 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--pairs", type=int, default=100_000, help="pairs (or, for a one-image sampler, images) to draw for the empirical frequencies")
     sa.add_argument("--json", action="store_true", help="print the report as JSON")
     sa.set_defaults(func=cmd_sampler)
-    tb = _sub(sub, "table", "the paper's Table 2 from results files (mean +/- std over seeds)")
-    add_results_options(tb)
-    tb.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX (booktabs) or CSV")
-    tb.add_argument("--plot", default=None, metavar="FILE.png", help="also plot per-domain recall by experiment")
-    tb.add_argument("--all", action="store_true", help="include unfinished runs")
-    tb.add_argument("--ci", action="store_true", help="instead: each run's per-domain value with a bootstrap interval over "
-                    "test patients (groups resampled within each domain), from the runs' test_predictions.npz")
-    tb.add_argument("--n-boot", type=int, default=2000, help="--ci: bootstrap resamples")
-    tb.add_argument("--by", default="exp", choices=["exp", "algorithm", "transfusion"],
-                    help="rows: the study's experiments (Table 2), or algorithms with domains as columns (DomainBed's table), "
-                         "or transfusion: per row in- and out-of-domain recall, convergence epochs and CKA to init per layer")
-    tb.set_defaults(func=cmd_table)
-    co = _sub(sub, "compare", "paired, seed-matched difference between two experiments")
-    co.add_argument("a", help="experiment letter, e.g. K, or an algorithm, e.g. coral")
-    co.add_argument("b", help="experiment letter or algorithm to compare against, e.g. A or erm")
-    add_results_options(co)
-    co.set_defaults(func=cmd_compare)
-    add_sweep_parser(sub)
-    pc = _sub(sub, "protocol", "the study's pre-registered error profile in plain words, and whether it is frozen")
-    cc.add_study_option(pc)
-    pc.add_argument("--runs", default="runs", help="folder holding the runs (their frozen copy is <runs>/.protocol/<study>.yaml)")
-    pc.add_argument("--amend", default=None, metavar="REASON",
-                    help="accept the study file's edited protocol for the runs there: log the reason and the changes with "
-                         "the time, and make it the frozen copy")
-    pc.set_defaults(func=cmd_protocol)
+    add_results_parsers(sub, DESCRIPTIONS)
+    add_sweep_parser(sub, DESCRIPTIONS["sweep"])
     si = _sub(sub, "similarity", "per-layer CKA/SVCCA/PWCCA of two runs, or of a run against its initialisation")
     si.add_argument("run_a", metavar="RUN_A", help="a run folder (its best.pt)")
     si.add_argument("run_b", metavar="RUN_B", nargs="?", default=None, help="a second run folder, trained on the same data")
@@ -618,30 +307,8 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("--device", default="auto", help="auto | cpu | cuda")
     si.add_argument("--plot", default=None, metavar="FILE.png", help="the plot (default RUN_A/similarity-<against>.png)")
     si.set_defaults(func=cmd_similarity)
-    from domgen.cli_ablate import add_ablate_parser  # the ablate subcommand lives in its own module
-
     add_ablate_parser(sub, DESCRIPTIONS["ablate"])
-    be = _sub(sub, "bench", "benchmarks: the input pipeline vs PIL, CCSA training steps vs model only")
-    be.add_argument("what", choices=["pipeline", "train"], help="what to measure")
-    be.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
-    be.add_argument("--json", action="store_true", help="print the figures as JSON")
-    be.add_argument("--workers", type=int, default=2, help="processes decoding images")
-    be.add_argument("--steps", type=int, default=None, help="bench train: timed steps per measurement (default 30)")
-    be.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    be.add_argument("--contention", type=int, default=0, metavar="N",
-                    help="also measure beside N busy processes of our own (stopped at the end), reported next to idle")
-    be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
-    be.add_argument("--arch", default="resnet18", help="bench train: the backbone")
-    be.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="bench train: auto = bf16 autocast on CUDA, fp32 elsewhere, as training does")
-    be.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                    help="bench train: the model's memory format (auto = on for CUDA)")
-    be.add_argument("--compile", action="store_true", help="bench train: run the backbone under torch.compile")
-    be.add_argument("--matrix", action="store_true",
-                    help="bench train: every --archs x precision (bf16, fp32) x channels_last (on, off), plus compiled "
-                         "with --compile; steps/s, ratio and peak GPU memory per line")
-    be.add_argument("--archs", default="resnet18", help="bench train --matrix: comma-separated backbones")
-    be.set_defaults(func=cmd_bench)
+    add_bench_parser(sub, DESCRIPTIONS["bench"])
     ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V), the algorithms or the regimes")
     ls.add_argument("what", nargs="?", default="experiments", choices=["experiments", "algorithms", "regimes"],
                     help="experiments: the study's rows; algorithms: every registered training algorithm and its paper; "

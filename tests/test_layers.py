@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("domgen.engine", "domgen.prune")),
     ("drivers", ("domgen.runs", "domgen.export", "domgen.bench")),
     ("sweep, results", ("domgen.sweep", "domgen.results")),
-    ("command line", ("domgen.cli_common", "domgen.cli_ablate", "domgen.run")),
+    ("command line", ("domgen.cli_common", "domgen.cli_ablate", "domgen.cli_bench", "domgen.cli_results",
+                      "domgen.cli_sweep", "domgen.run")),
 ]
 # Upward imports allowed, each inside a function (never at import time), with the reason.
 ALLOWED_UPWARD = {
