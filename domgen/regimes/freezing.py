@@ -68,6 +68,13 @@ class LinearProbing(Regime):
         if cfg.average.name == "swad":
             yield "average.name", "swad", f"{why}: SWAD recomputes the averaged model's BatchNorm statistics on training images"
 
+    def describe(self) -> dict[str, Any]:
+        # precompute only when on: the rows of every probe recorded before it existed stay as they were
+        out = super().describe()
+        if not out.get("regime_precompute", True):
+            del out["regime_precompute"]
+        return out
+
     def probing(self, epoch: int) -> bool:
         return True
 
