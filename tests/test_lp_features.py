@@ -199,6 +199,9 @@ def test_precomputed_features_give_the_run_on_the_images(cache, tmp_path, extra)
     assert calls.n == 0  # ... once: another seed reads them from the cache, g never runs
     assert sum(f"[A s1] features of {n} images read from" in line for line in lines) == 1
     assert again.summary["best_epoch"] >= 1
+    # the record says so only when on: an lp run's rows are what they were before the field existed
+    assert all(r["regime_precompute"] is True for r in read_results(feats.run_dir))
+    assert not any("regime_precompute" in r for r in read_results(images.run_dir))
     a, b = _val_rows(images.run_dir), _val_rows(feats.run_dir)
     assert len(a) == len(b) and {r["epoch"] for r in a if r["stage"] == "val"} == {1, 2, 3}
     assert len({r["macro_recall"] for r in a if r["domain"] == "HAM" and r["split"] == "val"}) > 1  # the head moved

@@ -3,7 +3,7 @@
 A linear probe's backbone g is frozen and in evaluation mode (BatchNorm uses its running statistics), so
 with no training augmentation (``augment.policy=none``: the training image is the evaluation crop) g(x) is
 a fixed function of each image. It is computed once per image the run uses (the training pool and every
-validation and test image), kept as a float32 tensor ``[N, D]`` on the device, and every epoch trains only
+validation and test image), kept as a tensor ``[N, D]`` on the device (in the dtype g gives), and every epoch trains only
 the head on batches of those features: the same draws from the same sampler in the same order, and the
 algorithm sees :class:`FeatureView`, whose ``forward_both(z) = (head(z), z)``. Evaluation reads them too,
 so an epoch costs a pass of the head. Why the result equals the image path's (the same batches, the same
@@ -86,9 +86,9 @@ def feature_key(fingerprint: str, data_key: str, size: int, arch: str, precision
 @torch.no_grad()
 def compute_features(g: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                      precision: str, tick: Callable[[int], None] | None = None) -> torch.Tensor:
-    """g(x) in evaluation mode over ``batches`` (evaluation crops), float32 ``[N, D]`` on the CPU. Under bf16
-    autocast g gives bf16 features, which float32 holds exactly: the head, cast back to bf16 by autocast,
-    sees the values it would have seen on the image path."""
+    """g(x) in evaluation mode over ``batches`` (evaluation crops), ``[N, D]`` on the CPU in the dtype g gives
+    (under bf16 autocast a ResNet's bf16), so the head and the algorithm see the tensor the image path
+    would hand them, dtype included."""
     was = g.training
     g.eval()  # BatchNorm's running statistics, as the probe's frozen g uses them in training and evaluation
     out = []
@@ -96,7 +96,7 @@ def compute_features(g: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         for x, _ in batches:
             with autocast(device, precision):
                 z = g(x)  # [B, D]
-            out.append(z.float().cpu())
+            out.append(z.cpu())
             if tick is not None:
                 tick(len(z))
     finally:
@@ -129,7 +129,7 @@ class PrecomputedFeatures:
         self.channels_last = resolve_channels_last(channels_last, self.device)
         self.row = np.full(len(paths), -1, dtype=np.int64)  # manifest position -> row of the features
         self.row[self.positions] = np.arange(len(self.positions))
-        self.z: torch.Tensor | None = None  # [N, D] float32 on the device, once ready
+        self.z: torch.Tensor | None = None  # [N, D] on the device, once ready
         self.path: Path | None = None
         self.computed = 0  # images g ran on in this process (0 when the features came from the cache)
 
