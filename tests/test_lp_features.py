@@ -222,7 +222,6 @@ def test_precomputed_features_give_the_run_on_the_images(cache, tmp_path, extra)
 def test_the_features_are_the_frozen_g_in_evaluation_mode_in_manifest_order(cache, tmp_path):
     """What the equality above rests on, checked directly: the cached rows are g(x) of the evaluation crop in
     evaluation mode, in the order of the images they are looked up by; g in training mode would differ."""
-    from domgen.data.run_data import prepare_data  # noqa: F401  (the run's own data path, via the trainer)
     from domgen.runs.train import open_run, run_context
     from domgen.engine.trainer import Trainer
 

@@ -3,12 +3,12 @@
 A linear probe's backbone g is frozen and in evaluation mode (BatchNorm uses its running statistics), so
 with no training augmentation (``augment.policy=none``: the training image is the evaluation crop) g(x) is
 a fixed function of each image. It is computed once per image the run uses (the training pool and every
-validation and test image), kept as a tensor ``[N, D]`` on the device (in the dtype g gives), and every epoch trains only
-the head on batches of those features: the same draws from the same sampler in the same order, and the
-algorithm sees :class:`FeatureView`, whose ``forward_both(z) = (head(z), z)``. Evaluation reads them too,
-so an epoch costs a pass of the head. Why the result equals the image path's (the same batches, the same
-head, the same RNG stream: nothing here draws a random number) is in the test,
-``tests/test_lp_features.py``.
+validation and test image) and kept as a tensor ``[N, D]`` on the device, in the dtype g gives; every
+epoch trains only the head on batches of those features: the same draws from the same sampler in the same
+order, and the algorithm sees :class:`FeatureView`, whose ``forward_both(z) = (head(z), z)``. Evaluation
+reads them too, so an epoch costs a pass of the head. The result is the image path's (same batches, same
+head, same RNG stream: computing the features draws no random number), up to kernels whose rounding
+depends on the batch g ran in (``tests/test_lp_features.py`` compares the two runs epoch by epoch).
 
 The features also go to ``<data cache>/features/<key>.pt`` (written atomically under a lock, read with
 ``torch.load(weights_only=True)``), so a second seed or another lp run on the same backbone reuses them.
