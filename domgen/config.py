@@ -275,6 +275,7 @@ _HASHED_WHEN_SET = {"data.layout": "native", "data.label_space": "", "data.prima
                     "regime.decay": 0.65, "regime.alpha": 0.1, "regime.beta": 0.01, "regime.rank": 8,
                     "regime.lora_alpha": 16.0, "regime.lora_dropout": 0.0, "regime.target_modules": "qkv",
                     "regime.norm": "mars", "regime.proj_freq": 1, "regime.proj_lr": 0.01, "regime.max_iters": 1,
+                    "regime.precompute": False,
                     "optim.schedule": "step", "optim.warmup_epochs": 5, "optim.min_lr": 0.0, "optim.clip_norm": 0.0,
                     "optim.patience": 0, "model.head_dropout": 0.0,
                     "augment.policy": "paper", "augment.jitter": 0.1, "augment.mix": "none", "augment.mix_alpha": 1.0,
@@ -485,6 +486,7 @@ def _problems(cfg: RunConfig):
     yield from _loss_problems(loss)
     yield from _algorithm_problems(cfg.algorithm)
     yield from _regime_problems(cfg.regime)
+    yield from _regime_run_problems(cfg)
     if p.method not in ("dcp", "magnitude", "taylor", "bn"):
         yield "prune.method", p.method, "dcp, magnitude, taylor or bn"
     if not (str(d.nsec).strip().lower() in ("a", "all") or (str(d.nsec).strip().isdigit() and int(d.nsec) <= 5)):
@@ -614,3 +616,11 @@ def _regime_problems(hp: RegimeConfig):
 
     for key, value, why in REGIMES.get(hp.name).problems(hp):
         yield f"regime.{key}", value, why
+
+
+def _regime_run_problems(cfg: RunConfig):
+    """The regime's checks of the rest of the run (``Regime.run_problems``), keyed as they name them."""
+    from domgen.regimes import REGIMES
+
+    if cfg.regime.name in REGIMES:
+        yield from REGIMES.get(cfg.regime.name).run_problems(cfg)

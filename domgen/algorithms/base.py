@@ -77,6 +77,10 @@ class Algorithm:
     images_per_sample: ClassVar[int] = 1  # images per sampled unit; the sampler must agree (CCSA: pairs, 2)
     shapes_features: ClassVar[bool] = False  # True: the run writes test features to TensorBoard's projector
     reference: ClassVar[str] = ""  # the paper (and equation) it implements, one line: `list algorithms` shows it
+    # Why the method cannot train a linear probe on features computed once (``regime.precompute``), as a
+    # phrase: it reads the images or acts inside the backbone. "" (most): its loss sees the images only as
+    # ``model.forward_both(x)``, ``model(x)`` or ``model.h(model.g(x))``, so g(x) can be computed beforehand.
+    needs_backbone: ClassVar[str] = ""
 
     def __init__(self, hparams: AlgorithmConfig, loss: LossConfig = LossConfig(), device: torch.device | str = "cpu"):
         if type(hparams) is not self.Hparams:

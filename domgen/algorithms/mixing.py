@@ -80,6 +80,7 @@ class Mixup(Algorithm):
 
     Hparams = MixupHparams
     reference = "Yan et al., arXiv 2001.00677 2020 (Zhang et al., ICLR 2018 eq. 1); DomainBed algorithms.py Mixup"
+    needs_backbone = "mixes the images before the backbone (g of a mixed image is not the mix of their g)"
 
     @classmethod
     def problems(cls, hp: MixupHparams):
@@ -137,6 +138,8 @@ class MixStyle(Algorithm):
 
     Hparams = MixStyleHparams
     reference = "Zhou et al., ICLR 2021 (eq. 1-5); authors' mixstyle-release MixStyle (not in DomainBed)"
+    # (a probe's g in evaluation mode already mutes its hooks: under lp, with or without precompute, it is ERM)
+    needs_backbone = "mixes feature statistics inside the backbone's stages"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

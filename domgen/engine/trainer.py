@@ -22,6 +22,7 @@ from domgen.data.labels import DOMAINS
 from domgen.data.samplers import TrainPool
 from domgen.engine.averaging import Averager, domain_mean_cross_entropy, make_averager
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
+from domgen.engine.features import FeatureView, run_features
 from domgen.engine.inputs import Inputs, ValidationStream
 from domgen.engine.mixing import make_mixer
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
@@ -108,6 +109,8 @@ class Trainer:
         # TPGM learns its radii on batches training never sees: the training domains' validation split
         self.regime.use_validation(ValidationStream(self.inputs, data.positions("val", data.train_domains),
                                                     cfg.optim.batch_size, derive_seed(cfg.seed, "regime_val")))
+        # regime.precompute (lp): g(x) computed once at first use, then epochs of head passes (domgen.engine.features)
+        self.features = run_features(cfg, data, self.inputs, hooks.bar, hooks.log)
         self.algorithm: Algorithm = make_algorithm(cfg.algorithm, cfg.loss, self.device).build(pool)
         self.algorithm.attach(self.model)  # its own modules and hooks exist before the optimiser sees them
         self.mixer = make_mixer(cfg.augment, self.algorithm, len(data.classes))  # augment.mix: wraps its criterion
@@ -245,7 +248,10 @@ class Trainer:
         bs = cfg.optim.batch_size
         with self.profile.phase("data"):
             draws = [d._replace(idx=pool[d.idx]) for d in self.algorithm.batches(epoch, bs)]  # pool -> manifest
-        batches = self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
+        if self.features is None:
+            model, batches = self.model, self.inputs.batches(draws, derive_seed(cfg.seed, epoch, "augment"))
+        else:  # the same draws, as features of the images; the algorithm trains the head through the view
+            model, batches = FeatureView(self.model), self.features.ready(self.model).batches(draws)
         if self.mixer is not None:
             batches = self.mixer.batches(batches, derive_seed(cfg.seed, epoch, "mix"))
         desc = f"{cfg.exp} s{cfg.seed} epoch {epoch + 1}/{cfg.optim.epochs}"
@@ -254,7 +260,7 @@ class Trainer:
         self.averager.begin_epoch(epoch)
         self.regime.begin_epoch(epoch, cfg.optim.epochs, self.model)
         on_step = None if cfg.average.name == "none" else (lambda: self.averager.update(self.model))
-        losses = train_epoch(self.model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision, on_step,
+        losses = train_epoch(model, batches, self.algorithm, self.optimizer, self.device, self.cfg.precision, on_step,
                              self.regime, clip_norm=cfg.optim.clip_norm)
         losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -293,14 +299,22 @@ class Trainer:
             mask &= m["domain"].isin(domains)
         pos = np.flatnonzero(mask.to_numpy())
         model = self.model if model is None else model
-        bs = 2 * self.cfg.optim.batch_size
-        probs, y, feats = predict(model, self.inputs.eval_batches(pos, bs), self.device, features, self.cfg.precision)
+        probs, y, feats = self._predict(model, pos, features)
         if extra is not None and len(extra):
-            p2, y2, _ = predict(model, self.inputs.eval_batches(extra, bs), self.device, False, self.cfg.precision)
+            p2, y2, _ = self._predict(model, extra)
             pos, probs, y = np.concatenate([pos, extra]), np.concatenate([probs, p2]), np.concatenate([y, y2])
         doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
         rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes, operating=self.operating)
         return rows, cms, (feats, y, doms, spl), (pos, probs)
+
+    def _predict(self, model, pos: np.ndarray, features: bool = False):
+        """``predict`` of ``model`` on the manifest positions ``pos``: from the images, or with precomputed
+        features (regime.precompute) from those of the trained model's frozen g, through ``model``'s head."""
+        bs = 2 * self.cfg.optim.batch_size
+        if self.features is None:
+            return predict(model, self.inputs.eval_batches(pos, bs), self.device, features, self.cfg.precision)
+        batches = self.features.ready(self.model).eval_batches(pos, bs)
+        return predict(FeatureView(model), batches, self.device, features, self.cfg.precision)
 
     def train_subsample(self) -> np.ndarray:
         """Manifest positions of the training images evaluated after each epoch (``train_eval`` of them,
@@ -344,8 +358,7 @@ class Trainer:
         (unweighted) cross-entropy on each one's validation split (SWAD's ``tr_outloss``)."""
         m = self.data.manifest
         pos = np.flatnonzero((m["split"].eq("val") & m["domain"].isin(self.data.train_domains)).to_numpy())
-        probs, y, _ = predict(model, self.inputs.eval_batches(pos, 2 * self.cfg.optim.batch_size), self.device, False,
-                              self.cfg.precision)
+        probs, y, _ = self._predict(model, pos)
         return domain_mean_cross_entropy(probs, y, m["domain"].to_numpy()[pos])
 
     def final(self) -> dict[str, Any]:

@@ -54,6 +54,12 @@ class Regime:
         """(field, value, why) for each hyperparameter that cannot work; subclasses add their own."""
         return iter(())
 
+    @classmethod
+    def run_problems(cls, cfg: Any) -> Iterator[tuple[str, Any, str]]:
+        """(key, value, why) for the other sections of the run config (a ``RunConfig``) the regime, as set,
+        cannot work with (lp's precomputed features and augmentation); keys are full (``augment.policy``)."""
+        return iter(())
+
     # ---- wiring (called once, before the optimiser) -----------------------------------------------
     def attach(self, model: nn.Module) -> None:
         """Called once with the model on its device, before any copy of it (the weight average's) and before

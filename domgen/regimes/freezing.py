@@ -11,12 +11,16 @@ A frozen parameter keeps ``requires_grad = False``, so it gets no gradient and A
 decays it; it stays in the optimiser (the groups are fixed for the whole run, so a checkpoint's optimiser
 state always fits). A frozen *block* also runs in evaluation mode: its BatchNorm layers use, and no longer
 update, their running statistics ("BN statistics frozen too"), which is what makes a probe a probe.
-Features are not precomputed through the cache (the issue's option): the frozen backbone runs each step.
+So a probe's g(x) is a fixed function of the image, and with ``regime.precompute=true`` (``lp`` only) it is
+computed once per image, kept in memory and in the data cache (reused by a second seed or another probe of
+the same backbone), and each epoch trains the head alone on the same draws (``domgen.engine.features``);
+without it (the default) the frozen backbone runs each step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 from torch import nn
 
@@ -34,6 +38,8 @@ class FullFineTuning(Regime):
 @dataclass(frozen=True)
 class LinearProbingHparams(RegimeConfig):
     name: str = "lp"
+    # compute g(x) once per image and train the head on those features (hashed only when true)
+    precompute: bool = False
 
 
 @REGIMES.register("lp")
@@ -42,6 +48,32 @@ class LinearProbing(Regime):
 
     Hparams = LinearProbingHparams
     reference = "Linear probing: Kumar et al., ICLR 2022; Davila et al., arXiv 2406.10050"
+
+    @classmethod
+    def run_problems(cls, cfg: Any) -> Iterator[tuple[str, Any, str]]:
+        """With ``precompute``, what cannot train on g(x) computed once from the un-augmented image."""
+        yield from super().run_problems(cfg)
+        if not getattr(cfg.regime, "precompute", False):
+            return
+        from domgen.algorithms import ALGORITHMS
+
+        why = "regime.precompute=true computes g(x) once, from the evaluation crop"
+        if cfg.augment.policy != "none":
+            yield "augment.policy", cfg.augment.policy, f"{why}: an augmented image's g(x) differs every epoch; set augment.policy=none"
+        if cfg.augment.mix != "none":
+            yield "augment.mix", cfg.augment.mix, f"{why}: mixing blends images before the backbone; set augment.mix=none"
+        alg = cfg.algorithm.name
+        if alg in ALGORITHMS and ALGORITHMS.get(alg).needs_backbone:
+            yield "algorithm.name", alg, f"{why}, and {alg} {ALGORITHMS.get(alg).needs_backbone}"
+        if cfg.average.name == "swad":
+            yield "average.name", "swad", f"{why}: SWAD recomputes the averaged model's BatchNorm statistics on training images"
+
+    def describe(self) -> dict[str, Any]:
+        # precompute only when on: the rows of every probe recorded before it existed stay as they were
+        out = super().describe()
+        if not out.get("regime_precompute", True):
+            del out["regime_precompute"]
+        return out
 
     def probing(self, epoch: int) -> bool:
         return True
