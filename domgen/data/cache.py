@@ -18,7 +18,6 @@ publishes it; the sidecar is published last, so its presence marks a complete ca
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -28,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from domgen.atomic import atomic_path, write_text_atomic
+from domgen.atomic import atomic_path, exclusive, write_text_atomic
 from domgen.data.transforms import load_rgb, resize_centre_crop
 
 FORMAT_VERSION = 1
@@ -135,14 +134,9 @@ def build_cache(
     data_path = folder / f"{key}.u8"
     if _is_complete(data_path):
         return data_path
-    with open(folder / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder waits here, then reuses our result
-        try:
-            if _is_complete(data_path):
-                return data_path
+    with exclusive(folder / f"{key}.lock"):  # a concurrent builder waits here, then reuses our result
+        if not _is_complete(data_path):
             _build_locked(data_path, inputs, paths, resize, crop, num_workers, progress)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
     return data_path
 
 

@@ -9,7 +9,6 @@ mtime in ``<cache_dir>/decoded-ok.json``, so a second load costs one ``stat`` pe
 
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing
 import os
@@ -18,7 +17,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from domgen.atomic import write_text_atomic
+from domgen.atomic import exclusive, write_text_atomic
 from domgen.data.labels import DOMAIN_CODES
 from domgen.errors import ImageDecodeError
 
@@ -94,7 +93,5 @@ def _merge(path: Path, new: dict[str, list[int]]) -> None:
     """Add ``new`` to the record under a lock, so concurrent loaders do not drop each other's entries."""
     if not new:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(path.with_suffix(".lock")):
         write_text_atomic(path, json.dumps(_read(path) | new))

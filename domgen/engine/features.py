@@ -21,7 +21,6 @@ validated (:meth:`domgen.regimes.freezing.LinearProbing.run_problems`, ``Algorit
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from domgen.algorithms.base import Batch
-from domgen.atomic import atomic_path
+from domgen.atomic import atomic_path, exclusive
 from domgen.config import RunConfig, cache_dir
 from domgen.data.cache import cache_key
 from domgen.data.samplers import Draw, chunks
@@ -146,25 +145,21 @@ class PrecomputedFeatures:
 
     def _load_or_compute(self, g: nn.Module) -> torch.Tensor:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run with the same key waits, then reads ours
-            try:
-                z = self._read()
-                if z is not None:
-                    self.log(f"features of {len(z)} images read from {self.path}")
-                    return z
-                bs = 2 * self.batch_size
-                z = compute_features(g, self.inputs.eval_batches(self.positions, bs), self.device, self.precision,
-                                     None if self.bar is None else self.bar.update)
-                if self.bar is not None:
-                    self.bar.close()
-                self.computed = len(z)
-                with atomic_path(self.path) as tmp:
-                    torch.save({"version": FORMAT_VERSION, "features": z}, tmp)
-                self.log(f"features of {len(z)} images computed once by the frozen backbone, kept in {self.path}")
+        with exclusive(self.path.with_suffix(".lock")):  # a concurrent run with the same key waits, then reads ours
+            z = self._read()
+            if z is not None:
+                self.log(f"features of {len(z)} images read from {self.path}")
                 return z
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            bs = 2 * self.batch_size
+            z = compute_features(g, self.inputs.eval_batches(self.positions, bs), self.device, self.precision,
+                                 None if self.bar is None else self.bar.update)
+            if self.bar is not None:
+                self.bar.close()
+            self.computed = len(z)
+            with atomic_path(self.path) as tmp:
+                torch.save({"version": FORMAT_VERSION, "features": z}, tmp)
+            self.log(f"features of {len(z)} images computed once by the frozen backbone, kept in {self.path}")
+            return z
 
     def _read(self) -> torch.Tensor | None:
         """The cached features when the file is there and whole (one row per position), else None."""
