@@ -29,7 +29,7 @@ from domgen import run as cli
 from domgen.results.by_algorithm import algorithm_frame, algorithm_table, by_algorithm
 from domgen.results.collect import collect
 from domgen.results.compare import compare, format_compare
-from domgen.results.selection import SELECTIONS, SelectionError, select_rows, selected_epochs
+from domgen.results.selection import SELECTIONS, SelectionError, SiblingsPending, select_rows, selected_epochs
 from domgen.results.tables import table2
 
 DOMS = ("HAM", "DMF", "PH2")
@@ -154,8 +154,7 @@ def test_errors_say_what_is_missing(tmp_path):
     with pytest.raises(SelectionError, match="exactly one domain"):
         select_rows(df, "lodo")
     lone = tmp_path / "lone"
-    loo_run(lone, "HAM")
-    loo_run(lone, "DMF", done=False)  # an unfinished sibling does not count
+    loo_run(lone, "HAM")  # no leave-one-out sibling in any seed: not a sweep at all
     with pytest.raises(SelectionError, match=r"O-s0-f1 \(holding out HAM\) needs the finished leave-one-out runs.*loo --holdout all"):
         select_rows(collect(lone, stages=("val", "final"), splits=("val", "test")), "lodo")
     old = tmp_path / "old"
@@ -290,3 +289,29 @@ def test_reporting_some_experiments_keeps_every_run_as_a_sibling(tmp_path):
     assert cli.main(["table", "--runs", str(tmp_path), "--selection", "lodo", "--exps", "O-R"]) == 0
     with pytest.raises(KeyError, match=r"experiment 'K' \(have: A, O, P, R\)"):
         compare(df, "K", "A")
+
+
+def test_lodo_leaves_out_runs_whose_siblings_are_unfinished_and_names_them(tmp_path):
+    """A sweep under way: seed 0 complete; seed 1 has HAM done, DMF still training, PH2 not started. The
+    seed-1 runs are left out (their score would change as siblings finish) and named; seed 0 is scored
+    exactly as when it is alone, and a finished sibling-less seed never borrows another seed's runs."""
+    done = loo_family(tmp_path)
+    ham1 = loo_run(tmp_path, "HAM", 1, shift=4.0)
+    dmf1 = loo_run(tmp_path, "DMF", 1, shift=4.0, done=False)
+    df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
+    picks = selected_epochs(df, "lodo")
+    assert dict(zip(picks["run"], picks["epoch"])) == {done["HAM"]: 3, done["DMF"]: 1, done["PH2"]: 3}
+    assert picks.attrs["pending"] == [ham1, dmf1]  # DMF's needs PH2; HAM's needs DMF (unfinished) and PH2
+    rows = select_rows(df, "lodo")
+    assert set(rows["run"]) == set(done.values()) and rows.attrs["pending"] == [ham1, dmf1]
+    # the table by algorithm: seed 0 only, the pending runs named in the caption (finished ones only: an
+    # unfinished run is already named as unfinished); the values are seed 0's (31, 52, 93 as above)
+    md = algorithm_table(df, selection="lodo")
+    assert md_row(md, "erm")[1:] == ["31.0*", "52.0*", "93.0*", "58.7", "1"]
+    assert f"Left out: 1 run(s) whose sibling leave-one-out runs (same settings and seed) are not all finished, so their lodo score would change: {ham1}." in md
+    # nothing finished can be scored yet: said, not an empty table
+    early = tmp_path / "early"
+    loo_run(early, "HAM", 0)
+    loo_run(early, "DMF", 0, done=False)
+    with pytest.raises(SiblingsPending, match=r"every run waits for sibling leave-one-out runs.*O-s0-f1"):
+        algorithm_table(collect(early, stages=("val", "final"), splits=("val", "test")), selection="lodo")

@@ -27,7 +27,7 @@ import pandas as pd
 
 from domgen.data.labels import TABLE2_DOMAINS
 from domgen.results.collect import select
-from domgen.results.selection import DEFAULT, SelectionError, get_selection, select_rows, selection_line
+from domgen.results.selection import DEFAULT, SelectionError, get_selection, pending_line, select_rows, selection_line
 from domgen.results.spread import spread_of, with_replicates
 from domgen.results.tables import AVG, _data_line, _latex, _markdown, left_out_lines, metric_values
 
@@ -57,6 +57,7 @@ class ByAlgorithm:
     held: dict[str, set] = field(default_factory=dict)  # algorithm -> starred columns
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # the selected rows the cells come from
     left_out: list[str] = field(default_factory=list)  # runs beside the leave-one-out sweeps, not in the table
+    pending: list[str] = field(default_factory=list)  # lodo: runs whose sibling runs are not all finished
 
 
 def _plan(runs: pd.DataFrame) -> tuple[dict[str, str], list[str], list[str]]:
@@ -110,9 +111,11 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
     runs = runs.assign(label=[algorithm_label(r) for r in runs.to_dict("records")],
                        holdout=[h if isinstance(h, tuple) else () for h in runs.get("holdout", [()] * len(runs))])
     layouts, keep, left = _plan(runs)
-    rows = with_replicates(select_rows(base, selection, runs=keep))  # every run of base still counts as a lodo sibling
+    picked = select_rows(df, selection, runs=keep)  # every run still counts for lodo (as a sibling once finished)
+    pending = list(picked.attrs.get("pending", []))
+    rows = with_replicates(picked)
     if rows.empty:
-        return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, rows, left)
+        return ByAlgorithm(pd.DataFrame(columns=[AVG]), [], SAME, {}, rows, left, pending)
     rows = rows.assign(label=rows["run"].map(runs.set_index("run")["label"]), value=metric_values(rows, metric))
     parts, held = [], {}
     for label, group in rows.groupby("label", sort=True):
@@ -131,7 +134,7 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
     wide.index.names = ["algorithm", "seed"]
     # skipna=False: a seed missing one column gets no avg rather than an avg over fewer domains
     wide[AVG] = wide[columns].mean(axis=1, skipna=False) if columns else np.nan
-    return ByAlgorithm(wide, columns, next(iter(layouts.values())), held, cells, left)
+    return ByAlgorithm(wide, columns, next(iter(layouts.values())), held, cells, left, pending)
 
 
 def algorithm_frame(res: ByAlgorithm) -> pd.DataFrame:
@@ -212,6 +215,7 @@ def algorithm_table(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_reca
     if res.left_out:
         lines.append(f"Left out: {len(res.left_out)} run(s) holding no single domain out beside the leave-one-out "
                      f"sweeps (no held-out column to stand for): {', '.join(res.left_out)}.")
+    lines += pending_line(res.pending)
     right = (*res.columns, AVG, "seeds")
     if fmt == "md":
         return _markdown(lines, _cells(res, frame, " ± "), left=("Algorithm",), right=right)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from domgen.results.selection import DEFAULT, get_selection, selection_line
+from domgen.results.selection import DEFAULT, get_selection, pending_line, selection_line
 from domgen.results.tables import AVG, COLUMNS, per_seed
 
 STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "t_p_holm",
@@ -126,9 +126,10 @@ def compare(
 
         res = by_algorithm(df, metric, include_unfinished, selection, exps)
         wide, avg_domains, columns, by, layout = res.wide, tuple(res.columns), (*res.columns, AVG), "algorithm", res.layout
+        pending = res.pending
     else:
         wide, avg_domains = per_seed(df, metric, include_unfinished, selection, exps=(a, b))
-        columns = COLUMNS
+        columns, pending = COLUMNS, wide.attrs["pending"]
     present = set(wide.index.get_level_values("exp" if by == "exp" else "algorithm"))
     for name in (a, b):
         if name not in present:
@@ -146,7 +147,8 @@ def compare(
     out = pd.DataFrame(rows, columns=["column", *STAT_COLUMNS]).set_index("column")
     holm_m = _holm_columns(out, [c for c in columns if c != AVG])
     out.attrs.update(holm_m=holm_m["t_p"], holm_m_wilcoxon=holm_m["wilcoxon_p"], a=a, b=b, metric=metric, seeds_a=sorted(wa.index.tolist()), seeds_b=sorted(wb.index.tolist()),
-                     avg_domains=avg_domains, wilcoxon_min=wilcoxon_min, by=by, layout=layout, selection=selection)
+                     avg_domains=avg_domains, wilcoxon_min=wilcoxon_min, by=by, layout=layout, selection=selection,
+                     pending=pending)
     return out
 
 
@@ -189,6 +191,7 @@ def format_compare(
         selection_line(selection),
         f"Seeds matched: {len(matched)} ({' '.join(map(str, matched)) or 'none'}); dropped, only in {a}: "
         f"{' '.join(map(str, only_a)) or 'none'}; only in {b}: {' '.join(map(str, only_b)) or 'none'}.",
+        *pending_line(at["pending"]),
         "",
         f"| column | n | mean {a} | mean {b} | diff | 95% CI | t-test p | Holm t p | Wilcoxon p | Holm Wilcoxon p |",
         "|:--|--:|--:|--:|--:|:-:|--:|--:|--:|--:|",

@@ -24,8 +24,11 @@ every epoch (stage ``val``, ``epoch_eval=auto``), other runs the training domain
   images. T's labels still never choose anything for the run that holds T out (its own T rows are only
   reported), and no extra training is needed; the price is that the score comes from models that saw T.
   DomainBed also needs a run for every other domain and scores on U's whole "in" split; here the mean is
-  over the siblings present (a sweep may leave domains out: yoon2019's O-T never hold out HAM) and over
-  U's validation split, the split every other method selects on.
+  over the domains the family holds out in any of its runs (a sweep may leave domains out: yoon2019's O-T
+  never hold out HAM) and over U's validation split, the split every other method selects on. A run whose
+  siblings of its own seed are not all finished yet (a sweep under way) is *pending*: left out of the
+  table, and named in its caption, rather than scored on fewer siblings than it will have, so a lodo
+  figure never changes once printed.
 
 Trials: the runs of one random search share ``search`` (``domgen.config.run_keys``: the config without
 exp, seed, holdout and the algorithm's hyperparameters) and differ in ``family``. Within one
@@ -53,6 +56,10 @@ DEFAULT = "train"
 
 class SelectionError(DomgenError, ValueError):
     """A selection method cannot be applied to these runs (what they lack, and how to get it)."""
+
+
+class SiblingsPending(SelectionError):
+    """lodo: some of the run's sibling leave-one-out runs (same family and seed) are not finished yet."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,11 @@ class RunIndex:
         self._epoch_test = {k: g for k, g in self.epoch_test.groupby("run", sort=False)}
         self._final_test = {k: g for k, g in self.final_test.groupby("run", sort=False)}
         self.by_family: dict[tuple, list[Run]] = {}
+        self.family_holdouts: dict[str | None, set[tuple]] = {}  # what each family holds out, any seed or state
         for r in sorted(self.runs.values(), key=lambda r: r.run):
             self.by_family.setdefault((r.family, r.seed), []).append(r)
+            if len(r.holdout) == 1:
+                self.family_holdouts.setdefault(r.family, set()).add(r.holdout)
 
     def final_test_rows(self, run: str) -> pd.DataFrame:
         return self._final_test.get(run, self.final_test.iloc[:0])
@@ -196,11 +206,16 @@ class LeaveOneDomainOut(SelectionMethod):
         for other in index.by_family.get((run.family, run.seed), []):
             if other.finished and len(other.holdout) == 1 and other.holdout != run.holdout:
                 sibs.setdefault(other.holdout, other)  # one sibling per held-out domain
-        if not sibs:
+        needed = index.family_holdouts.get(run.family, set()) - {run.holdout}
+        if not needed:
             raise SelectionError(
                 f"lodo selection of {run.run} (holding out {run.holdout[0]}) needs the finished leave-one-out runs of "
                 f"the other domains with the same settings and seed {run.seed}: run `loo --holdout all` (same preset, "
                 "--set overrides and seed)")
+        missing = sorted(d for (d,) in needed - set(sibs))
+        if missing:
+            raise SiblingsPending(f"{run.run} (holding out {run.holdout[0]}, seed {run.seed}) waits for the "
+                                  f"leave-one-out runs of {' '.join(missing)} with its settings and seed to finish")
         return list(sibs.values())
 
     def curve(self, run: Run, index: RunIndex) -> pd.Series:
@@ -240,13 +255,21 @@ def selected_epochs(df: pd.DataFrame, method: str = DEFAULT, index: RunIndex | N
     group). Runs left out here still serve as lodo siblings."""
     m, index = get_selection(method), index or RunIndex(df)
     keep_exps, keep_runs = (None if x is None else set(x) for x in (exps, runs))
-    recs = []
+    recs, pending = [], []
     for run in sorted(index.runs.values(), key=lambda r: r.run):
         if (keep_exps is not None and run.exp not in keep_exps) or (keep_runs is not None and run.run not in keep_runs):
             continue
-        score, epoch = _best(m.curve(run, index))
+        try:
+            score, epoch = _best(m.curve(run, index))
+        except SiblingsPending:  # a sweep under way: left out and named (attrs["pending"]), not scored on fewer
+            pending.append(run.run)
+            continue
         recs.append({"run": run.run, "epoch": epoch, "score": score, "trial": trial_key(run)})
+    if pending and not recs:
+        raise SiblingsPending(f"{method} selection: every run waits for sibling leave-one-out runs (same settings and "
+                              f"seed) to finish: {', '.join(pending)}")
     out = pd.DataFrame(recs, columns=["run", "epoch", "score", "trial"])
+    out.attrs["pending"] = pending
     out["chosen"] = False
     for key, group in out.groupby("trial", sort=False):
         if len(group) > 1 and group["score"].isna().all():
@@ -265,7 +288,9 @@ def select_rows(df: pd.DataFrame, method: str = DEFAULT, exps: Iterable[str] | N
     these experiments' runs / these runs (the others still count as lodo siblings)."""
     m = get_selection(method)
     if df.empty:
-        return df.assign(score=pd.Series(dtype=float), selection=pd.Series(dtype=object))
+        out = df.assign(score=pd.Series(dtype=float), selection=pd.Series(dtype=object))
+        out.attrs["pending"] = []
+        return out
     if not df.index.is_unique:  # rows are picked by index label below
         df = df.reset_index(drop=True)
     index = RunIndex(df)
@@ -276,7 +301,18 @@ def select_rows(df: pd.DataFrame, method: str = DEFAULT, exps: Iterable[str] | N
         labels.extend(m.reported(index.runs[rec["run"]], epoch, index).index)
         scores[rec["run"]] = rec["score"]
     out = df.loc[sorted(labels)]  # the collected order (run folders sorted), as the tables had it
-    return out.assign(score=out["run"].map(scores).astype(float), selection=m.name)
+    out = out.assign(score=out["run"].map(scores).astype(float), selection=m.name)
+    out.attrs["pending"] = picks.attrs["pending"]  # runs lodo left out until their siblings finish
+    return out
+
+
+def pending_line(pending: Iterable[str]) -> list[str]:
+    """The caption line naming runs left out because their sibling leave-one-out runs are not all finished."""
+    pending = sorted(pending)
+    if not pending:
+        return []
+    return [f"Left out: {len(pending)} run(s) whose sibling leave-one-out runs (same settings and seed) are not all "
+            f"finished, so their lodo score would change: {', '.join(pending)}."]
 
 
 def selection_line(method: str) -> str:

@@ -24,7 +24,7 @@ from domgen.data.labels import TABLE2_DOMAINS
 from domgen.errors import ConfigError
 from domgen.studies import DEFAULT_STUDY, load_study
 from domgen.results.collect import check_one_run_per_seed, collect, select, unfinished_runs
-from domgen.results.selection import DEFAULT as DEFAULT_SELECTION, get_selection, select_rows, selection_line
+from domgen.results.selection import DEFAULT as DEFAULT_SELECTION, get_selection, pending_line, select_rows, selection_line
 from domgen.results.spread import spread_of, with_replicates
 
 AVG = "avg"
@@ -40,8 +40,11 @@ def table_rows(df: pd.DataFrame, include_unfinished: bool = False, selection: st
     with ``train``, the final test rows), checked to hold one run per (exp, seed). See
     :mod:`domgen.results.selection`. Runs on several splits (folds, split seeds): ``seed`` names each
     replicate (:func:`domgen.results.spread.with_replicates`)."""
-    rows = with_replicates(select_rows(select(df, include_unfinished=include_unfinished), selection, exps))
+    # every run, finished or not, tells lodo which domains a family holds out; only the kept runs are reported
+    picked = select_rows(df, selection, exps, runs=select(df, include_unfinished=include_unfinished)["run"].unique())
+    rows = with_replicates(picked)
     check_one_run_per_seed(rows)
+    rows.attrs["pending"] = list(picked.attrs.get("pending", []))  # lodo: runs waiting for their siblings
     return rows
 
 
@@ -50,7 +53,10 @@ def per_seed(
     exps: Iterable[str] | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """(exp, seed) x (HAM..UDA, avg) values of ``metric``, and the domains ``avg`` is taken over."""
-    return wide_values(table_rows(df, include_unfinished, selection, exps), metric, ["exp", "seed"])
+    rows = table_rows(df, include_unfinished, selection, exps)
+    wide, avg_domains = wide_values(rows, metric, ["exp", "seed"])
+    wide.attrs["pending"] = rows.attrs["pending"]
+    return wide, avg_domains
 
 
 def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
@@ -153,7 +159,7 @@ def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
         out.append(rec)
     frame = pd.DataFrame(out).set_index("exp") if out else pd.DataFrame()
     frame.attrs.update(avg_domains=avg_domains, metric=metric, selection=selection, study=_study(rows),
-                       spread=spread_of(rows))
+                       spread=spread_of(rows), pending=rows.attrs["pending"])
     return frame
 
 
@@ -207,7 +213,7 @@ def caption_lines(df: pd.DataFrame, frame: pd.DataFrame, include_unfinished: boo
         lines.insert(2, f"Study: {study}.")
     if unit == "replicates":
         lines.insert(1, spread.line())
-    return lines + left_out_lines(df, include_unfinished)
+    return lines + left_out_lines(df, include_unfinished) + pending_line(frame.attrs.get("pending", ()))
 
 
 def left_out_lines(df: pd.DataFrame, include_unfinished: bool) -> list[str]:
