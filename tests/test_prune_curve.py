@@ -24,9 +24,10 @@ def _overrides(cache, out) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def curve(smoke_cache, tmp_path_factory):
-    """The CLI's curve at three thresholds (trains A and K at the smoke preset first)."""
+def curve(smoke_cache, seed_parents, tmp_path_factory):
+    """The CLI's curve at three thresholds (of K, trained with A once per session: conftest.smoke_parents)."""
     out = tmp_path_factory.mktemp("curve-runs")
+    seed_parents(out)
     cap = pytest.MonkeyPatch()
     lines: list[str] = []
     cap.setattr("domgen.cli_common.say", lambda line="": lines.append(line))

@@ -30,8 +30,10 @@ def final_test(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def finished(smoke_cache, tmp_path_factory):
+def finished(smoke_cache, seed_parents, tmp_path_factory):
+    """A at the smoke preset, trained once per session (conftest.smoke_parents) and found done here."""
     out = tmp_path_factory.mktemp("runs")
+    seed_parents(out, ["A"])
     return run_train(smoke_cfg(smoke_cache, out)), out
 
 
