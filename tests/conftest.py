@@ -53,6 +53,21 @@ def smoke_cache(tmp_path_factory):
     return cache
 
 
+TINY_SCALE = 0.05  # 1/20 of the synthetic benchmark: runs whose assertions do not depend on its size
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A cache folder holding the synthetic benchmark at ``TINY_SCALE`` (generated once per test session);
+    a run on it sets ``data.synthetic_scale`` to ``TINY_SCALE``."""
+    from domgen.config import DataConfig
+    from domgen.data.catalog import load_catalog
+
+    cache = tmp_path_factory.mktemp("domgen-cache-tiny")
+    load_catalog(DataConfig(cache_dir=str(cache), synthetic_scale=TINY_SCALE))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def smoke_parents(smoke_cache, tmp_path_factory) -> Path:
     """A folder holding experiments A and K (K warm-started from A), seed 0, trained once per session at the
