@@ -155,9 +155,9 @@ GATED = ("import sys, time, pathlib, runpy, domgen.runs.train as t\n"
 
 
 @pytest.mark.slow
-def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(smoke_cache, tmp_path):
+def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(tiny_cache, tmp_path):
     out, gate = tmp_path / "runs", tmp_path / "gate"
-    args = lambda *extra: train_args(smoke_cache, out, "--set", "optim.epochs=1", *extra)
+    args = lambda *extra: train_args(tiny_cache, out, "--scale", "0.05", "--set", "optim.epochs=1", *extra)
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe nobody reads while it runs
     first = subprocess.Popen([sys.executable, "-c", GATED, str(gate), *args()], cwd=REPO, env=ENV, stdout=log,
                              stderr=subprocess.STDOUT, text=True)
