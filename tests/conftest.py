@@ -53,6 +53,55 @@ def smoke_cache(tmp_path_factory):
     return cache
 
 
+TINY_SCALE = 0.05  # 1/20 of the synthetic benchmark: runs whose assertions do not depend on its size
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A cache folder holding the synthetic benchmark at ``TINY_SCALE`` (generated once per test session);
+    a run on it sets ``data.synthetic_scale`` to ``TINY_SCALE``."""
+    from domgen.config import DataConfig
+    from domgen.data.catalog import load_catalog
+
+    cache = tmp_path_factory.mktemp("domgen-cache-tiny")
+    load_catalog(DataConfig(cache_dir=str(cache), synthetic_scale=TINY_SCALE))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smoke_parents(smoke_cache, tmp_path_factory) -> Path:
+    """A folder holding experiments A and K (K warm-started from A), seed 0, trained once per session at the
+    smoke preset: the parents of F-V. Modules copy them with ``seed_parents`` rather than each training
+    them again; a run finds its parent done by the parent's config hash, wherever it was trained."""
+    from domgen.runs.registry import resolve_config
+    from domgen.runs.train import run_train
+
+    out = tmp_path_factory.mktemp("smoke-parents")
+    overrides = [f"data.cache_dir={smoke_cache}", "data.workers=0", "threads=1", f"out={out}"]  # none is hashed
+    # A first, on its own: a parent trained by its child's run_train gets threads from its own preset
+    # (parent_config), not the child's threads=1, and the thread count changes the float results
+    for exp in ("A", "K"):
+        run_train(resolve_config(exp, "smoke", 0, overrides))
+    return out
+
+
+@pytest.fixture(scope="session")
+def seed_parents(smoke_parents):
+    """``seed_parents(out, exps=("A", "K"))`` copies the session's finished runs of ``exps`` into ``out``
+    (copies, not links: a test may change them)."""
+    import shutil
+
+    from domgen.lock import LOCK
+
+    def copy(out: Path, exps=("A", "K")) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for exp in exps:
+            (src,) = smoke_parents.glob(f"{exp}-s0-*")
+            shutil.copytree(src, out / src.name, ignore=shutil.ignore_patterns(LOCK, f".{LOCK}*"))
+
+    return copy
+
+
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """``plugin(registry, name, text)``: ``text`` written to ``<name>.py`` and imported as a module of its

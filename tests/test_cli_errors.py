@@ -141,21 +141,51 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
     assert predicate(), "the first process ended before the condition held"
 
 
+# The first `train`, holding its run folder's lock, waits for a gate file before it trains: whatever the load on
+# the machine, it cannot finish before the second process is refused and the third is waiting (a margin of
+# epochs could run out; a gate cannot). Same process, same pid: `python -c` runs the CLI's main in it.
+GATED = ("import sys, time, pathlib, runpy, domgen.runs.train as t\n"
+         "gate, finish = pathlib.Path(sys.argv.pop(1)), t.finish_run\n"
+         "def gated(trainer, resume):\n"
+         "    while not gate.exists():\n"
+         "        time.sleep(0.05)\n"
+         "    return finish(trainer, resume)\n"
+         "t.finish_run = gated\n"
+         "runpy.run_module('domgen.run', run_name='__main__', alter_sys=True)\n")
+
+
 @pytest.mark.slow
-def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(smoke_cache, tmp_path):
-    out = tmp_path / "runs"
-    first = _popen(smoke_cache, out, "--set", "optim.epochs=16")
-    _wait_for(lambda: any(out.glob(f"A-s0-*/{LOCK}")), first)
-    second = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=16")],
-                            cwd=REPO, env=ENV, capture_output=True, text=True)
-    run_dir = next(out.glob("A-s0-*"))
-    assert second.returncode == 2
-    line = errors(second.stderr)[0]
-    assert line.startswith(f"error: {run_dir} is in use by pid {first.pid} on {socket.gethostname()}") and "--wait" in line
-    third = subprocess.run([sys.executable, "-m", "domgen.run", *train_args(smoke_cache, out, "--set", "optim.epochs=16", "--wait")],
-                           cwd=REPO, env=ENV, capture_output=True, text=True)
-    assert first.wait() == 0 and third.returncode == 0, third.stderr[-2000:]
-    assert f"waiting for pid {first.pid}" in third.stdout and "already done" in third.stdout
+def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(tiny_cache, tmp_path):
+    out, gate = tmp_path / "runs", tmp_path / "gate"
+    args = lambda *extra: train_args(tiny_cache, out, "--scale", "0.05", "--set", "optim.epochs=1", *extra)
+    log = (tmp_path / "first.log").open("w")  # a file, not a pipe nobody reads while it runs
+    first = subprocess.Popen([sys.executable, "-c", GATED, str(gate), *args()], cwd=REPO, env=ENV, stdout=log,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: any(out.glob(f"A-s0-*/{LOCK}")), first)
+        # the second (refused) and the third (--wait) start together: neither's start waits on the other's
+        second, third = (subprocess.Popen([sys.executable, "-m", "domgen.run", *args(*extra)], cwd=REPO, env=ENV,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         for extra in ((), ("--wait",)))
+        _, second_err = second.communicate(timeout=300)
+        run_dir = next(out.glob("A-s0-*"))
+        assert second.returncode == 2
+        line = errors(second_err)[0]
+        assert line.startswith(f"error: {run_dir} is in use by pid {first.pid} on {socket.gethostname()}") and "--wait" in line
+        said = []
+        for said_line in third.stdout:  # until it says it waits (or ends without saying so)
+            said.append(said_line)
+            if f"waiting for pid {first.pid}" in said_line:
+                break
+        assert first.poll() is None, "the first process ended before the third one waited"
+    finally:
+        gate.touch()
+    third_out, third_err = third.communicate(timeout=300)
+    first.wait(timeout=300)
+    log.close()
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-2000:]
+    assert third.returncode == 0, third_err[-2000:]
+    assert f"waiting for pid {first.pid}" in "".join(said) and "already done" in third_out
     final = [r for r in read_results(run_dir) if r["stage"] == "final"]
     assert len(final) == 14 and len({(r["split"], r["domain"]) for r in final}) == 14  # written once, by the first
 

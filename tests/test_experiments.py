@@ -26,8 +26,11 @@ def overrides(cache: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return tmp_path_factory.mktemp("runs")
+def runs(tmp_path_factory, seed_parents):
+    """The module's run folder, holding A and K (trained once per session: conftest.smoke_parents)."""
+    out = tmp_path_factory.mktemp("runs")
+    seed_parents(out)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from domgen.runs.train import run_train
 
 pytestmark = pytest.mark.slow
 
-SCALE = 0.05
+SCALE = 0.05  # conftest.TINY_SCALE, the scale of the tiny_cache fixture
 ALGORITHMS = {"erm": [], "ccsa": ["algorithm.name=ccsa", "data.nsec=1"]}  # CCSA pairs need a secondary domain
 # the regimes that schedule phases by epoch need a phase to switch at: probe / unfreeze after epoch 1 of 2
 REGIME_SET = {"lp_ft": ["regime.lp_epochs=1", "optim.epochs=2"], "gradual_unfreeze": ["optim.epochs=2"],
@@ -29,14 +29,9 @@ CASES = ([("regime", r) for r in REGIMES.names()] + [("schedule", s) for s in SC
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """The synthetic benchmark at 1/20 scale, generated once for this module."""
-    from domgen.config import DataConfig
-    from domgen.data.catalog import load_catalog
-
-    folder = tmp_path_factory.mktemp("lineup-cache")
-    load_catalog(DataConfig(cache_dir=str(folder), synthetic_scale=SCALE))
-    return folder
+def cache(tiny_cache):
+    """The synthetic benchmark at 1/20 scale, generated once per session (conftest.tiny_cache)."""
+    return tiny_cache
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,8 +15,9 @@ from domgen.runs.train import run_train
 
 
 @pytest.fixture(scope="module")
-def profiled(smoke_cache, tmp_path_factory):
+def profiled(smoke_cache, seed_parents, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
+    seed_parents(out, ["A"])  # F's parent, trained once per session
     cfg = resolve_config("F", "smoke", 0, [f"data.cache_dir={smoke_cache}", "data.workers=0", "threads=1", f"out={out}"])
     prof = RunProfile(trace_steps=2)
     result = run_train(cfg, Hooks(profile=prof))

@@ -3,10 +3,12 @@ with a U run at one of its thresholds, and the budget search."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
+from domgen.engine.trainer import Hooks
 from domgen.runs.registry import resolve_config
 from domgen.run import main, parse_count
 
@@ -22,9 +24,10 @@ def _overrides(cache, out) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def curve(smoke_cache, tmp_path_factory):
-    """The CLI's curve at three thresholds (trains A and K at the smoke preset first)."""
+def curve(smoke_cache, seed_parents, tmp_path_factory):
+    """The CLI's curve at three thresholds (of K, trained with A once per session: conftest.smoke_parents)."""
     out = tmp_path_factory.mktemp("curve-runs")
+    seed_parents(out)
     cap = pytest.MonkeyPatch()
     lines: list[str] = []
     cap.setattr("domgen.cli_common.say", lambda line="": lines.append(line))
@@ -83,11 +86,29 @@ def test_target_params_picks_the_largest_model_within_the_budget(curve, smoke_ca
     rows = curve["record"]["rows"]
     target = (rows[1]["params"] + rows[2]["params"]) // 2  # between 1e-4 (over) and 1e-3 (within)
     cfg = resolve_config("U", "smoke", 0, _overrides(smoke_cache, curve["out"]))
-    r = run_prune_curve(cfg, THRESHOLDS, target_params=target, refine=2)
+    lines: list[str] = []
+    r = run_prune_curve(cfg, THRESHOLDS, target_params=target, refine=2, hooks=Hooks(log=lines.append))
     assert r.chosen["params"] <= target
     assert r.chosen["params"] == max(row["params"] for row in r.rows if row["params"] <= target)
     new = [row for row in r.rows if row["threshold"] not in THRESHOLDS]
     assert 1 <= len(new) <= 2 and all(1e-4 < row["threshold"] < 1e-3 for row in new)
     assert json.loads((r.out_dir / "curve.json").read_text())["chosen"]["threshold"] == r.chosen["threshold"]
+    # the curve's rows, recorded from the same parent, are reused: only the thresholds the search adds are selected
+    assert [row for row in r.rows if row["threshold"] in THRESHOLDS] == rows
+    assert sum("DCP: selecting the channels of g.layer1.0.conv1 " in line for line in lines) == len(new)
     with pytest.raises(ValueError, match="add larger thresholds"):
         run_prune_curve(cfg, [1e-3], target_params=1000, refine=0)
+
+
+def test_recorded_rows_are_reused_only_from_the_same_parent_weights(tmp_path):
+    from domgen.runs.prune_curve import _recorded, file_sha256
+
+    parent = tmp_path / "best.pt"
+    parent.write_bytes(b"weights")
+    record = {"parent_sha256": file_sha256(parent), "rows": [{"threshold": 1e-4, "params": 7}]}
+    (tmp_path / "curve.json").write_text(json.dumps(record))
+    assert file_sha256(parent) == hashlib.sha256(b"weights").hexdigest()
+    assert _recorded(tmp_path, file_sha256(parent)) == record
+    parent.write_bytes(b"weights, trained again")
+    assert _recorded(tmp_path, file_sha256(parent)) == {}
+    assert _recorded(tmp_path / "nowhere", "x") == {}

@@ -107,9 +107,14 @@ def test_eight_processes_racing_for_one_lock_exactly_one_wins(tmp_path):
 
 
 # ---- the run folder through the drivers ---------------------------------------------------------
+TINY_SCALE = 0.05  # conftest.TINY_SCALE: the tiny_cache fixture's data
+
+
 def smoke_cfg(cache: Path, out: Path, exp: str = "A", epochs: int = 2):
-    return resolve_config(exp, "smoke", 0, [f"data.cache_dir={cache}", "data.workers=0", "threads=1", f"out={out}",
-                                            f"optim.epochs={epochs}"])
+    """A smoke run on 1/20 of the synthetic benchmark (``cache``: the tiny_cache fixture): what a run folder
+    holds, moves and refuses does not depend on how much data trained it."""
+    return resolve_config(exp, "smoke", 0, [f"data.cache_dir={cache}", f"data.synthetic_scale={TINY_SCALE}", "data.workers=0",
+                                            "threads=1", f"out={out}", f"optim.epochs={epochs}"])
 
 
 def interrupt_at(epoch: int) -> Hooks:
@@ -123,22 +128,22 @@ def interrupt_at(epoch: int) -> Hooks:
 
 
 @pytest.fixture(scope="module")
-def interrupted(smoke_cache, tmp_path_factory):
+def interrupted(tiny_cache, tmp_path_factory):
     """A 3-epoch run stopped by Ctrl-C while logging epoch 3: last.pt holds epoch 2, last.prev.pt epoch 1."""
     out = tmp_path_factory.mktemp("interrupted")
     with pytest.raises(RunInterrupted) as err:
-        run_train(smoke_cfg(smoke_cache, out, epochs=3), interrupt_at(3))
+        run_train(smoke_cfg(tiny_cache, out, epochs=3), interrupt_at(3))
     return err.value, out
 
 
-def test_ctrl_c_names_the_checkpointed_epoch_and_an_unfinished_run_is_never_silently_redone(interrupted, smoke_cache):
+def test_ctrl_c_names_the_checkpointed_epoch_and_an_unfinished_run_is_never_silently_redone(interrupted, tiny_cache):
     err, out = interrupted
     assert err.epoch == 2 and (err.run_dir / "last.pt").exists() and not (err.run_dir / LOCK).exists()
     assert torch.load(err.run_dir / "last.pt", weights_only=True)["epoch"] == 2
     assert torch.load(err.run_dir / "last.prev.pt", weights_only=True)["epoch"] == 1
     before = sorted(p.name for p in err.run_dir.iterdir())
     with pytest.raises(RunFolderError, match=r"unfinished run \(validated up to epoch 3\): continue it with --resume") as refused:
-        run_train(smoke_cfg(smoke_cache, out, epochs=3))
+        run_train(smoke_cfg(tiny_cache, out, epochs=3))
     assert refused.value.retry_flag == "--resume"
     assert sorted(p.name for p in err.run_dir.iterdir()) == before  # nothing touched
 
@@ -156,8 +161,8 @@ def test_best_checkpoint_has_no_optimiser_and_files_follow_the_umask(interrupted
         assert stat.S_IMODE((err.run_dir / name).stat().st_mode) == 0o666 & ~mask, name
 
 
-def test_restart_moves_the_unfinished_run_aside_and_force_moves_a_finished_one(smoke_cache, tmp_path):
-    cfg = smoke_cfg(smoke_cache, tmp_path, epochs=2)
+def test_restart_moves_the_unfinished_run_aside_and_force_moves_a_finished_one(tiny_cache, tmp_path):
+    cfg = smoke_cfg(tiny_cache, tmp_path, epochs=2)
     with pytest.raises(RunInterrupted):
         run_train(cfg, interrupt_at(2))
     lines = []
@@ -174,10 +179,10 @@ def test_restart_moves_the_unfinished_run_aside_and_force_moves_a_finished_one(s
     assert collect(tmp_path)["run"].nunique() == 1  # tables read only the live run
 
 
-def test_corrupt_last_falls_back_to_the_previous_and_tensorboard_keeps_every_epoch(smoke_cache, tmp_path):
+def test_corrupt_last_falls_back_to_the_previous_and_tensorboard_keeps_every_epoch(tiny_cache, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = smoke_cfg(smoke_cache, tmp_path, epochs=3)
+    cfg = smoke_cfg(tiny_cache, tmp_path, epochs=3)
     with pytest.raises(RunInterrupted):
         run_train(cfg, interrupt_at(3))
     run_dir = next(tmp_path.glob("A-s0-*"))
@@ -193,8 +198,8 @@ def test_corrupt_last_falls_back_to_the_previous_and_tensorboard_keeps_every_epo
     assert [e.step for e in acc.Scalars("val/selection_score")] == [1, 2, 3]
 
 
-def test_unloadable_checkpoint_is_one_line_without_unsafe_advice(smoke_cache, tmp_path):
-    cfg = smoke_cfg(smoke_cache, tmp_path, epochs=2)
+def test_unloadable_checkpoint_is_one_line_without_unsafe_advice(tiny_cache, tmp_path):
+    cfg = smoke_cfg(tiny_cache, tmp_path, epochs=2)
     with pytest.raises(RunInterrupted):
         run_train(cfg, interrupt_at(2))  # last.pt holds epoch 1; there is no previous one yet
     run_dir = next(tmp_path.glob("A-s0-*"))

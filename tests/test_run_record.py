@@ -23,6 +23,7 @@ from domgen.runs.train import run_train
 from test_train import smoke_cfg
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_SCALE = 0.05  # conftest.TINY_SCALE, the scale of the tiny_cache fixture
 
 
 def test_stratified_subsample_by_hand():
@@ -38,13 +39,15 @@ def test_stratified_subsample_by_hand():
 
 
 @pytest.fixture(scope="module")
-def pair(smoke_cache, tmp_path_factory):
+def pair(tiny_cache, tmp_path_factory):
     """(with train_eval=40 and deterministic, without); the deterministic one first, so the plain one also
-    shows the switch going back off."""
+    shows the switch going back off. On 1/20 of the synthetic benchmark (conftest.tiny_cache): what is
+    checked does not depend on its size."""
     out = tmp_path_factory.mktemp("record")
-    on = run_train(smoke_cfg(smoke_cache, out / "on", exp="D", extra=["train_eval=40", "deterministic=true"]))
+    tiny = [f"data.synthetic_scale={TINY_SCALE}"]
+    on = run_train(smoke_cfg(tiny_cache, out / "on", exp="D", extra=[*tiny, "train_eval=40", "deterministic=true"]))
     deterministic_during = torch.are_deterministic_algorithms_enabled()
-    off = run_train(smoke_cfg(smoke_cache, out / "off", exp="D"))
+    off = run_train(smoke_cfg(tiny_cache, out / "off", exp="D", extra=tiny))
     return on, off, deterministic_during, out
 
 

@@ -319,12 +319,12 @@ def test_slurm_waves_arrays_and_afterok(tmp_path, monkeypatch):
 
 # ---- end to end: real training through run_job ---------------------------------------------------
 @pytest.mark.slow
-def test_local_sweep_trains_for_real(tmp_path, monkeypatch):
+def test_local_sweep_trains_for_real(tiny_cache, tmp_path, monkeypatch):
     from domgen.engine.logging import read_results
 
-    monkeypatch.setenv("DOMGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DOMGEN_CACHE", str(tiny_cache))  # 1/20 of the synthetic benchmark, generated once per session
     monkeypatch.delenv("DOMGEN_DATA", raising=False)
-    sets = ["data.synthetic_scale=0.1", "data.workers=0", "optim.epochs=1"]
+    sets = ["data.synthetic_scale=0.05", "data.workers=0", "optim.epochs=1"]
     plan = plan_sweep("A,D", [0, 1], "smoke", sets, tmp_path / "runs")  # identity from the real catalog
     assert plan.identity.startswith("synthetic:") and all(j.gpu_hours > 0 for j in plan.jobs)
     report = launch(plan, max_parallel=2, poll_s=0.5)

@@ -30,8 +30,10 @@ def final_test(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def finished(smoke_cache, tmp_path_factory):
+def finished(smoke_cache, seed_parents, tmp_path_factory):
+    """A at the smoke preset, trained once per session (conftest.smoke_parents) and found done here."""
     out = tmp_path_factory.mktemp("runs")
+    seed_parents(out, ["A"])
     return run_train(smoke_cfg(smoke_cache, out)), out
 
 
@@ -104,9 +106,24 @@ def test_same_seed_same_results_and_seed_matters(finished, smoke_cache, tmp_path
     assert a != b
 
 
-def _cli(cache: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "domgen.run", "train", "--exp", "A", "--preset", "smoke", "--out", str(out),
-            "--cache-dir", str(cache), "--workers", "0", "--set", "threads=1", "--set", "optim.epochs=4", "--set", "optim.lr_step=2", *extra]
+def _cli(cache: Path, out: Path, *extra: str, run: tuple[str, ...] = ("-m", "domgen.run")) -> list[str]:
+    """The 4-epoch run of the killed-run test, on 1/20 of the synthetic benchmark (``cache``: tiny_cache)."""
+    return [sys.executable, *run, "train", "--exp", "A", "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache),
+            "--scale", "0.05", "--workers", "0", "--set", "threads=1", "--set", "optim.epochs=4", "--set", "optim.lr_step=2", *extra]
+
+
+# The CLI in a process that, once epoch 2's results are written and before its checkpoint, waits to be killed:
+# where SIGKILL lands no longer depends on the machine's load (the run cannot finish first), and the resumed
+# run must redo epoch 2 from last.pt's epoch 1 without duplicating the rows the killed one wrote.
+WAIT_TO_BE_KILLED = ("import time, runpy\n"
+                     "from domgen.engine.trainer import Trainer\n"
+                     "log_epoch = Trainer._log_epoch\n"
+                     "def logged(self, *args, **kwargs):\n"
+                     "    log_epoch(self, *args, **kwargs)\n"
+                     "    while self.epoch == 2:\n"
+                     "        time.sleep(1)\n"
+                     "Trainer._log_epoch = logged\n"
+                     "runpy.run_module('domgen.run', run_name='__main__', alter_sys=True)\n")
 
 
 def _val_epochs(out: Path) -> int:
@@ -114,11 +131,12 @@ def _val_epochs(out: Path) -> int:
     return len({r["epoch"] for r in read_results(files[0].parent)}) if files else 0
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_metrics(smoke_cache, tmp_path):
+def test_killed_run_resumes_to_exactly_the_uninterrupted_metrics(tiny_cache, tmp_path):
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    full = subprocess.run(_cli(smoke_cache, tmp_path / "full"), env=env, cwd=REPO, capture_output=True, text=True)
+    full = subprocess.run(_cli(tiny_cache, tmp_path / "full"), env=env, cwd=REPO, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-2000:]
-    proc = subprocess.Popen(_cli(smoke_cache, tmp_path / "killed"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(tiny_cache, tmp_path / "killed", run=("-c", WAIT_TO_BE_KILLED)), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while _val_epochs(tmp_path / "killed") < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -127,14 +145,14 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_metrics(smoke_cache, tm
     run_dir = next((tmp_path / "killed").glob("A-s0-*"))
     assert proc.returncode == -signal.SIGKILL and not (run_dir / "done").exists(), "the run finished before it was killed"
     kept = sorted(p.name for p in run_dir.iterdir() if p.name != "running.json")  # the dead owner's lock
-    again = subprocess.run(_cli(smoke_cache, tmp_path / "killed"), env=env, cwd=REPO, capture_output=True, text=True)
+    again = subprocess.run(_cli(tiny_cache, tmp_path / "killed"), env=env, cwd=REPO, capture_output=True, text=True)
     assert f"took over {run_dir} from pid {proc.pid} on " in again.stdout  # the killed owner's lock
     assert again.returncode == 2 and "holds an unfinished run (validated up to epoch" in again.stderr  # not deleted
     assert again.stderr.rstrip().splitlines()[-2].strip().endswith("--resume")  # the command to type
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(kept + ["takeovers.jsonl"])
-    resumed = subprocess.run(_cli(smoke_cache, tmp_path / "killed", "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
+    resumed = subprocess.run(_cli(tiny_cache, tmp_path / "killed", "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed after epoch" in resumed.stdout
+    assert "resumed after epoch 1 " in resumed.stdout  # killed before epoch 2's checkpoint: epoch 2 is redone
     takeovers = [json.loads(line) for line in (run_dir / "takeovers.jsonl").read_text().splitlines()]
     assert [t["dead_owner"]["pid"] for t in takeovers] == [proc.pid]
     full_dir = next((tmp_path / "full").glob("A-s0-*"))

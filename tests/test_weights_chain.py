@@ -37,21 +37,21 @@ def test_weights_equal_to_the_presets_make_the_same_run():
     assert config_hash(parent_config(with_w), "d") == config_hash(parent_config(without), "d")
 
 
-def test_loo_weights_initialise_the_baseline_it_trains(smoke_cache, tmp_path):
+def test_loo_weights_initialise_the_baseline_it_trains(tiny_cache, tmp_path):
     """`loo --weights FILE` used to be parsed and dropped for A; now A's config names the file and its
-    folder is the one `train --exp A --weights FILE` makes."""
+    folder is the one `train --exp A --weights FILE` makes. (On 1/20 of the synthetic benchmark, tiny_cache.)"""
     from domgen.models import build_model
 
     torch.manual_seed(3)
     weights = tmp_path / "r18.pt"
     torch.save(build_model("resnet18", "none").state_dict(), weights)
     out = tmp_path / "runs"
-    argv = ["loo", "--holdout", "PH2", "--preset", "smoke", "--weights", str(weights), "--cache-dir", str(smoke_cache),
-            "--workers", "0", "--out", str(out), "--device", "cpu", "--set", "threads=1"]
+    argv = ["loo", "--holdout", "PH2", "--preset", "smoke", "--weights", str(weights), "--cache-dir", str(tiny_cache),
+            "--scale", "0.05", "--workers", "0", "--out", str(out), "--device", "cpu", "--set", "threads=1"]
     assert run.main(argv) == 0
     configs = {p.parent.name.split("-")[0]: yaml.safe_load(p.read_text()) for p in out.glob("*/config.yaml")}
     assert sorted(configs) == ["A", "R"]
     assert configs["A"]["model"]["weights"] == configs["R"]["model"]["weights"] == str(weights)
     a_dir = next(out.glob("A-*"))
-    expected = resolve_config("A", "smoke", 0, [f"model.weights={weights}"])
+    expected = resolve_config("A", "smoke", 0, [f"model.weights={weights}", "data.synthetic_scale=0.05"])
     assert a_dir.name == f"A-s0-{config_hash(expected, configs['A']['resolved']['data'])}"

@@ -8,6 +8,9 @@ threshold's stopping point read off it, so each threshold's selection is exactly
 macro recall of the pruned model *before* fine-tuning (the fine-tuning of U/V would cost a CCSA stage
 per point). ``target_params`` then picks the threshold whose model is the largest within the budget,
 refining it by bisection in log(threshold) between the listed thresholds that bracket the budget.
+A threshold's row depends only on the parent's weights, the data and the config (the threshold aside), so
+rows an earlier run recorded in ``curve.json`` from the same parent checkpoint (its SHA-256) are reused, not
+selected again: ``--target-params`` after a plain curve only selects at the thresholds it adds.
 
 Files go to ``<out>/<exp>-curve-s<seed>-<hash>/`` (the hash ignores the threshold): ``curve.csv``,
 ``curve.json`` (rows, the parent, the choice) and ``curve.png`` (params vs threshold, recall vs params).
@@ -15,11 +18,12 @@ Files go to ``<out>/<exp>-curve-s<seed>-<hash>/`` (the hash ignores the threshol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -110,17 +114,64 @@ def run_prune_curve(cfg: RunConfig, thresholds: Sequence[float] = DEFAULT_THRESH
     parent = run_train(parent_config(cfg), hooks, catalog=data.catalog, wait=True)
     out_dir = curve_dir(cfg, data.identity)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ev = _Evaluator(cfg, data, load_checkpoint(parent.run_dir / BEST)["model"], out_dir, hooks)
-    rows = ev.rows(sorted(set(thresholds)))
+    digest = file_sha256(parent.run_dir / BEST)
+    curve = _Curve(cfg, lambda: _Evaluator(cfg, data, load_checkpoint(parent.run_dir / BEST)["model"], out_dir, hooks),
+                   _recorded(out_dir, digest))
+    rows = curve.rows(sorted(set(thresholds)))
     chosen = None
     if target_params is not None:
-        rows, chosen = _refine_to_budget(ev, rows, target_params, refine, hooks)
-    result = CurveResult(out_dir, rows, ev.params0, ev.macs0, ev.recall0, chosen)
-    _write(result, cfg, parent.run_dir, target_params)
+        rows, chosen = _refine_to_budget(curve, rows, target_params, refine, hooks)
+    result = CurveResult(out_dir, rows, *curve.before(), chosen)
+    _write(result, cfg, parent.run_dir, target_params, digest)
     return result
 
 
-def _refine_to_budget(ev: _Evaluator, rows: list[dict], target: int, steps: int, hooks: Hooks):
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _recorded(out_dir: Path, parent_sha256: str) -> dict:
+    """What an earlier run wrote to ``curve.json`` from the same parent weights, else {}. The folder's name
+    already hashes the config (the threshold aside) and the data; the parent may have been trained again."""
+    try:
+        record = json.loads((out_dir / "curve.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if record.get("parent_sha256") == parent_sha256 else {}
+
+
+class _Curve:
+    """Rows by threshold: those recorded from the same parent weights, the rest selected here (the
+    evaluator, with its calibration batches and heads, is built only when a threshold is missing)."""
+
+    def __init__(self, cfg: RunConfig, evaluator: Callable[[], _Evaluator], record: dict):
+        self.cfg, self._make, self._ev, self.record = cfg, evaluator, None, record
+        self.recorded = {float(r["threshold"]): r for r in record.get("rows", [])}
+
+    @property
+    def ev(self) -> _Evaluator:
+        if self._ev is None:
+            self._ev = self._make()
+        return self._ev
+
+    def rows(self, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+        todo = [t for t in thresholds if t not in self.recorded]
+        fresh = {r["threshold"]: r for r in self.ev.rows(todo)} if todo else {}
+        return [self.recorded[t] if t in self.recorded else fresh[t] for t in thresholds]
+
+    def before(self) -> tuple[int, int, float]:
+        """The unpruned model's parameters, MACs and validation macro recall."""
+        if self._ev is None and self.record:
+            r = self.record
+            return r["params_before"], r["macs_before"], r["val_macro_recall_before"]
+        return self.ev.params0, self.ev.macs0, self.ev.recall0
+
+
+def _refine_to_budget(curve: _Curve, rows: list[dict], target: int, steps: int, hooks: Hooks):
     """The largest model within ``target`` parameters; bisection in log(threshold) toward the budget
     between the threshold that fits and the next smaller one that does not (the invariant holds even
     where the curve is not monotone)."""
@@ -136,18 +187,19 @@ def _refine_to_budget(ev: _Evaluator, rows: list[dict], target: int, steps: int,
             break
         lo = max(over, key=lambda r: r["threshold"])
         mid = math.exp((math.log(lo["threshold"]) + math.log(best["threshold"])) / 2)
-        (row,) = ev.rows([mid])
-        hooks.log(f"[{ev.cfg.exp} s{ev.cfg.seed}] threshold {mid:.3g}: {row['params'] / 1e6:.2f}M parameters")
+        (row,) = curve.rows([mid])
+        hooks.log(f"[{curve.cfg.exp} s{curve.cfg.seed}] threshold {mid:.3g}: {row['params'] / 1e6:.2f}M parameters")
         rows = sorted(rows + [row], key=lambda r: r["threshold"])
         if row["params"] <= target:
             fits.append(row)
     return rows, max(fits, key=lambda r: r["params"])
 
 
-def _write(result: CurveResult, cfg: RunConfig, parent_dir: Path, target: int | None) -> None:
+def _write(result: CurveResult, cfg: RunConfig, parent_dir: Path, target: int | None, parent_sha256: str) -> None:
     flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in result.rows]
     write_text_atomic(result.out_dir / "curve.csv", pd.DataFrame(flat).to_csv(index=False))
     record = {"exp": cfg.exp, "seed": cfg.seed, "preset": cfg.preset, "parent_run": str(parent_dir),
+              "parent_sha256": parent_sha256,
               "params_before": result.params_before, "macs_before": result.macs_before,
               "val_macro_recall_before": result.recall_before,
               "target_params": target, "chosen": result.chosen, "rows": result.rows, "config": to_dict(cfg)}
