@@ -24,6 +24,11 @@ def test_weights_pass_down_the_chain_to_its_root():
     # without --weights nothing changes: the parent keeps the preset's weights
     assert parent_config(resolve_config("K", "paper", 0)).model.weights == "imagenet"
     assert parent_config(resolve_config("K", "quick", 0)).model == resolve_config("A", "quick", 0).model
+    # this process's settings that are not the run's identity go down the chain too (a parent trained inside
+    # its child's command gets the child's thread budget, not an automatic one that rounds differently)
+    k1 = resolve_config("K", "quick", 0, ["threads=1", "deterministic=true"])
+    assert (parent_config(k1).threads, parent_config(k1).deterministic) == (1, True)
+    assert config_hash(parent_config(k1), "d") == config_hash(resolve_config("A", "quick", 0), "d")
 
 
 def test_weights_equal_to_the_presets_make_the_same_run():

@@ -137,11 +137,14 @@ def parent_config(cfg: RunConfig) -> RunConfig:
     """The run a warm-started experiment starts from: same preset, seed, data, sizes, backbone and
     initial weights. A warm-started run loads its parent's checkpoint, so its own ``model.weights`` can
     only mean the weights its chain starts from: they pass down to the root (K -> A; U -> K -> A).
-    ``save_init`` passes down too: a run that keeps its start has its parent keep its own."""
+    ``save_init`` passes down too: a run that keeps its start has its parent keep its own, and so do the
+    settings of this process that are not the run's identity (``threads``, ``deterministic``): a parent
+    trained inside its child's command runs as the child asked, as it would on its own command line."""
     parent = resolve_config(cfg.warm_start, cfg.preset, cfg.seed, study=study_of(cfg))
     data = normalise_data(replace(cfg.data, nsec=parent.data.nsec, holdout=parent.data.holdout))
     model = replace(parent.model, arch=cfg.model.arch, weights=cfg.model.weights)
-    return replace(parent, out=cfg.out, device=cfg.device, save_init=cfg.save_init, data=data, transform=cfg.transform, model=model)
+    return replace(parent, out=cfg.out, device=cfg.device, save_init=cfg.save_init, threads=cfg.threads,
+                   deterministic=cfg.deterministic, data=data, transform=cfg.transform, model=model)
 
 
 def warm_start_state(cfg: RunConfig, hooks: Hooks, catalog: Catalog, resume: bool = False) -> dict | None:
