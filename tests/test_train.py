@@ -186,3 +186,29 @@ def test_cached_and_reference_inputs_give_the_same_eval_batches(smoke_cache, tmp
     assert xa.shape == xb.shape == (8, 3, cfg.transform.size, cfg.transform.size)
     assert (ya == yb).all() and (ya.numpy() == data.labels[pos]).all()
     assert float((xa - xb).abs().max()) < 1e-4
+
+
+def test_done_records_the_training_time_summed_over_sessions_without_the_lost_epoch(tiny_cache, tmp_path, monkeypatch):
+    """``train_s`` in ``done``: each epoch's wall time (here a clock that ticks 1 s per reading, so an epoch
+    is exactly 1 s), carried by last.pt across a kill. Killed while logging epoch 2, the checkpoint holds 1 s
+    (epoch 1); the resumed session trains epochs 2 and 3: 3 s, not 4 (the killed epoch 2 is redone, not
+    counted twice) and not 2 (the first session's second is kept)."""
+    import itertools
+
+    import torch
+
+    from domgen.engine import trainer
+    from domgen.errors import RunInterrupted
+    from tests.test_averaging import TINY_SCALE, interrupt_at
+
+    ticks = itertools.count()
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))
+    extra = [f"data.synthetic_scale={TINY_SCALE}", "optim.epochs=3"]
+    full = run_train(smoke_cfg(tiny_cache, tmp_path / "full", extra=extra))
+    assert json.loads((full.run_dir / "done").read_text())["train_s"] == 3.0 == full.summary["train_s"]
+    cfg = smoke_cfg(tiny_cache, tmp_path / "killed", extra=extra)
+    with pytest.raises(RunInterrupted):
+        run_train(cfg, interrupt_at(2))
+    assert torch.load(next((tmp_path / "killed").glob("A-s0-*")) / "last.pt", weights_only=True)["train_s"] == 1.0
+    resumed = run_train(cfg, resume=True)
+    assert json.loads((resumed.run_dir / "done").read_text())["train_s"] == 3.0

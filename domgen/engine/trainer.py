@@ -9,6 +9,7 @@ with the best epoch's weights and the melanoma threshold chosen on validation.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -43,6 +44,9 @@ from domgen.threads import thread_budget
 
 LAST, BEST, INIT = "last.pt", "best.pt", "init.pt"
 PREV = previous(Path(LAST)).name  # the last.pt before the newest, kept until the run is done
+
+
+clock = time.perf_counter  # what epochs are timed with (a test replaces it with a counter)
 
 
 def _noop(*args, **kwargs) -> None:
@@ -122,6 +126,7 @@ class Trainer:
         self.profile.watch(self.optimizer)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
         self.saved_epoch = 0  # epochs safely in last.pt (what a Ctrl-C keeps)
+        self.train_s = 0.0  # seconds of training and per-epoch evaluation, over every session (done: train_s)
         self.tb: TensorBoard | None = None
         # the study's error profile: its positive set's operating point in every row (pos_*), when it has one
         self.operating = load_study(cfg.study_file or cfg.study).protocol
@@ -139,6 +144,7 @@ class Trainer:
             "algorithm": self.algorithm.state_dict(),
             "average": self.averager.state_dict(),
             "regime": self.regime.state_dict(),
+            "train_s": self.train_s,
             "config": to_dict(self.cfg),
         }
 
@@ -187,6 +193,7 @@ class Trainer:
         self.algorithm.load_state_dict(state["algorithm"])
         self.averager.load_state_dict(state.get("average", {}))
         self.regime.load_state_dict(state.get("regime", {}))
+        self.train_s = float(state.get("train_s", 0.0))  # 0 for checkpoints written before it was kept
         truncate_results(self.run_dir, after_epoch=self.epoch)
         return True
 
@@ -198,11 +205,14 @@ class Trainer:
         prof = self.profile
         while self.epoch < total and not self.stopped_early():
             prof.stage(self.epoch + 1)
+            started = clock()
             losses = self._train_one(self.epoch)
             self.epoch += 1
             with prof.phase("evaluation"):
                 score, rows = self.validate(self.epoch)
                 extra = self.averager.end_epoch(self.epoch - 1, self.model, self.val_loss)
+            # wall time of the epochs in last.pt, summed over sessions (an interrupted epoch's is lost with it)
+            self.train_s += clock() - started
             with prof.phase("logging_checkpointing"):
                 self._log_epoch(losses, score, rows, extra)
                 if score > self.best_score:
@@ -384,7 +394,7 @@ class Trainer:
         # the epoch training stopped at, only for a run that may stop early (older done markers stay as they are)
         stop = {"stopped_epoch": self.epoch} if self.cfg.optim.patience else {}
         return (self.context | {"best_epoch": self.best_epoch, "best_val_score": self.best_score, "test_macro_recall": test}
-                | stop | averaged)
+                | stop | averaged | {"train_s": round(self.train_s, 1)})
 
     def _log_final(self, rows, cms, embed) -> None:
         tb = self.tb or TensorBoard(self.run_dir / "tb")
