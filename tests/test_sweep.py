@@ -169,7 +169,14 @@ def test_status_counts_and_blocked_children(tmp_path):
     assert counts.loc["all", "total"] == 4
     text = format_status(jobs)
     assert "RuntimeError: nan loss" in text and str(d["A-s1"] / FAILED) in text and "/logs/1_0_log.err" in text
-    assert "1/4 runs done" in text
+    assert "1/4 runs done\n" in text  # a done marker without train_s (written before it was kept): no time said
+    _write(d["A-s0"] / "done", {"train_s": 90.0})
+    _write(d["A-s1"] / "done", {"train_s": 270.0})
+    assert "2/4 runs done; training took 0.1 h in all, a median 3.0 min per run\n" in format_status(sweep_status(plan))
+    _write(d["A-s1"] / "done", {})
+    jobs = sweep_status(plan)
+    assert jobs.set_index("run")["train_s"].dropna().tolist() == [90.0]
+    assert "2/4 runs done; training took 0.0 h in all, a median 1.5 min per run (1 of the 2 recorded it)" in format_status(jobs)
 
 
 def test_dry_run_submits_nothing_and_skips_unneeded_parents(tmp_path):

@@ -6,12 +6,15 @@ status never import it).
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from domgen.sweep.launch import LaunchReport
 from domgen.sweep.plan import GPU_HOURS_ASSUMPTION, Plan
+from domgen.engine.logging import DONE
 from domgen.sweep.status import FAILED, STATES
 
 
@@ -35,10 +38,19 @@ def sweep_status(plan: "Plan") -> pd.DataFrame:
                 "job_id": rec.get("slurm_job_id") or rec.get("job_id") or "", "host": rec.get("host") or "",
                 "error": rec.get("error", "") if state[job.name] != "running" else "",
                 "log": rec.get("stderr") or "", "run_dir": str(job.run_dir),
+                "train_s": _train_s(job.run_dir) if state[job.name] == "done" else math.nan,
             }
         )
     return pd.DataFrame(rows, columns=["run", "exp", "algorithm", "seed", "state", "requested", "after", "job_id",
-                                       "host", "error", "log", "run_dir"])
+                                       "host", "error", "log", "run_dir", "train_s"])
+
+
+def _train_s(run_dir) -> float:
+    """The training wall time a finished run recorded in ``done`` (NaN: recorded before it was kept)."""
+    try:
+        return float(json.loads((Path(run_dir) / DONE).read_text()).get("train_s", math.nan))
+    except (OSError, ValueError, AttributeError):
+        return math.nan
 
 
 def status_counts(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +80,11 @@ def format_status(jobs: pd.DataFrame) -> str:
         elif row.state == "blocked":
             lines.append(f"blocked      {row.run}  (waits for {row.after})")
     done = int((jobs["state"] == "done").sum())
-    lines.append(f"{done}/{len(jobs)} runs done")
+    took = jobs.loc[jobs["state"] == "done", "train_s"].dropna() if "train_s" in jobs else pd.Series(dtype=float)
+    timed = "" if took.empty else (
+        f"; training took {took.sum() / 3600:.1f} h in all, a median {took.median() / 60:.1f} min per run"
+        + (f" ({len(took)} of the {done} recorded it)" if len(took) < done else ""))
+    lines.append(f"{done}/{len(jobs)} runs done{timed}")
     return "\n".join(lines).rstrip() + "\n"
 
 
