@@ -16,7 +16,11 @@ def _results(args: argparse.Namespace):
     from domgen.studies import load_study
 
     df = collect(Path(args.runs), stages=("val", "final"), splits=("val", "test"))
-    return select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
+    df = select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
+    if args.seeds is not None:  # e.g. the seeds a sweep under way has finished
+        seeds = cc.parse_seeds(args.seeds)
+        df = df[df["seed"].astype(int).isin(list(range(seeds)) if isinstance(seeds, int) else seeds)]
+    return df
 
 
 def _exps(args: argparse.Namespace) -> list[str] | None:
@@ -148,6 +152,9 @@ def add_results_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exps", default=None, help="report only these rows of the study, in its file order: O-T, A,K,R (e.g. "
                    "the leave-one-out runs without their warm-start parent, for --selection lodo or oracle); selection "
                    "still reads every run")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="only these training seeds, as sweep takes them: a count (2 = seeds 0-1), a list (0,3), a range "
+                        "(1-2) or one seed (1,); e.g. the seeds a sweep under way has finished")
     p.add_argument("--selection", default=None, choices=SELECTIONS,
                    help="default: the study protocol's (train without one). Model selection: train = training-domain validation (what the trainer chose); lodo = "
                         "leave-one-domain-out validation (needs a loo --holdout all sweep); oracle = the held-out "

@@ -261,6 +261,11 @@ def test_cli_table_and_compare_name_the_selection(two_algorithms, capsys):
     assert cli.main(["table", "--runs", str(two_algorithms), "--by", "algorithm", "--selection", "lodo"]) == 0
     out = capsys.readouterr().out
     assert md_row(out, "erm")[1] == "33.0 ± 2.8*" and "(lodo)" in out
+    # --seeds: only those training seeds (seed 0: 31, seed 1: 35 = 31 + its shift of 4), as sweep spells them
+    for seeds, value, line in (("1,", "35.0*", "Seeds: 1."), ("1", "31.0*", "Seeds: 0."), ("0-1", "33.0 ± 2.8*", "Seeds: 0 1.")):
+        assert cli.main(["table", "--runs", str(two_algorithms), "--by", "algorithm", "--selection", "lodo", "--seeds", seeds]) == 0
+        out = capsys.readouterr().out
+        assert md_row(out, "erm")[1] == value and line in out, seeds
     assert cli.main(["compare", "coral", "erm", "--runs", str(two_algorithms)]) == 0
     out = capsys.readouterr().out
     assert "| HAM | 2 | 17.00 | 13.00 | +4.00 |" in out and "Model selection: training-domain validation (train)" in out
