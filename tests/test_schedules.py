@@ -164,7 +164,7 @@ class ScoredTrainer(Trainer):
         self.scores, self.hooks, self.profile, self.run_dir = scores, Hooks(), NoProfile(), run_dir
         self.model = nn.Linear(1, 1)
         self.averager = make_averager(AverageConfig(), self.model)
-        self.epoch, self.best_score, self.best_epoch, self.saved_epoch = 0, -math.inf, -1, 0
+        self.epoch, self.best_score, self.best_epoch, self.saved_epoch, self.train_s = 0, -math.inf, -1, 0, 0.0
         self.trained: list[int] = []
 
     def _train_one(self, epoch):
