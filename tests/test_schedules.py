@@ -167,6 +167,10 @@ class ScoredTrainer(Trainer):
         self.epoch, self.best_score, self.best_epoch, self.saved_epoch, self.train_s = 0, -math.inf, -1, 0, 0.0
         self.trained: list[int] = []
 
+    def fit(self):
+        super().fit()
+        self.tb.close()  # the real run closes it after its final evaluation, which this one skips
+
     def _train_one(self, epoch):
         self.trained.append(epoch)
         return {}

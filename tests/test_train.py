@@ -194,6 +194,7 @@ def test_done_records_the_training_time_summed_over_sessions_without_the_lost_ep
     (epoch 1); the resumed session trains epochs 2 and 3: 3 s, not 4 (the killed epoch 2 is redone, not
     counted twice) and not 2 (the first session's second is kept)."""
     import itertools
+    import threading
 
     import torch
 
@@ -207,8 +208,12 @@ def test_done_records_the_training_time_summed_over_sessions_without_the_lost_ep
     full = run_train(smoke_cfg(tiny_cache, tmp_path / "full", extra=extra))
     assert json.loads((full.run_dir / "done").read_text())["train_s"] == 3.0 == full.summary["train_s"]
     cfg = smoke_cfg(tiny_cache, tmp_path / "killed", extra=extra)
+    writers = lambda: sum(type(t).__name__ == "_AsyncWriterThread" and t.is_alive() for t in threading.enumerate())
+    before = writers()
     with pytest.raises(RunInterrupted):
         run_train(cfg, interrupt_at(2))
+    # the interrupted run closed its TensorBoard writer: no thread left writing into a folder that may be deleted
+    assert writers() == before
     assert torch.load(next((tmp_path / "killed").glob("A-s0-*")) / "last.pt", weights_only=True)["train_s"] == 1.0
     resumed = run_train(cfg, resume=True)
     assert json.loads((resumed.run_dir / "done").read_text())["train_s"] == 3.0

@@ -201,6 +201,14 @@ class Trainer:
     def fit(self) -> None:
         # events logged after the checkpoint (the interrupted epoch's, at step epoch + 1) are purged
         self.tb = TensorBoard(self.run_dir / "tb", purge_step=self.epoch + 1 if self.epoch else None)
+        try:
+            self._fit()
+        except BaseException:  # Ctrl-C, a kill signal turned KeyboardInterrupt, an error: flush and end the writer
+            self.tb.close()  # its thread would otherwise outlive the run, writing into a folder that may be gone
+            self.tb = None
+            raise
+
+    def _fit(self) -> None:
         total = self.cfg.optim.epochs
         prof = self.profile
         while self.epoch < total and not self.stopped_early():
