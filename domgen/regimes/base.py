@@ -23,6 +23,7 @@ The model is seen as blocks, bottom-up, then the head (:func:`domgen.regimes.blo
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
@@ -157,3 +158,16 @@ def split_groups(groups: list[dict[str, Any]], units: list[tuple[str, list[nn.Pa
 def make_regime(hparams: RegimeConfig) -> Regime:
     """The registered regime ``hparams.name``, not yet attached to a model."""
     return REGIMES.get(hparams.name)(hparams)
+
+
+def anchor_fingerprint(anchor: list[Tensor]) -> float:
+    """The sum of squares of the weights a regime pulls or projects towards (w0): what ``last.pt`` keeps in
+    place of a second copy of the backbone (a resumed run rebuilds w0 from the same model.weights)."""
+    return float(sum((p0.double() ** 2).sum() for p0 in anchor))
+
+
+def check_anchor(saved: float | None, anchor: list[Tensor], what: str) -> None:
+    """Refuse a checkpoint whose w0 fingerprint differs from this model's (``what`` names the regime and its pull)."""
+    mine = anchor_fingerprint(anchor)
+    if saved is not None and not math.isclose(saved, mine, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"{what} (sum of squares {saved!r}, this model's {mine!r}): resume with the same model.weights")

@@ -21,13 +21,12 @@ sum of squares) and loading refuses a checkpoint whose w0 differs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from domgen.config import RegimeConfig
-from domgen.regimes.base import REGIMES, Regime, hparam
+from domgen.regimes.base import REGIMES, Regime, anchor_fingerprint, check_anchor, hparam
 
 
 @dataclass(frozen=True)
@@ -73,14 +72,8 @@ class L2SP(Regime):
         head = sum((p.float() ** 2).sum() for p in self.head)
         return self.hparams.alpha / 2 * sp + self.hparams.beta / 2 * head
 
-    def fingerprint(self) -> float:
-        return float(sum((p0.double() ** 2).sum() for p0 in self.anchor))
-
     def state_dict(self) -> dict:
-        return {"anchor_sq": self.fingerprint()}
+        return {"anchor_sq": anchor_fingerprint(self.anchor)}
 
     def load_state_dict(self, state: dict) -> None:
-        saved, mine = state.get("anchor_sq"), self.fingerprint()
-        if saved is not None and not math.isclose(saved, mine, rel_tol=1e-9, abs_tol=1e-12):
-            raise ValueError(f"L2-SP: the checkpoint was trained towards different initial weights "
-                             f"(sum of squares {saved!r}, this model's {mine!r}): resume with the same model.weights")
+        check_anchor(state.get("anchor_sq"), self.anchor, "L2-SP: the checkpoint was trained towards different initial weights")

@@ -49,7 +49,6 @@ their Adam moments, whether they were initialised and the stream position are st
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from domgen.config import RegimeConfig
-from domgen.regimes.base import REGIMES, Regime, hparam
+from domgen.regimes.base import REGIMES, Regime, anchor_fingerprint, check_anchor, hparam
 
 NORMS = ("mars", "l2")
 EPS = 1e-8  # the authors' constant: in the ratio's denominator and as the smallest radius
@@ -192,18 +191,12 @@ class TPGM(Regime):
                 m.training = mode
 
     # ---- state ------------------------------------------------------------------------------------------
-    def fingerprint(self) -> float:
-        return float(sum((p0.double() ** 2).sum() for p0 in self.anchor))
-
     def state_dict(self) -> dict:
         return {"gamma": self.gamma.detach().clone(), "initialised": self.initialised, "updates": self.updates,
-                "radius_opt": self.radius_opt.state_dict(), "anchor_sq": self.fingerprint()}
+                "radius_opt": self.radius_opt.state_dict(), "anchor_sq": anchor_fingerprint(self.anchor)}
 
     def load_state_dict(self, state: dict) -> None:
-        saved, mine = state.get("anchor_sq"), self.fingerprint()
-        if saved is not None and not math.isclose(saved, mine, rel_tol=1e-9, abs_tol=1e-12):
-            raise ValueError(f"TPGM: the checkpoint projected towards different initial weights "
-                             f"(sum of squares {saved!r}, this model's {mine!r}): resume with the same model.weights")
+        check_anchor(state.get("anchor_sq"), self.anchor, "TPGM: the checkpoint projected towards different initial weights")
         if "gamma" in state:
             with torch.no_grad():
                 self.gamma.copy_(state["gamma"])
