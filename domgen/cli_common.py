@@ -14,7 +14,8 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
-from domgen.config import DataConfig, apply_overrides, normalise_data, validate_data
+from domgen.config import DataConfig, apply_overrides
+from domgen.config_check import normalise_data, validate_data
 from domgen.errors import ConfigError, DomgenError, RunFolderError, RunInterrupted
 from domgen.studies import DEFAULT_STUDY
 

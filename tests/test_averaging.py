@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from domgen.config import AverageConfig, RunConfig, apply_overrides, config_hash, validate
+from domgen.config import AverageConfig, RunConfig, apply_overrides, config_hash
+from domgen.config_check import validate
 from domgen.engine.averaging import SMA, SWAD, final_window, loss_valley, make_averager
 from domgen.engine.logging import read_results
 from domgen.engine.trainer import Hooks

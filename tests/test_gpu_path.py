@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from domgen.algorithms import ALGORITHMS, make_algorithm
-from domgen.config import LossConfig, RunConfig, validate
+from domgen.config import LossConfig, RunConfig
+from domgen.config_check import validate
 from domgen.engine.loop import autocast, prepare_model, resolve_precision, train_epoch
 from domgen.errors import ConfigError
 from tests.test_algorithm_contract import Toy, batches, toy_pool

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "domgen"
 # place it here, in the layer its imports put it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("domgen", "domgen.atomic", "domgen.errors", "domgen.registry", "domgen.threads", "domgen.progress",
-                    "domgen.lock", "domgen.seeds", "domgen.protocol", "domgen.config", "domgen.studies")),
+                    "domgen.lock", "domgen.seeds", "domgen.protocol", "domgen.config", "domgen.config_check",
+                    "domgen.studies")),
     ("data, models, losses", ("domgen.data", "domgen.models", "domgen.losses", "domgen.analysis")),
     ("algorithms", ("domgen.algorithms", "domgen.regimes")),
     ("engine", ("domgen.engine", "domgen.prune")),
@@ -26,11 +27,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # Upward imports allowed, each inside a function (never at import time), with the reason.
 ALLOWED_UPWARD = {
-    ("domgen.config", "domgen.algorithms"): "validate() and --set check algorithm.* against the algorithm's declared hyperparameters",
-    ("domgen.config", "domgen.losses"): "validate() asks the loss registry whether loss.name exists",
+    ("domgen.config_check", "domgen.algorithms"): "validate() and --set check algorithm.* against the algorithm's declared hyperparameters",
+    ("domgen.config_check", "domgen.losses"): "validate() asks the loss registry whether loss.name exists",
+    ("domgen.config", "domgen.algorithms"): "algorithm.name switches the algorithm section to that algorithm's declared hyperparameters",
+    ("domgen.config_check", "domgen.regimes"): "validate() asks the regime to check its hyperparameters and the run",
     ("domgen.config", "domgen.regimes"): "regime.name switches the regime section to that regime's declared hyperparameters",
-    ("domgen.config", "domgen.data.labels"): "normalise() maps --holdout SONIC and SON to one code through the source registry",
-    ("domgen.config", "domgen.data.label_space"): "validate() checks data.label_space against the named label spaces",
+    ("domgen.config_check", "domgen.data.labels"): "normalise() maps --holdout SONIC and SON to one code through the source registry",
+    ("domgen.config_check", "domgen.data.label_space"): "validate() checks data.label_space against the named label spaces",
 }
 
 

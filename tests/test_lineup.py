@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from domgen.config import config_hash, validate
+from domgen.config import config_hash
+from domgen.config_check import validate
 from domgen.models import build_model, input_normalization
 from domgen.regimes import model_blocks
 from domgen.runs.registry import resolve_config

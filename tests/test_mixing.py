@@ -8,7 +8,8 @@ import torch
 
 from domgen.algorithms import ALGORITHMS, make_algorithm
 from domgen.algorithms.base import Batch
-from domgen.config import AugmentConfig, LossConfig, RunConfig, apply_overrides, validate
+from domgen.config import AugmentConfig, LossConfig, RunConfig, apply_overrides
+from domgen.config_check import validate
 from domgen.engine.mixing import BatchMixer, MixedCriterion
 from domgen.errors import ConfigError
 from domgen.losses import build_loss

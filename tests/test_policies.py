@@ -10,7 +10,8 @@ from PIL import Image
 from scipy.stats import ks_2samp, kstest
 from torchvision.transforms.v2 import functional as TF
 
-from domgen.config import AugmentConfig, RunConfig, apply_overrides, config_hash, validate
+from domgen.config import AugmentConfig, RunConfig, apply_overrides, config_hash
+from domgen.config_check import validate
 from domgen.data.batch_augment import BatchAugment, eval_batch
 from domgen.data.policies import (Policy, PolicyAugment, colour_jitter, gaussian_blur, make_policy, policy_train_transform,
                                   rotate)

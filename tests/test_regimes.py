@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from domgen.algorithms import ALGORITHMS, make_algorithm
-from domgen.config import LossConfig, RunConfig, apply_overrides, config_hash, from_dict, to_dict, validate
+from domgen.config import LossConfig, RunConfig, apply_overrides, config_hash, from_dict, to_dict
+from domgen.config_check import validate
 from domgen.engine.checkpoint import rng_state, set_rng_state
 from domgen.engine.loop import train_epoch
 from domgen.errors import ConfigError

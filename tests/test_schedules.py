@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from domgen.algorithms.base import Step
-from domgen.config import AverageConfig, OptimConfig, RunConfig, apply_overrides, config_hash, validate
+from domgen.config import AverageConfig, OptimConfig, RunConfig, apply_overrides, config_hash
+from domgen.config_check import validate
 from domgen.engine.averaging import make_averager
 from domgen.engine.loop import train_epoch
 from domgen.engine.profile import NoProfile

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from domgen.config import DataConfig, cache_dir, normalise_data
+from domgen.config import DataConfig, cache_dir
+from domgen.config_check import normalise_data
 from domgen.data.catalog import Catalog, load_catalog
 from domgen.data.splits import group_fraction, load_or_build_manifest, parse_nsec, training_pool
 from domgen.errors import ConfigError
@@ -41,7 +42,7 @@ def prepare_data(cfg: DataConfig, bar=None, catalog: Catalog | None = None, log=
     to its parent, whose config differs only in ``nsec``/``holdout``), so images are not re-validated.
     ``log`` gets the ``data:`` line when the sources are loaded here (a run's first line).
 
-    ``cfg`` is resolved (``config.normalise``): holdout and primary are domain codes, primary "none"
+    ``cfg`` is resolved (``config_check.normalise``): holdout and primary are domain codes, primary "none"
     for DomainBed's pool (every non-held-out domain's training split)."""
     cfg = normalise_data(cfg)
     if catalog is None:

@@ -15,9 +15,8 @@ from domgen.config import (
     PruneConfig,
     RunConfig,
     apply_overrides,
-    normalise,
-    validate,
 )
+from domgen.config_check import normalise, validate
 from domgen.errors import ConfigError
 from domgen.studies import DEFAULT_STUDY, Experiment, Preset, Study, load_study, study_file_ref
 

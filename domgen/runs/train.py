@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from domgen.atomic import write_text_atomic
-from domgen.config import RunConfig, config_hash, normalise_data, run_keys, save_yaml
+from domgen.config import RunConfig, config_hash, run_keys, save_yaml
+from domgen.config_check import normalise_data
 from domgen.engine.checkpoint import load_checkpoint
 from domgen.engine.logging import RESULTS, is_done, read_results, write_done
-from domgen.engine.metrics import jsonable
+from domgen.engine.logging import jsonable
 from domgen.engine.provenance import environment, write_environment
 from domgen.engine.trainer import BEST, LAST, PREV, Hooks, Trainer
 from domgen.errors import RunFolderError, RunInterrupted
