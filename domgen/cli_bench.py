@@ -21,7 +21,7 @@ def _side_by_side(r: dict, rows: list[tuple[str, str, str]]) -> list[str]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from domgen.config import DataConfig, cache_dir
-    from domgen.engine.metrics import jsonable
+    from domgen.engine.logging import jsonable
 
     root = Path(args.root) if args.root else cache_dir(DataConfig()) / "bench"
     if args.what == "pipeline":
@@ -61,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
     """``bench train --matrix``: each architecture x precision x memory format (x compiled), one line each."""
     from domgen.bench.train import bench_matrix
-    from domgen.engine.metrics import jsonable
+    from domgen.engine.logging import jsonable
 
     rows = bench_matrix(root, archs=tuple(args.archs.split(",")), compile=args.compile, workers=args.workers,
                         quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))

@@ -163,7 +163,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_sampler(args: argparse.Namespace) -> int:
-    from domgen.engine.metrics import jsonable
+    from domgen.engine.logging import jsonable
     from domgen.runs.sampler_report import format_sampler_report, sampler_report
 
     report = sampler_report(cc.build_config(args), n_pairs=args.pairs, bar=cc.cli_hooks().bar)

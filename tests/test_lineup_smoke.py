@@ -37,11 +37,11 @@ def cache(tiny_cache):
 @pytest.fixture(scope="module", autouse=True)
 def no_figures():
     """The confusion-matrix figures (matplotlib, half of a smoke run's seconds) are not what this checks."""
-    from domgen.engine import trainer
+    from domgen.engine import logging
     from domgen.engine.logging import TensorBoard
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "confusion_figure", lambda *args, **kwargs: None)
+        mp.setattr(logging, "confusion_figure", lambda *args, **kwargs: None)
         mp.setattr(TensorBoard, "figure", lambda *args, **kwargs: None)
         yield
 

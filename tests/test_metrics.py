@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from domgen.data.labels import CLASS_INDEX, CLASSES
+from domgen.engine.logging import confusion_figure, jsonable
 from domgen.engine.metrics import (
     MEL,
     balanced_accuracy,
     binary_auc,
     confusion,
-    confusion_figure,
     evaluate_domains,
     evaluate_predictions,
-    jsonable,
     macro_recall,
     per_class_recall,
     recall_by_class,
@@ -236,3 +235,34 @@ def test_ovr_auc_is_the_one_vs_rest_macro_over_present_classes():
     assert m["ovr_auc"] == pytest.approx((0.75 + 2 / 3 + 1) / 3)
     one, _ = evaluate_predictions(np.array([1, 1]), p[:2], classes=("a", "b", "c"))
     assert math.isnan(one["ovr_auc"])  # one class present: no AUC
+
+
+def test_log_final_writes_test_confusions_hparams_and_a_capped_projector(tmp_path):
+    """The end of a run in TensorBoard: one confusion image per test domain (none for validation), the
+    hparams with each test domain's macro recall, and the projector capped at 2,000 test features."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from domgen.engine.logging import TensorBoard, log_final
+
+    y_true, y_pred = _ph2_like()
+    cm = confusion(y_true, y_pred)
+    cms = {("val", "HAM"): cm, ("test", "HAM"): cm, ("test", "PH2"): cm}
+    rows = [{"split": "val", "domain": "HAM", "macro_recall": 10.0}, {"split": "test", "domain": "HAM", "macro_recall": 20.0},
+            {"split": "test", "domain": "PH2", "macro_recall": 30.0}]
+    n_test, n_val = 2100, 50
+    spl = np.array(["val"] * n_val + ["test"] * n_test)
+    doms = np.array(["HAM"] * (n_val + n_test // 2) + ["PH2"] * (n_test - n_test // 2))
+    y = np.arange(n_val + n_test) % 7
+    feats = np.random.default_rng(1).normal(size=(n_val + n_test, 4)).astype(np.float32)
+    tb = TensorBoard(tmp_path / "tb")
+    log_final(tb, rows, cms, (feats, y, doms, spl), CLASSES, {"exp": "A", "seed": 0}, "A", 5)
+    tb.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["images"]) == ["confusion/HAM", "confusion/PH2"]
+    assert [e.step for e in acc.Images("confusion/PH2")] == [5]
+    meta = next((tmp_path / "tb").rglob("metadata.tsv")).read_text().splitlines()
+    assert meta[0].split("\t") == ["domain", "class", "domain_class"] and len(meta) == 1 + 2000
+    assert {line.split("\t")[0] for line in meta[1:]} == {"HAM", "PH2"}  # test rows only, from both domains
+    # the hparams are written into the run's own folder (run_name="."), the validation row left out
+    assert {t: acc.Scalars(t)[0].value for t in acc.Tags()["scalars"]} == {"hparam/test/HAM": 20.0, "hparam/test/PH2": 30.0}

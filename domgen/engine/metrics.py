@@ -30,15 +30,15 @@ Eq. 3, over :data:`ECE_BINS` = 15 equal-width bins (lo, hi]).
 Scales, fixed so tables need no guessing: ``macro_recall``, ``balanced_acc``, ``macro_f1``, ``accuracy``
 and ``recall_<cls>`` are percentages; ``ovr_auc``, ``brier``, ``ece``, ``mel_auc``, ``mel_sens``,
 ``mel_spec`` and ``mel_threshold`` are fractions (like the sensitivity target). Anything undefined (a class absent from the ground
-truth, AUC with one class, no threshold) is NaN, never an exception; :func:`jsonable` turns NaN into
-``None`` for the JSON-lines logs.
+truth, AUC with one class, no threshold) is NaN, never an exception; ``engine.logging.jsonable`` turns NaN
+into ``None`` for the JSON-lines logs.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -74,8 +74,6 @@ __all__ = [
     "positive_scores",
     "evaluate_predictions",
     "evaluate_domains",
-    "jsonable",
-    "confusion_figure",
 ]
 
 
@@ -398,54 +396,3 @@ def evaluate_domains(
             rows.append(row)
             cms[(s, d)] = cm
     return rows, cms
-
-
-def jsonable(obj: Any) -> Any:
-    """Copy of ``obj`` that ``json.dumps`` accepts with strict JSON: NaN/inf -> None, numpy -> Python.
-
-    Recurses into mappings, lists, tuples and arrays; mapping keys become strings.
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def confusion_figure(cm: np.ndarray, classes: Sequence[str] = CLASSES, title: str = ""):
-    """Matplotlib Figure of a confusion matrix for TensorBoard (``SummaryWriter.add_figure``).
-
-    Rows are true classes, columns predictions; each cell shows its count, and colour is the row-
-    normalised rate (recall on the diagonal), so small and large classes read alike. Built on the
-    Agg canvas without pyplot: no GUI backend, no global figure state to leak.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cm = np.asarray(cm)
-    support = cm.sum(axis=1, keepdims=True)  # (K, 1); absent classes keep a blank row
-    rate = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
-    k = len(classes)
-    fig = Figure(figsize=(1.0 + 0.7 * k, 0.6 + 0.7 * k))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(rate, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="row-normalised rate")
-    for i in range(k):
-        for j in range(k):
-            colour = "white" if rate[i, j] > 0.5 else "black"
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=colour, fontsize=8)
-    ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(k), labels=list(classes))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig

@@ -26,10 +26,10 @@ from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_
 from domgen.engine.features import FeatureView, run_features
 from domgen.engine.inputs import Inputs, ValidationStream
 from domgen.engine.mixing import make_mixer
-from domgen.engine.logging import RESULTS, TensorBoard, append_results, truncate_results
+from domgen.engine.logging import RESULTS, TensorBoard, append_results, log_final, truncate_results
 from domgen.errors import CheckpointError
 from domgen.engine.loop import autocast, predict, prepare_model, train_epoch
-from domgen.engine.metrics import confusion_figure, evaluate_domains
+from domgen.engine.metrics import evaluate_domains
 from domgen.engine.predictions import save_test_predictions, stratified_subsample
 from domgen.engine.provenance import set_deterministic
 from domgen.engine.profile import NoProfile, RunProfile
@@ -406,16 +406,6 @@ class Trainer:
 
     def _log_final(self, rows, cms, embed) -> None:
         tb = self.tb or TensorBoard(self.run_dir / "tb")
-        for (split, domain), cm in cms.items():
-            if split == "test":
-                tb.figure(f"confusion/{domain}", confusion_figure(cm, self.data.classes, f"{self.cfg.exp} {domain} test"), self.best_epoch)
-        test = {f"test/{r['domain']}": r["macro_recall"] for r in rows if r["split"] == "test"}
         hp = {k: v for k, v in self.context.items() if k not in ("data",)}
-        tb.hparams(hp, test)
-        feats, y, doms, spl = embed
-        if feats is not None and len(feats):
-            test = np.flatnonzero(spl == "test")  # the projector shows test features only
-            keep = test[np.random.default_rng(0).permutation(len(test))[:2000]]
-            meta = [[str(doms[i]), self.data.classes[y[i]], f"{doms[i]}/{self.data.classes[y[i]]}"] for i in keep]
-            tb.embedding(torch.from_numpy(feats[keep]), meta, ["domain", "class", "domain_class"], self.best_epoch)
+        log_final(tb, rows, cms, embed, self.data.classes, hp, self.cfg.exp, self.best_epoch)
         tb.close()
