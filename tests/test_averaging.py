@@ -6,17 +6,15 @@ and that a resumed run equals the uninterrupted one."""
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from domgen.config import AverageConfig, RunConfig, apply_overrides, config_hash
 from domgen.config_check import validate
-from domgen.engine.averaging import SMA, SWAD, final_window, loss_valley, make_averager
+from domgen.engine.averaging import SMA, final_window, loss_valley, make_averager
 from domgen.engine.logging import read_results
 from domgen.engine.trainer import Hooks
 from domgen.errors import ConfigError, RunInterrupted

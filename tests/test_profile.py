@@ -4,7 +4,6 @@ final evaluation, and the torch.profiler trace is written."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from domgen.data.labels import TABLE2_DOMAINS
-from domgen.results.bootstrap import ci_frame, domain_intervals, format_ci, grouped_bootstrap
+from domgen.results.bootstrap import domain_intervals, grouped_bootstrap
 from domgen.results.collect import collect
 from domgen.results.compare import compare, format_compare, holm
 from test_tables import seven, write_run

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from domgen.results.compare import STAT_COLUMNS, paired_stats

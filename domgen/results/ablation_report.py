@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from domgen.results.ablation import AblationResult, two_way
 from domgen.results.compare import _p
