@@ -44,6 +44,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def stale_temporaries(folder: str | Path, keep: tuple[str, ...] = ()) -> list[Path]:
+    """The temporaries :func:`atomic_path` left in ``folder`` when its process was killed mid-write (a
+    SIGKILL or a lost node runs no ``finally``), except those of the file names in ``keep``. Only for a
+    folder no other process writes into (a run folder its owner has locked): elsewhere one of these may be
+    a write in progress."""
+    folder = Path(folder)
+    stale = []
+    for tmp in folder.glob(".*.tmp"):
+        target = tmp.name[1:].rsplit(".", 2)[0]  # ".last.pt.k3j9x2.tmp" -> "last.pt"
+        if tmp.is_file() and target not in keep:
+            stale.append(tmp)
+    return sorted(stale)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -179,7 +179,7 @@ def test_restart_moves_the_unfinished_run_aside_and_force_moves_a_finished_one(t
     assert collect(tmp_path)["run"].nunique() == 1  # tables read only the live run
 
 
-def test_corrupt_last_falls_back_to_the_previous_and_tensorboard_keeps_every_epoch(tiny_cache, tmp_path):
+def test_corrupt_last_falls_back_to_the_previous_and_tensorboard_keeps_every_epoch_and_temporaries_go(tiny_cache, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = smoke_cfg(tiny_cache, tmp_path, epochs=3)
@@ -187,8 +187,12 @@ def test_corrupt_last_falls_back_to_the_previous_and_tensorboard_keeps_every_epo
         run_train(cfg, interrupt_at(3))
     run_dir = next(tmp_path.glob("A-s0-*"))
     (run_dir / "last.pt").write_bytes(b"")  # emptied by a full disk or a careless copy
+    (run_dir / ".last.pt.k3j9x2.tmp").write_bytes(b"\0" * 2**20)  # a checkpoint write the kill cut short
+    (run_dir / ".running.json.q8w1.tmp").write_text("{}")  # the lock's: a launcher may be writing it
     lines = []
     result = run_train(cfg, Hooks(log=lines.append), resume=True)
+    assert any(f"removed 1 temporary file(s) a killed write left in {run_dir} (1.0 MiB)" in l for l in lines)
+    assert not (run_dir / ".last.pt.k3j9x2.tmp").exists() and (run_dir / ".running.json.q8w1.tmp").exists()
     assert any("last.pt is not a loadable checkpoint (the file is empty): resuming from last.prev.pt (epoch 1)" in l for l in lines)
     assert (run_dir / "last.pt.corrupt").exists() and not (run_dir / "last.prev.pt").exists()
     val = [r for r in read_results(result.run_dir) if r["stage"] == "val" and r["domain"] == "HAM"]
