@@ -226,3 +226,34 @@ def test_identical_differences_have_no_t_test_p_value():
     # with spread: the paired t-test, t = mean / (sd / sqrt(n)) = 0.02 / (0.01 * sqrt(2) / sqrt(2)) = 2 on 1 df
     spread = paired_stats(np.array([0.53, 0.61]), np.array([0.50, 0.60]))
     assert spread["t_p"] == pytest.approx(2 * (1 - 0.5 - math.atan(2) / math.pi))
+
+
+def test_table_and_compare_on_other_domains_show_those_domains(tmp_path):
+    """Runs on a DomainBed folder (PACS's domains) get their own columns, in sorted order, with avg over
+    them; before, the table reindexed to HAM..UDA and showed every cell as "-"."""
+    root = tmp_path / "runs"
+    pacs = [{"art_painting": 60.0, "photo": 90.0, "sketch": 40.0}, {"art_painting": 62.0, "photo": 88.0, "sketch": 44.0}]
+    for seed, values in enumerate(pacs):
+        write_run(root, "A", seed, values)
+        write_run(root, "D", seed, {d: v - 1.0 - seed for d, v in values.items()})
+    df = collect(root)
+    frame = table2_frame(df)
+    assert frame.attrs["columns"] == ("art_painting", "photo", "sketch", "avg")
+    assert frame.attrs["avg_domains"] == ("art_painting", "photo", "sketch")
+    assert frame.loc["A", "sketch_mean"] == pytest.approx(42.0) and frame.loc["A", "avg_mean"] == pytest.approx((190 / 3 + 194 / 3) / 2)
+    md = table2(df)
+    assert "| Exp | nsec | arch | Cl | Al | Pr | art_painting | photo | sketch | avg | seeds |" in md
+    assert md_row(md, "A")[6:10] == ["61.0 ± 1.4", "89.0 ± 1.4", "42.0 ± 2.8", "64.0 ± 0.9"]  # avg: 63.33, 64.67
+    res = compare(df, "A", "D")
+    assert list(res.index) == ["art_painting", "photo", "sketch", "avg"]
+    assert res.loc["photo", "diff"] == pytest.approx(1.5)  # seed 0: 1, seed 1: 2
+
+
+def test_table_columns_keep_table2_layout_and_add_other_domains():
+    from domgen.data.labels import domain_order, table_columns
+
+    assert table_columns(["PH2", "HAM"]) == list(TABLE2_DOMAINS)  # every dermoscopy column, "-" where missing
+    assert table_columns([]) == list(TABLE2_DOMAINS)
+    assert table_columns(["toy", "HAM"]) == [*TABLE2_DOMAINS, "toy"]
+    assert table_columns(["sketch", "photo"]) == ["photo", "sketch"]
+    assert domain_order(["toy", "UDA", "HAM", "HAM"]) == ["HAM", "UDA", "toy"]

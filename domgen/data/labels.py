@@ -10,6 +10,7 @@ The reasoning behind each map is in ``datasets/<source>.md``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from domgen.data.label_space import DERMOSCOPY7
@@ -49,6 +50,23 @@ def __getattr__(name: str) -> Any:  # PEP 562: computed from the registry at eac
 
         return ISIC_MAP
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def domain_order(domains: Iterable[str]) -> list[str]:
+    """``domains`` once each, in Table 2's column order, then any other domain (a metadata.csv source, a
+    DomainBed folder, ``domain_by`` values) sorted: the one order of every per-domain listing."""
+    table2 = _derive("TABLE2_DOMAINS")
+    seen = set(map(str, domains))
+    return [d for d in table2 if d in seen] + sorted(seen - set(table2))
+
+
+def table_columns(domains: Iterable[str]) -> list[str]:
+    """The domain columns of a results table over runs tested on ``domains``: all of Table 2's seven when
+    any of them is among ``domains`` (or none is given), so dermoscopy tables keep one layout with "-" for
+    a domain a run lacks, then the other domains; a run on other data (PACS's folders) gets its own."""
+    seen = set(map(str, domains))
+    table2 = _derive("TABLE2_DOMAINS")
+    return domain_order(seen | set(table2) if not seen or seen & set(table2) else seen)
 
 
 def domain_code(name: str) -> str:

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from domgen.data.labels import TABLE2_DOMAINS
+from domgen.data.labels import domain_order
 from domgen.engine.metrics import brier_score, expected_calibration_error, macro_f1, ovr_auc
 from domgen.engine.predictions import TEST_PREDICTIONS, load_predictions
 from domgen.seeds import derive_seed
@@ -109,17 +109,12 @@ def domain_intervals(pred: dict[str, np.ndarray], metric: str = "macro_recall", 
     """One interval per domain of a predictions file's contents; each domain's resamples from its own seed
     (``derive_seed(seed, domain)``), so an interval does not depend on which other domains are present."""
     out = []
-    for d in _domain_order(pred["domain"]):
+    for d in domain_order(np.asarray(pred["domain"]).astype(str).tolist()):
         m = pred["domain"] == d
         ci = grouped_bootstrap(pred["label"][m], pred["probs"][m], pred["group"][m], metric, n_boot, level,
                                derive_seed(seed, "bootstrap", d))
         out.append({"domain": d, **asdict(ci)})
     return out
-
-
-def _domain_order(domains: Iterable) -> list[str]:
-    seen = set(np.asarray(domains).astype(str).tolist())
-    return [d for d in TABLE2_DOMAINS if d in seen] + sorted(seen - set(TABLE2_DOMAINS))
 
 
 def run_intervals(run_dir: Path, metric: str = "macro_recall", n_boot: int = N_BOOT, level: float = LEVEL,
@@ -162,7 +157,7 @@ def format_ci(frame: pd.DataFrame, fmt: str = "md") -> str:
         lines.append(f"Left out: {len(at['missing'])} run(s) without {TEST_PREDICTIONS}: {', '.join(at['missing'])}.")
     if frame.empty:
         return "\n".join(lines + ["", "No finished runs with per-case test predictions."]) + "\n"
-    domains = _domain_order(frame["domain"])
+    domains = domain_order(frame["domain"])
     lines += ["", "| run | " + " | ".join(domains) + " |", "|:--|" + "--:|" * len(domains)]
     for (exp, seed, run), g in frame.groupby(["exp", "seed", "run"], sort=True):
         cells = g.set_index("domain")

@@ -25,7 +25,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from domgen.data.labels import TABLE2_DOMAINS
+from domgen.data.labels import domain_order
 from domgen.results.collect import select
 from domgen.results.selection import DEFAULT, SelectionError, get_selection, pending_line, select_rows, selection_line
 from domgen.results.spread import spread_of, with_replicates
@@ -40,11 +40,6 @@ def algorithm_label(row: dict) -> str:
     if isinstance(average, str) and average and average.lower() != "none":
         return f"{row['algorithm']}+{average}"
     return str(row["algorithm"])
-
-
-def _domain_order(domains) -> list[str]:
-    known = [d for d in TABLE2_DOMAINS if d in set(domains)]
-    return known + sorted(set(domains) - set(known))
 
 
 @dataclass
@@ -129,7 +124,7 @@ def by_algorithm(df: pd.DataFrame, metric: str = "macro_recall", include_unfinis
     cells = pd.concat(parts)
     _check_one_run(cells)
     wide = cells.set_index(["label", "seed", "domain"])["value"].unstack("domain").astype(float)
-    columns = [d for d in _domain_order(wide.columns) if wide[d].notna().any()]
+    columns = [d for d in domain_order(wide.columns) if wide[d].notna().any()]
     wide = wide.reindex(columns=columns)
     wide.index.names = ["algorithm", "seed"]
     # skipna=False: a seed missing one column gets no avg rather than an avg over fewer domains
@@ -143,7 +138,7 @@ def algorithm_frame(res: ByAlgorithm) -> pd.DataFrame:
     for label in sorted(set(res.wide.index.get_level_values("algorithm"))):
         vals = res.wide.loc[label]
         sub = res.rows[res.rows["label"] == label]
-        rec = {"algorithm": label, "seeds": int(len(vals)), "held_out": " ".join(_domain_order(res.held[label])),
+        rec = {"algorithm": label, "seeds": int(len(vals)), "held_out": " ".join(domain_order(res.held[label])),
                "synthetic": bool(sub["synthetic"].fillna(False).astype(bool).any()),
                "data": " ".join(sorted(sub["data"].dropna().astype(str).unique())),
                "preset": " ".join(sorted(sub["preset"].dropna().astype(str).unique()))}

@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from domgen.results.selection import DEFAULT, get_selection, pending_line, selection_line
-from domgen.results.tables import AVG, COLUMNS, per_seed
+from domgen.results.tables import AVG, per_seed
 
 STAT_COLUMNS = ("n", "mean_a", "mean_b", "diff", "sd", "ci_low", "ci_high", "t_p", "wilcoxon_p", "t_p_holm",
                 "wilcoxon_p_holm", "seeds")
@@ -112,7 +112,7 @@ def compare(
     selection: str = DEFAULT,
     exps: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Per column (HAM..UDA, avg; or the algorithms' columns): matched-seed statistics of a - b
+    """Per column (HAM..UDA, avg on dermoscopy; the data's own domains elsewhere; or the algorithms' columns): matched-seed statistics of a - b
     (:data:`STAT_COLUMNS`).
 
     ``attrs`` holds a, b, metric, the seeds of each side, the domains ``avg`` is over, ``by`` (``exp`` or
@@ -129,7 +129,7 @@ def compare(
         pending = res.pending
     else:
         wide, avg_domains = per_seed(df, metric, include_unfinished, selection, exps=(a, b))
-        columns, pending = COLUMNS, wide.attrs["pending"]
+        columns, pending = tuple(wide.columns), wide.attrs["pending"]  # the domains, then avg
     present = set(wide.index.get_level_values("exp" if by == "exp" else "algorithm"))
     for name in (a, b):
         if name not in present:

@@ -7,7 +7,9 @@ cell is the mean over seeds with the sample standard deviation (ddof=1) when the
 
 ``avg`` follows the paper, all columns held-out included: each seed's mean over the domains first,
 then mean and std of those per-seed averages across seeds. The domains averaged are those with any
-value in the table (all seven on a full benchmark); a seed missing one of them has no ``avg``.
+value in the table (all seven on a full benchmark); a seed missing one of them has no ``avg``. On other
+data (a DomainBed folder, a metadata.csv source) the columns are that data's domains
+(:func:`domgen.data.labels.table_columns`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from domgen.data.labels import TABLE2_DOMAINS
+from domgen.data.labels import table_columns
 from domgen.errors import ConfigError
 from domgen.studies import DEFAULT_STUDY, load_study
 from domgen.results.collect import check_one_run_per_seed, collect, select, unfinished_runs
@@ -28,7 +30,6 @@ from domgen.results.selection import DEFAULT as DEFAULT_SELECTION, get_selection
 from domgen.results.spread import spread_of, with_replicates
 
 AVG = "avg"
-COLUMNS: tuple[str, ...] = (*TABLE2_DOMAINS, AVG)
 META = ("Exp", "nsec", "arch", "Cl", "Al", "Pr")
 # Metrics stored as fractions; shown x100 like macro recall so every cell reads as a percentage.
 _FRACTIONS = {"mel_auc", "mel_sens", "mel_spec", "pos_auc", "pos_sens", "pos_spec", "pos_ppv", "pos_npv"}
@@ -52,7 +53,8 @@ def per_seed(
     df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False, selection: str = DEFAULT_SELECTION,
     exps: Iterable[str] | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """(exp, seed) x (HAM..UDA, avg) values of ``metric``, and the domains ``avg`` is taken over."""
+    """(exp, seed) x (domains, avg) values of ``metric``, and the domains ``avg`` is taken over (the domain
+    columns: :func:`domgen.data.labels.table_columns`, HAM..UDA on dermoscopy)."""
     rows = table_rows(df, include_unfinished, selection, exps)
     wide, avg_domains = wide_values(rows, metric, ["exp", "seed"])
     wide.attrs["pending"] = rows.attrs["pending"]
@@ -71,12 +73,15 @@ def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def wide_values(rows: pd.DataFrame, metric: str, keys: list[str]) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """``keys`` x (HAM..UDA, avg) values of ``metric`` in ``rows``, and the domains ``avg`` is over."""
+    """``keys`` x (domains, avg) values of ``metric`` in ``rows``, and the domains ``avg`` is over. The
+    domain columns are :func:`~domgen.data.labels.table_columns` of the rows' domains: Table 2's seven on
+    dermoscopy, a DomainBed folder's own domains on its data."""
     values = rows.assign(value=metric_values(rows, metric))
     values = values.drop_duplicates([*keys, "domain"], keep="last")
     wide = values.set_index([*keys, "domain"])["value"].unstack("domain")
-    wide = wide.reindex(columns=list(TABLE2_DOMAINS)).astype(float)
-    avg_domains = tuple(d for d in TABLE2_DOMAINS if wide[d].notna().any())
+    domains = table_columns(values["domain"].dropna().unique() if "domain" in values else ())
+    wide = wide.reindex(columns=domains).astype(float)
+    avg_domains = tuple(d for d in domains if wide[d].notna().any())
     # skipna=False: a seed missing one averaged domain gets no avg rather than an avg over fewer.
     wide[AVG] = wide[list(avg_domains)].mean(axis=1, skipna=False) if avg_domains else np.nan
     return wide, avg_domains
@@ -140,25 +145,26 @@ def _describe(rows: pd.DataFrame) -> dict:
 
 def table2_frame(df: pd.DataFrame, metric: str = "macro_recall", include_unfinished: bool = False,
                  selection: str = DEFAULT_SELECTION, exps: Iterable[str] | None = None) -> pd.DataFrame:
-    """Numeric Table 2: index exp (registry order); descriptor columns; ``seeds``; and for each of
-    HAM..UDA, avg: ``<col>_mean``, ``<col>_std`` (ddof=1; NaN with one seed), ``<col>_n``.
-    ``attrs["avg_domains"]`` names the domains each seed's average is over; ``selection`` picks the
-    epoch (and trial) each run is read at (:mod:`domgen.results.selection`)."""
+    """Numeric Table 2: index exp (registry order); descriptor columns; ``seeds``; and for each column of
+    ``attrs["columns"]`` (HAM..UDA, avg on dermoscopy): ``<col>_mean``, ``<col>_std`` (ddof=1; NaN with one
+    seed), ``<col>_n``. ``attrs["avg_domains"]`` names the domains each seed's average is over;
+    ``selection`` picks the epoch (and trial) each run is read at (:mod:`domgen.results.selection`)."""
     rows = table_rows(df, include_unfinished, selection, exps)
     wide, avg_domains = wide_values(rows, metric, ["exp", "seed"])
+    columns = tuple(wide.columns)  # the domains, then avg
     out = []
     for exp in _order(rows["exp"].unique(), _study(rows)):
         rec = {"exp": exp} | _describe(rows[rows["exp"] == exp])
         vals = wide.loc[exp]
         rec["seeds"] = int(len(vals))
-        for col in COLUMNS:
+        for col in columns:
             v = vals[col].dropna()
             rec[f"{col}_mean"] = float(v.mean()) if len(v) else math.nan
             rec[f"{col}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
             rec[f"{col}_n"] = int(len(v))
         out.append(rec)
     frame = pd.DataFrame(out).set_index("exp") if out else pd.DataFrame()
-    frame.attrs.update(avg_domains=avg_domains, metric=metric, selection=selection, study=_study(rows),
+    frame.attrs.update(columns=columns, avg_domains=avg_domains, metric=metric, selection=selection, study=_study(rows),
                        spread=spread_of(rows), pending=rows.attrs["pending"])
     return frame
 
@@ -174,7 +180,7 @@ def _cell(rec: pd.Series, col: str, pm: str) -> str:
 def _cells(frame: pd.DataFrame, pm: str) -> list[list[str]]:
     return [
         [exp, rec["nsec"], rec["arch"], rec["Cl"], rec["Al"], rec["Pr"]]
-        + [_cell(rec, c, pm) for c in COLUMNS]
+        + [_cell(rec, c, pm) for c in frame.attrs["columns"]]
         + [str(rec["seeds"])]
         for exp, rec in frame.iterrows()
     ]
@@ -223,7 +229,7 @@ def left_out_lines(df: pd.DataFrame, include_unfinished: bool) -> list[str]:
     return []
 
 
-def _markdown(caption: list[str], cells: list[list[str]], left=META, right=(*COLUMNS, "seeds")) -> str:
+def _markdown(caption: list[str], cells: list[list[str]], left: tuple[str, ...], right: tuple[str, ...]) -> str:
     """Caption lines, then a table whose ``left`` columns are text and ``right`` columns numbers."""
     header = [*left, *right]
     lines = ["  \n".join(caption), ""]
@@ -240,7 +246,7 @@ def _tex(s: str) -> str:
     return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX[m[0]], s)
 
 
-def _latex(caption: list[str], cells: list[list[str]], left=META, right=(*COLUMNS, "seeds")) -> str:
+def _latex(caption: list[str], cells: list[list[str]], left: tuple[str, ...], right: tuple[str, ...]) -> str:
     header = [*left, *right]
     spec = "l" * len(left) + "r" * len(right)
     # "\x01" stands for the plus-minus sign so that escaping leaves it alone.
@@ -264,10 +270,11 @@ def table2(df: pd.DataFrame, fmt: str = "md", metric: str = "macro_recall", incl
     if fmt == "csv":
         return frame.to_csv()
     caption = [exploratory] * bool(exploratory) + caption_lines(df, frame, include_unfinished)
+    right = (*frame.attrs["columns"], "seeds")
     if fmt == "md":
-        return _markdown(caption, _cells(frame, " ± "))
+        return _markdown(caption, _cells(frame, " ± "), META, right)
     if fmt == "latex":
-        return _latex(caption, _cells(frame, "\x01"))
+        return _latex(caption, _cells(frame, "\x01"), META, right)
     raise ValueError(f"fmt must be 'md', 'latex' or 'csv', got {fmt!r}")
 
 
@@ -279,22 +286,23 @@ def plot_table(df: pd.DataFrame, path: Path, metric: str = "macro_recall", inclu
     from matplotlib.figure import Figure  # lazy: matplotlib only when plotting
 
     frame = table2_frame(df, metric, include_unfinished, selection, exps)
-    x, width = np.arange(len(COLUMNS)), 0.8 / max(len(frame), 1)
-    fig = Figure(figsize=(max(8.0, 0.12 * len(frame) * len(COLUMNS)), 4.5))
+    columns = frame.attrs.get("columns", ())
+    x, width = np.arange(len(columns)), 0.8 / max(len(frame), 1)
+    fig = Figure(figsize=(max(8.0, 0.12 * len(frame) * len(columns)), 4.5))
     ax = fig.add_subplot()
     cmap = colormaps["tab10" if len(frame) <= 10 else "tab20"]
     for i, (exp, rec) in enumerate(frame.iterrows()):
         # Missing cells are NaN: no bar. Error bars only where there is a spread (two seeds or more).
-        means = np.array([rec[f"{c}_mean"] for c in COLUMNS], dtype=float)
-        stds = np.array([rec[f"{c}_std"] for c in COLUMNS], dtype=float)
+        means = np.array([rec[f"{c}_mean"] for c in columns], dtype=float)
+        stds = np.array([rec[f"{c}_std"] for c in columns], dtype=float)
         pos = x - 0.4 + (i + 0.5) * width
         bars = ax.bar(pos, means, width, color=cmap(i % cmap.N), label=exp)
         ax.errorbar(pos, means, yerr=stds, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
-        for bar, col, p, m, s in zip(bars, COLUMNS, pos, means, np.nan_to_num(stds)):
+        for bar, col, p, m, s in zip(bars, columns, pos, means, np.nan_to_num(stds)):
             if col in rec["holdout"].split() and math.isfinite(m):
                 bar.set_hatch("//")
                 ax.annotate("*", (p, m + s), ha="center", va="bottom")
-    ax.set_xticks(x, list(COLUMNS))
+    ax.set_xticks(x, list(columns))
     ax.set_ylabel(f"test {metric} (x100)")
     data = " (synthetic data)" if len(frame) and frame["synthetic"].any() else ""
     bound = ", an upper bound" if get_selection(selection).upper_bound else ""

@@ -4,7 +4,7 @@ selection, and still evaluated. ``run_loo(["PH2"], ...)`` runs experiment R end 
 from __future__ import annotations
 
 from domgen.data.catalog import load_catalog
-from domgen.data.labels import TABLE2_DOMAINS, domain_code
+from domgen.data.labels import domain_code, domain_order, table_columns
 from domgen.engine.trainer import Hooks
 from domgen.runs.registry import resolve_config
 from domgen.studies import DEFAULT_STUDY, load_study
@@ -15,7 +15,7 @@ def loo_experiments(holdout: str, study: str = DEFAULT_STUDY) -> list[str]:
     """"PH2" -> ["R"]; "all" -> ["O", ..., "T"]: the study's rows that hold out one domain alone."""
     LOO_EXPERIMENT = load_study(study).loo
     if holdout.lower() == "all":
-        return [LOO_EXPERIMENT[d] for d in sorted(LOO_EXPERIMENT, key=lambda d: (TABLE2_DOMAINS.index(d) if d in TABLE2_DOMAINS else len(TABLE2_DOMAINS), d))]
+        return [LOO_EXPERIMENT[d] for d in domain_order(LOO_EXPERIMENT)]
     code = domain_code(holdout)
     if code not in LOO_EXPERIMENT:
         raise ValueError(f"--holdout {holdout}: no leave-one-out experiment holds out {code} (choose from {', '.join(LOO_EXPERIMENT)} or all)")
@@ -39,9 +39,9 @@ def _method(summary: dict) -> str:
 
 def format_loo(results: list[RunResult]) -> str:
     """Macro recall per domain (Table 2 order), the held-out domain starred, one line per experiment."""
-    # Table 2's columns, then any other domain the runs were tested on (a toy source, a domain_by value)
-    seen = {d for r in results for d in r.summary["test_macro_recall"]}
-    columns = list(TABLE2_DOMAINS) + sorted(seen - set(TABLE2_DOMAINS))
+    # Table 2's columns, then any other domain the runs were tested on (a toy source, a domain_by value);
+    # a DomainBed folder's domains alone
+    columns = table_columns({d for r in results for d in r.summary["test_macro_recall"]})
     width = max([9] + [len(_method(r.summary)) for r in results])
     header = f"exp  {'algorithm':<{width}} held-out " + " ".join(f"{d:>6}" for d in columns) + "    avg"
     lines = [header]
