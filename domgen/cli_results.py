@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from domgen import cli_common as cc
+from domgen.errors import ConfigError
 
 
 def _results(args: argparse.Namespace):
@@ -15,6 +16,8 @@ def _results(args: argparse.Namespace):
     from domgen.results.collect import collect, select
     from domgen.studies import load_study
 
+    if not Path(args.runs).is_dir():  # a mistyped --runs, not "no finished runs" of whatever was asked
+        raise ConfigError(f"--runs {args.runs}: no such folder (the runs are where train/loo/sweep wrote them: --out, default runs)")
     df = collect(Path(args.runs), stages=("val", "final"), splits=("val", "test"))
     df = select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
     if args.seeds is not None:  # e.g. the seeds a sweep under way has finished

@@ -60,6 +60,14 @@ def test_out_that_is_a_file_is_one_line_naming_it(smoke_cache, tmp_path, capsys)
     assert "choose another --out" in lines[0]
 
 
+@pytest.mark.parametrize("command", [["table"], ["compare", "coral", "erm"], ["table", "--by", "algorithm"]])
+def test_results_commands_name_a_missing_runs_folder(tmp_path, capsys, command):
+    missing = tmp_path / "rnus"  # a typo: before, "no finished runs of experiment 'coral'"
+    assert run.main([*command, "--runs", str(missing)]) == 2
+    assert errors(capsys.readouterr().err) == [f"error: --runs {missing}: no such folder (the runs are where "
+                                               "train/loo/sweep wrote them: --out, default runs)"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_out_is_one_line(smoke_cache, tmp_path, capsys):
     out = tmp_path / "runs"
