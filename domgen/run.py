@@ -248,9 +248,8 @@ def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=DESCRIPTIONS[name], formatter_class=cc.HelpFormatter)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m domgen.run", description=DESCRIPTION, formatter_class=cc.HelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_summary(sub) -> None:
+    """``summary``: Table 1 of the data."""
     s = _sub(sub, "summary", "Table 1: images per class per domain, and what was dropped")
     cc.add_data_options(s)
     s.add_argument("--json", action="store_true", help='print {"DOMAIN": {"nv": N, ...}, ...}')
@@ -260,6 +259,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
                    help="a data option, e.g. data.layout=metadata_csv or data.domain_by=localization (repeatable)")
     s.set_defaults(func=cmd_summary)
+
+
+def _add_training(sub) -> None:
+    """The commands that train: ``train``, ``profile``, ``prune``."""
     t = _sub(sub, "train", "train one experiment (A-E baselines, F-T CCSA)")
     cc.add_run_options(t)
     t.add_argument("--profile", action="store_true", help="time data, forward/backward, optimiser, evaluation, logging per epoch; write a torch.profiler trace")
@@ -275,11 +278,19 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--target-params", default=None, metavar="N", help="with or without --thresholds: the threshold whose model is the largest within N parameters (e.g. 8.5M)")
     pr.add_argument("--refine", type=int, default=4, help="--target-params: bisection steps between the bracketing thresholds")
     pr.set_defaults(func=cmd_prune, exp="U")
+
+
+def _add_export(sub) -> None:
+    """``export``: a run's model as ONNX or TorchScript."""
     ex = _sub(sub, "export", "write a run's model as ONNX or TorchScript with its preprocessing, checked against PyTorch")
     ex.add_argument("run", help="a run folder (with config.yaml and best.pt; pruned.pt too for U and V)")
     ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="ONNX (checked with onnxruntime) or TorchScript")
     ex.add_argument("--out", default=None, help="folder for the model and preprocessing.json (default: RUN/export)")
     ex.set_defaults(func=cmd_export)
+
+
+def _add_loo(sub) -> None:
+    """``loo`` (leave one domain out) and ``sampler`` (its pair sampler's report)."""
     lo = _sub(sub, "loo", "leave one domain out (experiments O-T): trains or reuses A, then CCSA")
     cc.add_run_options(lo, exp=False)
     lo.add_argument("--holdout", required=True, help="DMF, D7P, MSK, PH2, SON, UDA (or folder names), or all")
@@ -292,8 +303,10 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--pairs", type=int, default=100_000, help="pairs (or, for a one-image sampler, images) to draw for the empirical frequencies")
     sa.add_argument("--json", action="store_true", help="print the report as JSON")
     sa.set_defaults(func=cmd_sampler)
-    add_results_parsers(sub, DESCRIPTIONS)
-    add_sweep_parser(sub, DESCRIPTIONS["sweep"])
+
+
+def _add_similarity(sub) -> None:
+    """``similarity``: CKA/SVCCA/PWCCA of two runs."""
     si = _sub(sub, "similarity", "per-layer CKA/SVCCA/PWCCA of two runs, or of a run against its initialisation")
     si.add_argument("run_a", metavar="RUN_A", help="a run folder (its best.pt)")
     si.add_argument("run_b", metavar="RUN_B", nargs="?", default=None, help="a second run folder, trained on the same data")
@@ -307,16 +320,31 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("--device", default="auto", help="auto | cpu | cuda")
     si.add_argument("--plot", default=None, metavar="FILE.png", help="the plot (default RUN_A/similarity-<against>.png)")
     si.set_defaults(func=cmd_similarity)
-    add_ablate_parser(sub, DESCRIPTIONS["ablate"])
-    add_bench_parser(sub, DESCRIPTIONS["bench"])
+
+
+def _add_list(sub) -> None:
+    """``list``: a study's rows, the algorithms, the regimes."""
     ls = _sub(sub, "list", "the rows of a study (default: yoon2019, experiments A-V), the algorithms or the regimes")
     ls.add_argument("what", nargs="?", default="experiments", choices=["experiments", "algorithms", "regimes"],
                     help="experiments: the study's rows; algorithms: every registered training algorithm and its paper; "
                          "regimes: every fine-tuning regime and its paper")
     cc.add_study_option(ls)
     ls.set_defaults(func=cmd_list)
-    return p
 
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m domgen.run", description=DESCRIPTION, formatter_class=cc.HelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    # the order of `--help`
+    for add in (_add_summary, _add_training, _add_export, _add_loo):
+        add(sub)
+    add_results_parsers(sub, DESCRIPTIONS)
+    add_sweep_parser(sub, DESCRIPTIONS["sweep"])
+    _add_similarity(sub)
+    add_ablate_parser(sub, DESCRIPTIONS["ablate"])
+    add_bench_parser(sub, DESCRIPTIONS["bench"])
+    _add_list(sub)
+    return p
 
 def main(argv: list[str] | None = None) -> int:
     """The one error boundary: expected failures print one line (exit 2, Ctrl-C 130); bugs a traceback."""
