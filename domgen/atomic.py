@@ -44,18 +44,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def stale_temporaries(folder: str | Path, keep: tuple[str, ...] = ()) -> list[Path]:
+def stale_temporaries(folder: str | Path, keep: tuple[str, ...] = (), of: tuple[str, ...] | None = None) -> list[Path]:
     """The temporaries :func:`atomic_path` left in ``folder`` when its process was killed mid-write (a
-    SIGKILL or a lost node runs no ``finally``), except those of the file names in ``keep``. Only for a
-    folder no other process writes into (a run folder its owner has locked): elsewhere one of these may be
-    a write in progress."""
-    folder = Path(folder)
+    SIGKILL or a lost node runs no ``finally``): those of the file names in ``of`` (default: any name),
+    except those of the names in ``keep``. Only for files no other process is writing now: a run folder its
+    owner has locked (every name), a cache entry whose builder lock is held (``of`` that entry's files)."""
     stale = []
-    for tmp in folder.glob(".*.tmp"):
+    for tmp in Path(folder).glob(".*.tmp"):
         target = tmp.name[1:].rsplit(".", 2)[0]  # ".last.pt.k3j9x2.tmp" -> "last.pt"
-        if tmp.is_file() and target not in keep:
+        if tmp.is_file() and target not in keep and (of is None or target in of):
             stale.append(tmp)
     return sorted(stale)
+
+
+def remove_stale_temporaries(folder: str | Path, keep: tuple[str, ...] = (), of: tuple[str, ...] | None = None) -> int:
+    """Delete :func:`stale_temporaries` (same rules); returns the bytes freed."""
+    freed = 0
+    for tmp in stale_temporaries(folder, keep, of):
+        with contextlib.suppress(FileNotFoundError):
+            freed += tmp.stat().st_size
+            tmp.unlink()
+    return freed
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -94,6 +94,19 @@ def test_cache_is_reused_and_rekeyed_when_a_file_changes(gen_paths, tmp_path, mo
     assert build_cache(gen_paths, 40, 32, tmp_path / "c") not in (path, new)  # other crop, other key
 
 
+def test_a_build_removes_its_entrys_partial_files_from_a_killed_builder_only(gen_paths, tmp_path):
+    key, _ = cache_mod.cache_key(gen_paths, 40, 30)
+    folder = tmp_path / "c" / "images"
+    folder.mkdir(parents=True)
+    ours = [folder / f".{key}.u8.k3j9x2.tmp", folder / f".{key}.json.q1.tmp"]  # a builder SIGKILLed mid-write
+    theirs = folder / ".0123456789abcdef.u8.z9.tmp"  # another entry's build, perhaps in progress now
+    for f in [*ours, theirs]:
+        f.write_bytes(b"\0" * 64)
+    path = build_cache(gen_paths, 40, 30, tmp_path / "c")
+    assert path == folder / f"{key}.u8" and open_cache(path).shape == (6, 30, 30, 3)
+    assert not any(f.exists() for f in ours) and theirs.exists()
+
+
 def _build_in_child(paths, cache_dir, log):
     def progress(n):
         with open(log, "a") as f:

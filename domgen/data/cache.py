@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from domgen.atomic import atomic_path, exclusive, write_text_atomic
+from domgen.atomic import atomic_path, exclusive, remove_stale_temporaries, write_text_atomic
 from domgen.data.transforms import load_rgb, resize_centre_crop
 
 FORMAT_VERSION = 1
@@ -141,6 +141,8 @@ def build_cache(
 
 
 def _build_locked(data_path: Path, inputs: dict, paths, resize, crop, num_workers, progress) -> None:
+    # A builder killed before us left its partial file (the whole cache's size): ours replaces it.
+    remove_stale_temporaries(data_path.parent, of=(data_path.name, _sidecar(data_path).name))
     # The sidecar goes last: _is_complete needs it, so a kill before it leaves no half-valid cache.
     with atomic_path(data_path) as tmp:
         _write_images(tmp, paths, resize, crop, num_workers, progress)

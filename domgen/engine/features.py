@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from domgen.algorithms.base import Batch
-from domgen.atomic import atomic_path, exclusive
+from domgen.atomic import atomic_path, exclusive, remove_stale_temporaries
 from domgen.config import RunConfig, cache_dir
 from domgen.data.cache import cache_key
 from domgen.data.samplers import Draw, chunks
@@ -156,6 +156,7 @@ class PrecomputedFeatures:
             if self.bar is not None:
                 self.bar.close()
             self.computed = len(z)
+            remove_stale_temporaries(self.folder, of=(self.path.name,))  # a killed writer's partial file
             with atomic_path(self.path) as tmp:
                 torch.save({"version": FORMAT_VERSION, "features": z}, tmp)
             self.log(f"features of {len(z)} images computed once by the frozen backbone, kept in {self.path}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from domgen.atomic import stale_temporaries, write_text_atomic
+from domgen.atomic import remove_stale_temporaries, stale_temporaries, write_text_atomic
 from domgen.config import RunConfig, config_hash, run_keys, save_yaml
 from domgen.config_check import normalise_data
 from domgen.engine.checkpoint import load_checkpoint
@@ -175,19 +175,17 @@ def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: C
     lock = RunLock(run_dir, wait=wait, on_wait=lambda o: hooks.log(f"{tag} waiting for {describe(o)} to release {run_dir}"),
                    on_takeover=lambda o: hooks.log(f"{tag} took over {run_dir} from {describe(o)}, which is gone (recorded in takeovers.jsonl)"))
     with lock:
-        remove_stale_temporaries(run_dir, tag, hooks)
+        clean_killed_writes(run_dir, tag, hooks)
         yield data, run_dir, settle_folder(cfg, hooks, run_dir, resume, force, restart)
 
 
-def remove_stale_temporaries(run_dir: Path, tag: str, hooks: Hooks) -> None:
+def clean_killed_writes(run_dir: Path, tag: str, hooks: Hooks) -> None:
     """Delete what a killed write left in the run folder (``.last.pt.<random>.tmp``: a checkpoint's size
     each), now that this process owns the folder; the lock's own temporaries stay (a launcher may write it)."""
-    stale = stale_temporaries(run_dir, keep=(LOCK,)) if run_dir.is_dir() else []
-    if stale:
-        size = sum(t.stat().st_size for t in stale)
-        for t in stale:
-            t.unlink(missing_ok=True)
-        hooks.log(f"{tag} removed {len(stale)} temporary file(s) a killed write left in {run_dir} ({size / 2**20:.1f} MiB)")
+    n = len(stale_temporaries(run_dir, keep=(LOCK,))) if run_dir.is_dir() else 0
+    if n:
+        freed = remove_stale_temporaries(run_dir, keep=(LOCK,))
+        hooks.log(f"{tag} removed {n} temporary file(s) a killed write left in {run_dir} ({freed / 2**20:.1f} MiB)")
 
 
 def progress_note(run_dir: Path) -> str | None:
