@@ -12,7 +12,7 @@ parse_seeds = cc.parse_seeds
 def cmd_sweep(args: argparse.Namespace) -> int:
     from domgen.sweep.launch import launch
     from domgen.sweep.plan import algorithm_variants, cross_variants, plan_sweep, split_variants
-    from domgen.sweep.report import format_plan, format_report, format_status, sweep_status
+    from domgen.sweep.report import format_plan, format_report, format_status, other_runs_line, sweep_status
 
     cc.amend_protocol(args)
     seeds = parse_seeds(args.seeds)
@@ -30,7 +30,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               split_variants(args.folds, split_seeds))
     plan = plan_sweep(exps, seeds, args.preset, overrides, out=args.out, study=args.study, variants=variants)
     if args.action == "status":
-        print(format_status(sweep_status(plan)))
+        jobs = sweep_status(plan)
+        print(format_status(jobs) + (other_runs_line(jobs, args.out) or ""))
         return 0
     slurm = cc.slurm_options(args)
     if args.dry_run:

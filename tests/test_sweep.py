@@ -19,7 +19,7 @@ import pytest
 from domgen.runs.train import parent_config, run_dir_for
 from domgen.sweep.launch import SlurmOptions, launch, run_job
 from domgen.sweep.plan import DataSize, algorithm_variants, estimate_gpu_hours, parse_exps, plan_sweep
-from domgen.sweep.report import format_plan, format_status, status_counts, sweep_status
+from domgen.sweep.report import format_plan, format_status, other_runs_line, status_counts, sweep_status
 from domgen.sweep.status import FAILED, RUNNING, STALE_S, read_state
 
 IDENTITY = "synthetic:test"
@@ -177,6 +177,17 @@ def test_status_counts_and_blocked_children(tmp_path):
     jobs = sweep_status(plan)
     assert jobs.set_index("run")["train_s"].dropna().tolist() == [90.0]
     assert "2/4 runs done; training took 0.0 h in all, a median 1.5 min per run (1 of the 2 recorded it)" in format_status(jobs)
+
+
+def test_status_of_another_plan_says_the_folder_holds_other_runs(tmp_path):
+    plan, out = make_plan("A,F", [0, 1], tmp_path), tmp_path / "runs"
+    assert other_runs_line(sweep_status(plan), out) is None  # no other runs: nothing to point at
+    for name in ("O-s0-aaaaaaaaaa", "O-s1-bbbbbbbbbb"):  # a leave-one-out sweep's runs, planned with other options
+        _write(out / name / "config.yaml", {})
+    line = other_runs_line(sweep_status(plan), out)
+    assert line.startswith(f"None of these runs has started, but {out} holds 2 other run folder(s)")
+    _write(plan.jobs[0].run_dir / "done", {})
+    assert other_runs_line(sweep_status(plan), out) is None  # this plan has begun: its counts say enough
 
 
 def test_dry_run_submits_nothing_and_skips_unneeded_parents(tmp_path):

@@ -88,6 +88,21 @@ def format_status(jobs: pd.DataFrame) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def other_runs_line(jobs: pd.DataFrame, out: Path) -> str | None:
+    """When none of the plan's runs has started but ``out`` holds other run folders: a status asked with
+    other options than the sweep's (``sweep status`` re-plans from its own options; by default, every row
+    of the study at the paper preset), which would otherwise read as a sweep that has done nothing."""
+    if len(jobs) and not (jobs["state"] == "pending").all():
+        return None
+    ours = {Path(d).name for d in jobs["run_dir"]}
+    others = [d for d in Path(out).glob("*/config.yaml") if d.parent.name not in ours] if Path(out).is_dir() else []
+    if not others:
+        return None
+    return (f"None of these runs has started, but {out} holds {len(others)} other run folder(s): `sweep status` "
+            "reports the plan its options describe, so give it the sweep's own (--exps or --holdout, --algorithms, "
+            "--seeds, --preset, --set).")
+
+
 def format_plan(plan: "Plan") -> str:
     """What ``--dry-run`` shows: every run with its state, what it waits for and its estimated GPU-hours."""
     rows = [
