@@ -169,7 +169,10 @@ def _swad_epochs(model, avg, losses, steps=2, resume_at=None):
 
 @pytest.mark.parametrize("losses", [[2.0, 1.0, 0.9, 0.8, 0.85, 0.9, 1.5, 0.95, 3.0],
                                     [1.0, 0.5, 0.6, 0.7, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.5, 0.4],
-                                    [5.0, 4.0, 3.0, 2.0], [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+                                    [5.0, 4.0, 3.0, 2.0], [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+                                    # the look-back reaches its full depth (n_tolerance - n_converge): the
+                                    # averager must still hold the segment it reaches back to
+                                    [1.2, 1.15, 1.1, 1.05, 1.0, 0.9, 0.92, 0.95]])
 def test_swad_model_is_the_mean_of_the_window_segments_with_bn_recomputed_and_resume_is_exact(losses):
     model = Toy()
     avg, segments = _swad_epochs(model, make_averager(AverageConfig(name="swad"), Toy()), losses)

@@ -107,6 +107,22 @@ def test_each_method_picks_its_own_epoch_and_reports_that_epochs_test_rows(tmp_p
     assert held_value(oracle, h, "DMF") == 22 and set(oracle.loc[oracle["run"] == h, "epoch"]) == {2}
 
 
+def test_lodo_scores_only_epochs_every_sibling_recorded(tmp_path):
+    """The PH2 run lost its held-out row at epoch 3 (say, a torn line): the HAM run's lodo curve is then
+    epochs 1-2 only, (40 + 60) / 2 = 50 and (50 + 40) / 2 = 45 -> epoch 1. Averaging whatever siblings have a
+    row would score epoch 3 by the DMF run alone (80) and pick it."""
+    runs = loo_family(tmp_path)
+    path = tmp_path / runs["PH2"] / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    lost = [r for r in rows if (r["stage"], r["split"], r["domain"], r["epoch"]) == ("val", "val", "PH2", 3)]
+    assert len(lost) == 1
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r not in lost))
+    df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
+    picks = selected_epochs(df, "lodo").set_index("run")
+    assert picks.loc[runs["HAM"], "epoch"] == 1 and picks.loc[runs["HAM"], "score"] == pytest.approx(50.0)
+    assert picks.loc[runs["PH2"], "epoch"] == 3  # its own siblings (HAM, DMF runs) are whole: 45 60 70
+
+
 def test_train_from_per_epoch_rows_equals_the_final_rows_and_works_without_them(tmp_path):
     loo_family(tmp_path)
     df = collect(tmp_path, stages=("val", "final"), splits=("val", "test"))
