@@ -247,16 +247,16 @@ def test_ccsa_algorithm_reports_each_terms_gradient_at_the_features():
 
 def test_ccsa_algorithm_passes_the_samplers_pair_labels_to_the_loss():
     """In the authors' branch mode a same-class pair can be labelled negative: the algorithm must take the
-    sampler's flag (batch.extras["positive"]), not y1 == y2. Flipped labels swap the terms of the
-    pair-label test above: pair 0 (same class) separated, 45^2 / 2; pair 1 (other class) aligned, 25 / 2."""
+    sampler's flag (batch.extras["positive"]), not y1 == y2. Pair 0 (same class, distance 5) labelled
+    negative is separated, (50 - 5)^2 / 2; pair 1 (other class, distance 10) labelled positive is aligned,
+    100 / 2. Labelled by class equality instead, they would give align 25 / 2 and sep (50 - 10)^2 / 2."""
     from domgen.algorithms import Batch, CCSA, CCSAHparams
 
-    t = batch()
     algo = CCSA(CCSAHparams(weighted_align=False), LossConfig(weighted=False))
     algo.class_w1 = algo.class_w2 = algo.pair_w = None
-    y = torch.cat([t["y1"], t["y2"]])
+    z1 = torch.zeros(2, 2, dtype=torch.float64)
+    z2 = torch.tensor([[3.0, 4.0], [6.0, 8.0]], dtype=torch.float64)
+    y = torch.tensor([1, 0, 1, 1])  # y1 = (1, 0), y2 = (1, 1)
     flags = torch.tensor([False, True])
-    assert (flags != (t["y1"] == t["y2"])).all()  # the flags disagree with class equality on both pairs
-    out = algo.loss(_IdentityFeatures(), Batch(torch.cat([t["z1"], t["z2"]]), y, torch.zeros_like(y), {"positive": flags}))
-    assert out.logs["sep"].item() == pytest.approx(45**2 / 2) and out.logs["align"].item() == pytest.approx(25 / 2)
-
+    out = algo.loss(_IdentityFeatures(), Batch(torch.cat([z1, z2]), y, torch.zeros_like(y), {"positive": flags}))
+    assert out.logs["sep"].item() == pytest.approx(45**2 / 2) and out.logs["align"].item() == pytest.approx(100 / 2)
