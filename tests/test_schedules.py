@@ -7,6 +7,7 @@ import io
 import math
 import warnings
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,6 +166,7 @@ class ScoredTrainer(Trainer):
         self.scores, self.hooks, self.profile, self.run_dir = scores, Hooks(), NoProfile(), run_dir
         self.model = nn.Linear(1, 1)
         self.averager = make_averager(AverageConfig(), self.model)
+        self.evaluator = SimpleNamespace(val_loss=None)  # no weight averaging: its validation loss is never asked
         self.epoch, self.best_score, self.best_epoch, self.saved_epoch, self.train_s = 0, -math.inf, -1, 0, 0.0
         self.trained: list[int] = []
 

@@ -21,16 +21,16 @@ from domgen.algorithms import Algorithm, make_algorithm
 from domgen.config import RunConfig, to_dict
 from domgen.data.labels import DOMAINS
 from domgen.data.samplers import TrainPool
-from domgen.engine.averaging import Averager, domain_mean_cross_entropy, make_averager
+from domgen.engine.averaging import Averager, make_averager
 from domgen.engine.checkpoint import load_checkpoint, previous, rng_state, save_checkpoint, seed_everything, set_rng_state
 from domgen.engine.features import FeatureView, run_features
 from domgen.engine.inputs import Inputs, ValidationStream
 from domgen.engine.mixing import make_mixer
 from domgen.engine.logging import RESULTS, TensorBoard, append_results, log_final, truncate_results
 from domgen.errors import CheckpointError
-from domgen.engine.loop import autocast, predict, prepare_model, train_epoch
-from domgen.engine.metrics import evaluate_domains
-from domgen.engine.predictions import save_test_predictions, stratified_subsample
+from domgen.engine.loop import autocast, prepare_model, train_epoch
+from domgen.engine.evaluation import Evaluator
+from domgen.engine.predictions import save_test_predictions
 from domgen.engine.provenance import set_deterministic
 from domgen.engine.profile import NoProfile, RunProfile
 from domgen.engine.schedules import make_schedule
@@ -128,8 +128,9 @@ class Trainer:
         self.saved_epoch = 0  # epochs safely in last.pt (what a Ctrl-C keeps)
         self.train_s = 0.0  # seconds of training and per-epoch evaluation, over every session (done: train_s)
         self.tb: TensorBoard | None = None
-        # the study's error profile: its positive set's operating point in every row (pos_*), when it has one
-        self.operating = load_study(cfg.study_file or cfg.study).protocol
+        # every evaluation; the study's error profile puts its operating point in every row (pos_*)
+        self.evaluator = Evaluator(cfg, data, self.inputs, self.features, self.model, self.device,
+                                   load_study(cfg.study_file or cfg.study).protocol)
 
     # ---- state -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -218,7 +219,7 @@ class Trainer:
             self.epoch += 1
             with prof.phase("evaluation"):
                 score, rows = self.validate(self.epoch)
-                extra = self.averager.end_epoch(self.epoch - 1, self.model, self.val_loss)
+                extra = self.averager.end_epoch(self.epoch - 1, self.model, self.evaluator.val_loss)
             # wall time of the epochs in last.pt, summed over sessions (an interrupted epoch's is lost with it)
             self.train_s += clock() - started
             with prof.phase("logging_checkpointing"):
@@ -305,79 +306,18 @@ class Trainer:
         self.hooks.log(f"[{self.cfg.exp} s{self.cfg.seed}] epoch {self.epoch}/{self.cfg.optim.epochs} {loss} | val macro recall: {per_domain} | score {score:.2f}")
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, splits: tuple[str, ...], features: bool = False, domains: list[str] | None = None, model=None,
-                  extra: np.ndarray | None = None):
-        """Every domain of ``splits``, or only ``domains``, then the manifest positions ``extra`` (in a pass
-        of their own, so the other rows' batches, and so their numbers, are the same with or without them);
-        ``model`` (default: the trained one). Returns rows, confusion matrices, (features, labels, domains,
-        splits) and (positions, probabilities)."""
-        m = self.data.manifest
-        mask = m["split"].isin(splits)
-        if domains is not None:
-            mask &= m["domain"].isin(domains)
-        pos = np.flatnonzero(mask.to_numpy())
-        model = self.model if model is None else model
-        probs, y, feats = self._predict(model, pos, features)
-        if extra is not None and len(extra):
-            p2, y2, _ = self._predict(model, extra)
-            pos, probs, y = np.concatenate([pos, extra]), np.concatenate([probs, p2]), np.concatenate([y, y2])
-        doms, spl = m["domain"].to_numpy()[pos], m["split"].to_numpy()[pos]
-        rows, cms = evaluate_domains(y, probs, doms, spl, classes=self.data.classes, operating=self.operating)
-        return rows, cms, (feats, y, doms, spl), (pos, probs)
-
-    def _predict(self, model, pos: np.ndarray, features: bool = False):
-        """``predict`` of ``model`` on the manifest positions ``pos``: from the images, or with precomputed
-        features (regime.precompute) from those of the trained model's frozen g, through ``model``'s head."""
-        bs = 2 * self.cfg.optim.batch_size
-        if self.features is None:
-            return predict(model, self.inputs.eval_batches(pos, bs), self.device, features, self.cfg.precision)
-        batches = self.features.ready(self.model).eval_batches(pos, bs)
-        return predict(FeatureView(model), batches, self.device, features, self.cfg.precision)
-
-    def train_subsample(self) -> np.ndarray:
-        """Manifest positions of the training images evaluated after each epoch (``train_eval`` of them,
-        stratified by domain, the same every epoch and after a resume); empty when ``train_eval`` is 0. Their
-        rows (split ``train``, stage ``val``) against the validation rows give the overfitting gap."""
-        n = self.cfg.train_eval
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64)
-        pool = self.data.pool
-        domains = self.data.manifest["domain"].to_numpy()[pool]
-        return pool[stratified_subsample(domains, n, derive_seed(self.cfg.seed, "train_eval"))]
-
-    def epoch_splits(self) -> tuple[tuple[str, ...], list[str] | None]:
-        """What is evaluated after each epoch: with ``epoch_eval=all`` the validation and test splits of
-        every domain, held-out ones included, so that every selection method (training-domain,
-        leave-one-domain-out, oracle: ``domgen.results.selection``) can be applied afterwards without
-        retraining, as DomainBed records every environment at every checkpoint; with ``selection`` only
-        the validation splits the training-domain selection averages over (cheaper); ``auto`` (default)
-        is ``all`` for a run that holds a domain out and ``selection`` otherwise. Every domain's
-        validation and test run at the end with the selected weights (``final``)."""
-        mode = self.cfg.epoch_eval
-        if mode == "selection" or (mode == "auto" and not self.cfg.data.holdout):
-            return ("val",), list(self.data.train_domains)
-        return ("val", "test"), None
-
     def validate(self, epoch: int) -> tuple[float, list[dict]]:
-        """Evaluate :meth:`epoch_splits` (and :meth:`train_subsample`), record them (stage ``val``, each row's
+        """Evaluate the evaluator's ``epoch_splits`` (and ``train_subsample``), record them (stage ``val``, each row's
         split named) and return the selection score: the mean validation macro recall over the training
         domains (Yoon et al., Sec. 3)."""
-        splits, domains = self.epoch_splits()
-        rows, _, _, _ = self._evaluate(splits, domains=domains, model=self.averager.eval_model(self.model),
-                                       extra=self.train_subsample())
+        splits, domains = self.evaluator.epoch_splits()
+        rows, _, _, _ = self.evaluator.evaluate(self.averager.eval_model(self.model), splits, domains=domains,
+                                                extra=self.evaluator.train_subsample())
         rows = [self.context | {"epoch": epoch, "stage": "val"} | r for r in rows]
         append_results(self.run_dir, rows)
         used = [r["macro_recall"] for r in rows if r["split"] == "val" and r["domain"] in self.data.train_domains]
         score = float(np.nanmean(used)) if used else -math.inf
         return score, rows
-
-    def val_loss(self, model) -> float:
-        """``model``'s validation loss on the training domains: the mean over those domains of the mean
-        (unweighted) cross-entropy on each one's validation split (SWAD's ``tr_outloss``)."""
-        m = self.data.manifest
-        pos = np.flatnonzero((m["split"].eq("val") & m["domain"].isin(self.data.train_domains)).to_numpy())
-        probs, y, _ = self._predict(model, pos)
-        return domain_mean_cross_entropy(probs, y, m["domain"].to_numpy()[pos])
 
     def final(self) -> dict[str, Any]:
         """Best epoch's weights (with ``average.name=swad``, SWAD's model) on every domain's validation and
@@ -388,7 +328,7 @@ class Trainer:
             state = load_checkpoint(self.run_dir / BEST, self.device)
             self.model.load_state_dict(state["model"])
         with prof.phase("evaluation"):
-            rows, cms, embed, (pos, probs) = self._evaluate(("val", "test"), features=self.algorithm.shapes_features)
+            rows, cms, embed, (pos, probs) = self.evaluator.evaluate(self.model, ("val", "test"), features=self.algorithm.shapes_features)
         averaged = self.averager.summary()  # SWAD: which epochs its model averages
         # the rows carry the epoch the evaluated weights are from: SWAD's model, its window's last epoch
         epoch = averaged["average_epochs"][-1] if averaged.get("average_epochs") else self.best_epoch
