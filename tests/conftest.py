@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The real data beside the checkout (CI's ../shared), or wherever $DOMGEN_SHARED_DATA says (a worktree
+# elsewhere); tests that need it skip when it is absent. Never copied into the repository.
+SHARED_DATA = Path(os.environ.get("DOMGEN_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 # Tests run on the synthetic default and on data they write; a researcher's real data root must not leak
 # in (subprocesses inherit this environment).
@@ -27,7 +29,7 @@ def make_image():
 
 @pytest.fixture
 def shared_data() -> Path:
-    """/work/shared/data (real HAM10000 sample and full metadata); skips the test when absent."""
+    """:data:`SHARED_DATA` (real HAM10000 sample and full metadata); skips the test when absent."""
     if not (SHARED_DATA / "ham10000_sample").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA

@@ -16,6 +16,7 @@ from scipy.stats import ks_2samp
 from torchvision import transforms as T1
 from torchvision.transforms.v2 import functional as TF
 
+from conftest import SHARED_DATA  # the one rule for where the real data is
 from domgen.bench.pipeline import QUICK, bench_pipeline, make_synthetic_tree
 from domgen.data import cache as cache_mod
 from domgen.data.batch_augment import AugmentParams, BatchAugment, eval_batch, sample_crop_boxes
@@ -24,7 +25,7 @@ from domgen.data.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, Cutout, load_rgb, reference_eval_transform, reference_train_transform,
 )
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ham10000_sample" / "HAM10000_images_part_1"
+SAMPLE = SHARED_DATA / "ham10000_sample" / "HAM10000_images_part_1"
 PAPER = (650, 300, 224, 64)
 SMALL = (130, 60, 45, 13)  # resize - out is odd here: the eval crop is not the centre of the cached crop
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SHARED_DATA  # the one rule for where the real data is
 from domgen.data import splits as S
 from domgen.data.labels import CLASSES
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FULL = DATA / "HAM10000_metadata_full.csv"
+FULL = SHARED_DATA / "HAM10000_metadata_full.csv"
 
 
 @pytest.fixture(scope="module")
