@@ -121,5 +121,8 @@ def check_one_run_per_seed(df: pd.DataFrame) -> None:
         runs = sorted(df.loc[(df["exp"] == exp) & (df["seed"] == seed), "run"].unique())
         raise ValueError(
             f"{len(clashes)} (experiment, seed) pairs come from several runs, e.g. {exp} seed {seed}: "
-            f"{', '.join(runs)}; pick one setting with select(df, preset=..., data=..., config_hash=...)"
+            f"{', '.join(runs)}. Runs of one row with several algorithms or held-out domains (a sweep with "
+            "--algorithms, or --exps ROWS --holdout) are read with `table --by algorithm`; otherwise keep one setting "
+            "per row (--preset, --exps, --study, or a separate --runs folder; in Python, select(df, preset=..., "
+            "data=..., config_hash=...))"
         )
