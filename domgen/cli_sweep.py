@@ -11,22 +11,27 @@ parse_seeds = cc.parse_seeds
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from domgen.sweep.launch import launch
-    from domgen.sweep.plan import algorithm_variants, cross_variants, plan_sweep, split_variants
+    from domgen.studies import load_study
+    from domgen.sweep.plan import (algorithm_variants, cross_variants, holdout_variants, parse_exps, plan_sweep,
+                                   split_variants)
     from domgen.sweep.report import format_plan, format_report, format_status, other_runs_line, sweep_status
 
     cc.amend_protocol(args)
     seeds = parse_seeds(args.seeds)
     overrides = cc.data_overrides(args) + [f"device={args.device}"] + list(args.set)
-    exps = args.exps
-    if args.holdout:  # the study's leave-one-out rows (yoon2019: O-T), like `loo --holdout`
+    exps, held = args.exps, [()]
+    if args.holdout and args.exps == "all":  # the study's leave-one-out rows (yoon2019: O-T), like `loo --holdout`
         from domgen.runs.loo import loo_experiments
 
-        if args.exps != "all":
-            raise ValueError("give --exps or --holdout, not both: --holdout names the leave-one-out rows itself")
         exps = sorted({e for h in args.holdout.split(",") for e in loo_experiments(h.strip(), args.study)})
+    elif args.holdout:  # the given rows, once per held-out domain (data the study has no such rows for)
+        from domgen.runs.registry import resolve_config
+
+        first = parse_exps(args.exps, load_study(args.study))[0]
+        held = holdout_variants(args.holdout, resolve_config(first, args.preset, 0, overrides, args.study).data)
     split_seeds = parse_seeds(args.split_seeds) if args.split_seeds is not None else None
     split_seeds = list(range(split_seeds)) if isinstance(split_seeds, int) else split_seeds
-    variants = cross_variants(algorithm_variants(args.algorithms, args.hparams, args.n_hparams),
+    variants = cross_variants(algorithm_variants(args.algorithms, args.hparams, args.n_hparams), held,
                               split_variants(args.folds, split_seeds))
     plan = plan_sweep(exps, seeds, args.preset, overrides, out=args.out, study=args.study, variants=variants)
     if args.action == "status":
@@ -51,7 +56,10 @@ def add_sweep_parser(sub, description: str) -> None:
     cc.add_study_option(sw)
     sw.add_argument("--exps", default="all", help="the study's rows: all, or ranges and lists in file order: A-V, F-K,U, A,K,R")
     sw.add_argument("--holdout", default=None, metavar="DOMAINS",
-                    help="instead of --exps: the leave-one-out rows holding out these domains (PH2,SON), or all (yoon2019: O-T)")
+                    help="alone: the study's leave-one-out rows holding out these domains (PH2,SON), or all (yoon2019: "
+                         "O-T); with --exps: each of those rows once per held-out domain (data.holdout=D), for data "
+                         "without such rows, e.g. --exps E --holdout all on a DomainBed folder (all: every domain but "
+                         "the primary)")
     sw.add_argument("--algorithms", default=None, metavar="A,B,...",
                     help="train each row with each of these algorithms (`list algorithms`) instead of the row's own, e.g. erm,coral,ccsa")
     sw.add_argument("--hparams", default="default", choices=["default", "random"],

@@ -276,3 +276,32 @@ def test_every_algorithm_trains_on_a_domainbed_layout_folder(name, pacs_root, tm
     assert final == every and epoch == every  # sketch's curves are recorded for oracle selection
     train = next(r for r in rows if r["stage"] == "train")
     assert np.isfinite(train["train_loss"])
+
+
+@pytest.mark.slow
+def test_sweep_rows_once_per_held_out_domain_of_a_domainbed_folder(pacs_root, tmp_path, capsys):
+    """`sweep --exps E --holdout all` on a folder the study has no leave-one-out rows for: E once per domain
+    held out (the primary is none, so every domain), per algorithm; the table by algorithm then reads the
+    folder's own domains, each cell the run holding that domain out."""
+    from domgen import run
+
+    out = tmp_path / "runs"
+    common = ["--preset", "smoke", "--runs", str(out)]
+    assert run.main(["sweep", "--exps", "E", "--holdout", "all", "--algorithms", "erm,coral", "--seeds", "1",
+                     "--preset", "smoke", "--data-root", str(pacs_root), "--cache-dir", str(pacs_root.parent / "c"),
+                     "--set", "data.layout=domain_folders", "--set", "data.primary=none", "--set", "optim.epochs=1",
+                     "--set", "threads=1", "--out", str(out), "--max-parallel", "2"]) == 0
+    assert "6/6 runs done" in capsys.readouterr().out
+    final = {}
+    for results in out.glob("E-s0-*/results.jsonl"):
+        rows = [r for r in read_results(results.parent) if r["stage"] == "final" and r["split"] == "test"]
+        (held,) = rows[0]["holdout"]
+        final[(rows[0]["algorithm"], held)] = next(r["macro_recall"] for r in rows if r["domain"] == held)
+    assert sorted(final) == [(a, d) for a in ("coral", "erm") for d in ("art_painting", "photo", "sketch")]
+    assert run.main(["table", "--by", "algorithm", *common]) == 0
+    md = capsys.readouterr().out
+    assert "| Algorithm | art_painting | photo | sketch | avg | seeds |" in md
+    erm = next(line for line in md.splitlines() if line.startswith("| erm |"))
+    assert erm.split(" | ")[1:4] == [f"{final[('erm', d)]:.1f}*" for d in ("art_painting", "photo", "sketch")]
+    assert run.main(["table", *common]) == 2  # by experiment: six runs of E per seed, and the error says where to look
+    assert "`table --by algorithm`" in capsys.readouterr().err

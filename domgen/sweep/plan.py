@@ -238,6 +238,23 @@ def split_variants(folds: int = 0, split_seeds: Iterable[int] | None = None) -> 
     return [s + p for s in seeds for p in parts]
 
 
+def holdout_variants(holdout: str, data: DataConfig) -> list[tuple[str, ...]]:
+    """``--exps ROWS --holdout D1,D2`` (or ``all``): the ``--set`` items that plan each row once per held-out
+    domain (``data.holdout=D``): leave-one-domain-out on data the study has no leave-one-out rows for (a
+    DomainBed folder, a metadata.csv source, ``domain_by`` values). ``all``: every domain of ``data`` but its
+    primary, which always trains. The runs of one row share a ``family`` (it leaves the holdout out), so
+    ``table --selection lodo`` scores each by its siblings, as for yoon2019's O-T."""
+    if holdout.strip().lower() == "all":
+        from domgen.data.catalog import load_catalog
+
+        domains = [d for d in load_catalog(data).domains if d != data.primary]
+    else:
+        domains = list(dict.fromkeys(d.strip() for d in holdout.split(",") if d.strip()))
+    if not domains:
+        raise ValueError(f"--holdout {holdout!r} names no domain to hold out")
+    return [(f"data.holdout={d}",) for d in domains]
+
+
 def cross_variants(*lists: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """Every combination of one variant from each list (algorithms x splits), items concatenated."""
     out: list[tuple[str, ...]] = [()]
