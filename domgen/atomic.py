@@ -44,27 +44,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def stale_temporaries(folder: str | Path, keep: tuple[str, ...] = (), of: tuple[str, ...] | None = None) -> list[Path]:
-    """The temporaries :func:`atomic_path` left in ``folder`` when its process was killed mid-write (a
-    SIGKILL or a lost node runs no ``finally``): those of the file names in ``of`` (default: any name),
-    except those of the names in ``keep``. Only for files no other process is writing now: a run folder its
-    owner has locked (every name), a cache entry whose builder lock is held (``of`` that entry's files)."""
-    stale = []
-    for tmp in Path(folder).glob(".*.tmp"):
+def remove_stale_temporaries(folder: str | Path, keep: tuple[str, ...] = (), of: tuple[str, ...] | None = None) -> tuple[int, int]:
+    """Delete the temporaries :func:`atomic_path` left in ``folder`` when its process was killed mid-write (a
+    SIGKILL or a lost node runs no ``finally``): those of the file names in ``of`` (default: any name), except
+    those of the names in ``keep``. Returns (files removed, bytes freed). Only for files no other process is
+    writing now: a run folder its owner has locked (every name), a cache entry whose builder lock is held
+    (``of`` that entry's files)."""
+    removed = freed = 0
+    for tmp in Path(folder).glob(".*.tmp"):  # a missing folder has none
         target = tmp.name[1:].rsplit(".", 2)[0]  # ".last.pt.k3j9x2.tmp" -> "last.pt"
-        if tmp.is_file() and target not in keep and (of is None or target in of):
-            stale.append(tmp)
-    return sorted(stale)
-
-
-def remove_stale_temporaries(folder: str | Path, keep: tuple[str, ...] = (), of: tuple[str, ...] | None = None) -> int:
-    """Delete :func:`stale_temporaries` (same rules); returns the bytes freed."""
-    freed = 0
-    for tmp in stale_temporaries(folder, keep, of):
+        if target in keep or (of is not None and target not in of) or not tmp.is_file():
+            continue
         with contextlib.suppress(FileNotFoundError):
-            freed += tmp.stat().st_size
+            size = tmp.stat().st_size
             tmp.unlink()
-    return freed
+            removed, freed = removed + 1, freed + size
+    return removed, freed
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from domgen.atomic import remove_stale_temporaries, stale_temporaries, write_text_atomic
+from domgen.atomic import remove_stale_temporaries, write_text_atomic
 from domgen.config import RunConfig, config_hash, run_keys, save_yaml
 from domgen.config_check import normalise_data
 from domgen.engine.checkpoint import load_checkpoint
@@ -182,9 +182,8 @@ def open_run(cfg: RunConfig, hooks: Hooks, resume: bool, force: bool, catalog: C
 def clean_killed_writes(run_dir: Path, tag: str, hooks: Hooks) -> None:
     """Delete what a killed write left in the run folder (``.last.pt.<random>.tmp``: a checkpoint's size
     each), now that this process owns the folder; the lock's own temporaries stay (a launcher may write it)."""
-    n = len(stale_temporaries(run_dir, keep=(LOCK,))) if run_dir.is_dir() else 0
+    n, freed = remove_stale_temporaries(run_dir, keep=(LOCK,))
     if n:
-        freed = remove_stale_temporaries(run_dir, keep=(LOCK,))
         hooks.log(f"{tag} removed {n} temporary file(s) a killed write left in {run_dir} ({freed / 2**20:.1f} MiB)")
 
 
