@@ -224,6 +224,12 @@ def parse_seeds(text: str) -> int | list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def seed_list(text: str) -> list[int]:
+    """:func:`parse_seeds` with a count spelt out: ``3`` -> [0, 1, 2]."""
+    seeds = parse_seeds(text)
+    return list(range(seeds)) if isinstance(seeds, int) else seeds
+
+
 def slurm_options(args: argparse.Namespace):
     from domgen.sweep.launch import SlurmOptions
 

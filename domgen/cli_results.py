@@ -21,8 +21,7 @@ def _results(args: argparse.Namespace):
     df = collect(Path(args.runs), stages=("val", "final"), splits=("val", "test"))
     df = select(df, include_unfinished=True, preset=args.preset, study=load_study(args.study).name)
     if args.seeds is not None:  # e.g. the seeds a sweep under way has finished
-        seeds = cc.parse_seeds(args.seeds)
-        df = df[df["seed"].astype(int).isin(list(range(seeds)) if isinstance(seeds, int) else seeds)]
+        df = df[df["seed"].astype(int).isin(cc.seed_list(args.seeds))]
     return df
 
 

@@ -29,8 +29,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         first = parse_exps(args.exps, load_study(args.study))[0]
         held = holdout_variants(args.holdout, resolve_config(first, args.preset, 0, overrides, args.study).data)
-    split_seeds = parse_seeds(args.split_seeds) if args.split_seeds is not None else None
-    split_seeds = list(range(split_seeds)) if isinstance(split_seeds, int) else split_seeds
+    split_seeds = cc.seed_list(args.split_seeds) if args.split_seeds is not None else None
     variants = cross_variants(algorithm_variants(args.algorithms, args.hparams, args.n_hparams), held,
                               split_variants(args.folds, split_seeds))
     plan = plan_sweep(exps, seeds, args.preset, overrides, out=args.out, study=args.study, variants=variants)
