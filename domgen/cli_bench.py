@@ -40,12 +40,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         r = bench_train(root, workers=args.workers, quick=args.quick, device=args.device, contention=args.contention,
                         arch=args.arch, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                        **({"n_steps": args.steps} if args.steps else {}))
-        lines = _side_by_side(r, [("CCSA steps/s with the full pipeline", "pipeline_steps_per_s", ".3f"),
-                                  ("CCSA steps/s on device tensors", "model_only_steps_per_s", ".3f"),
+                        algorithm=args.algorithm, **({"n_steps": args.steps} if args.steps else {}))
+        name = r["algorithm"].upper()
+        lines = _side_by_side(r, [(f"{name} steps/s with the full pipeline", "pipeline_steps_per_s", ".3f"),
+                                  (f"{name} steps/s on device tensors", "model_only_steps_per_s", ".3f"),
                                   ("ratio", "ratio", ".2f")])
         lines.append(f"({r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compiled'] else ''}, "
-                     f"{r['arch']}, {r['batch_pairs']} pairs/step)")
+                     f"{r['arch']}, {r['batch_pairs']} {r['batch_unit']}/step)")
     if args.json:
         print(json.dumps(jsonable(r)))
     else:
@@ -64,7 +65,8 @@ def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
     from domgen.engine.logging import jsonable
 
     rows = bench_matrix(root, archs=tuple(args.archs.split(",")), compile=args.compile, workers=args.workers,
-                        quick=args.quick, device=args.device, **({"n_steps": args.steps} if args.steps else {}))
+                        quick=args.quick, device=args.device, algorithm=args.algorithm,
+                        **({"n_steps": args.steps} if args.steps else {}))
     if args.json:
         print(json.dumps(jsonable(rows)))
         return 0
@@ -74,7 +76,7 @@ def _bench_matrix(args: argparse.Namespace, root: Path) -> int:
         print(f"{r['arch']:<16}{r['precision']:<10}{'on' if r['channels_last'] else 'off':<6}{'yes' if r['compiled'] else 'no':<10}"
               f"{r['pipeline_steps_per_s']:>10.3f}{r['model_only_steps_per_s']:>12.3f}{r['ratio']:>7.2f}{peak:>9}")
     m = rows[0]
-    print(f"steps/s of CCSA, {m['batch_pairs']} pairs per step; machine: {m['device']} ({m['device_name'] or 'CPU'}), torch {m['torch']}")
+    print(f"steps/s of {m['algorithm'].upper()}, {m['batch_pairs']} {m['batch_unit']} per step; machine: {m['device']} ({m['device_name'] or 'CPU'}), torch {m['torch']}")
     return 0
 
 
@@ -91,6 +93,8 @@ def add_bench_parser(sub, description: str) -> None:
                     help="also measure beside N busy processes of our own (stopped at the end), reported next to idle")
     be.add_argument("--root", default=None, help="where the synthetic image tree goes (default: <cache>/bench)")
     be.add_argument("--arch", default="resnet18", help="bench train: the backbone")
+    be.add_argument("--algorithm", default="ccsa", metavar="NAME",
+                    help="bench train: the training algorithm at its defaults (`list algorithms`; default: the paper's CCSA)")
     be.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                     help="bench train: auto = bf16 autocast on CUDA, fp32 elsewhere, as training does")
     be.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],

@@ -19,10 +19,21 @@ def test_bench_train_quick_compares_pipeline_with_model_only(tmp_path):
     assert r["pipeline_steps_per_s"] > 0 and r["model_only_steps_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_steps_per_s"] / r["model_only_steps_per_s"])
     assert r["sizes"] == list(QUICK["sizes"]) and r["batch_pairs"] == QUICK["batch_size"]
+    assert r["algorithm"] == "ccsa" and r["batch_unit"] == "pairs"  # the default: the paper's method, on pairs
     assert r["precision"] == "fp32" and r["device"] == "cpu"
     assert len(list((tmp_path / "images").glob("*.jpg"))) == QUICK["n_images"]
     assert "contended" not in r  # no busy processes unless asked
     assert r["channels_last"] is False and r["compiled"] is False and r["peak_gpu_mem_mb"] is None  # CPU: no GPU memory
+
+
+def test_bench_train_cli_names_the_algorithm_it_measured(tmp_path, capsys):
+    from domgen import run
+
+    assert run.main(["bench", "train", "--quick", "--steps", "1", "--workers", "0", "--device", "cpu",
+                     "--algorithm", "erm", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ERM steps/s with the full pipeline" in out and "CCSA" not in out
+    assert f"{QUICK['batch_size']} images/step)" in out  # ERM draws one image per sample, not pairs
 
 
 def test_bench_matrix_covers_every_precision_and_memory_format_in_order(tmp_path):

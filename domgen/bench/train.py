@@ -1,5 +1,5 @@
-"""Training steps per second (weighted CCSA by default) with the full input pipeline vs on tensors already
-on the device.
+"""Training steps per second of an algorithm (weighted CCSA, the paper's, by default) with the full input
+pipeline vs on tensors already on the device.
 
 The ceiling of a training run is the model alone: the step on batches that already sit on the device.
 ``bench_train`` measures both on the same model, optimizer and loss, so the ratio says how much the
@@ -108,7 +108,8 @@ def bench_train(root: Path, n_images: int = 1024, batch_size: int = 32, sizes=(6
         "cache_build_s": build_s,
         "arch": arch,
         "algorithm": algorithm,
-        "batch_pairs": batch_size,
+        "batch_pairs": batch_size,  # sampled units per step (the key predates other algorithms than CCSA)
+        "batch_unit": {1: "images", 2: "pairs"}.get(method.images_per_sample, "samples"),
         "sizes": list(sizes),
         "n_steps": n_steps,
         "workers": workers,
