@@ -58,6 +58,18 @@ def smoke_cache(tmp_path_factory):
 TINY_SCALE = 0.05  # 1/20 of the synthetic benchmark: runs whose assertions do not depend on its size
 
 
+def interrupt_at(epoch: int):
+    """Hooks whose log raises Ctrl-C when epoch ``epoch`` is logged, before its checkpoint: last.pt then
+    holds epoch - 1 (and last.prev.pt epoch - 2)."""
+    from domgen.engine.trainer import Hooks
+
+    def log(line: str) -> None:
+        if f"] epoch {epoch}/" in line:
+            raise KeyboardInterrupt
+
+    return Hooks(log=log)
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """A cache folder holding the synthetic benchmark at ``TINY_SCALE`` (generated once per test session);

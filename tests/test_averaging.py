@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TINY_SCALE, interrupt_at
 from domgen.config import AverageConfig, RunConfig, apply_overrides, config_hash
 from domgen.config_check import validate
 from domgen.engine.averaging import SMA, final_window, loss_valley, make_averager
 from domgen.engine.logging import read_results
-from domgen.engine.trainer import Hooks
 from domgen.errors import ConfigError, RunInterrupted
 from domgen.runs.registry import resolve_config
 from domgen.runs.train import run_train
@@ -216,22 +216,11 @@ def test_average_keys_are_hashed_only_when_set_and_validated():
 
 
 # ---- through the trainer (smoke preset, 2 epochs, 1 thread) ---------------------------------------
-TINY_SCALE = 0.05  # conftest.TINY_SCALE, the scale of the tiny_cache fixture
 
 
 def smoke_cfg(cache: Path, out: Path, *extra: str):
     return resolve_config("A", "smoke", 0, [f"data.cache_dir={cache}", "data.workers=0", "threads=1", f"out={out}",
                                             "optim.epochs=2", *extra])
-
-
-def interrupt_at(epoch: int) -> Hooks:
-    """Ctrl-C while epoch ``epoch`` is logged, before its checkpoint: last.pt holds epoch - 1."""
-
-    def log(line: str) -> None:
-        if f"] epoch {epoch}/" in line:
-            raise KeyboardInterrupt
-
-    return Hooks(log=log)
 
 
 def test_sma_run_validates_selects_and_saves_the_mean_of_every_steps_weights(smoke_cache, tmp_path, monkeypatch):

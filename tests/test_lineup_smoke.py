@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from conftest import TINY_SCALE
 from domgen.config import POLICIES, SCHEDULES
 from domgen.engine.logging import read_results
 from domgen.regimes import REGIMES
@@ -18,7 +19,6 @@ from domgen.runs.train import run_train
 
 pytestmark = pytest.mark.slow
 
-SCALE = 0.05  # conftest.TINY_SCALE, the scale of the tiny_cache fixture
 ALGORITHMS = {"erm": [], "ccsa": ["algorithm.name=ccsa", "data.nsec=1"]}  # CCSA pairs need a secondary domain
 # the regimes that schedule phases by epoch need a phase to switch at: probe / unfreeze after epoch 1 of 2
 REGIME_SET = {"lp_ft": ["regime.lp_epochs=1", "optim.epochs=2"], "gradual_unfreeze": ["optim.epochs=2"],
@@ -63,7 +63,7 @@ RUNS = [(a, k, n) for a in ALGORITHMS for k, n in CASES if a == "erm" or k == "r
 def test_every_regime_schedule_and_policy_trains_at_smoke(cache, tmp_path, algorithm, kind, name):
     if name == "lora":
         pytest.importorskip("peft")
-    cfg = resolve_config("A", "smoke", 0, [f"data.cache_dir={cache}", f"data.synthetic_scale={SCALE}", "data.workers=0",
+    cfg = resolve_config("A", "smoke", 0, [f"data.cache_dir={cache}", f"data.synthetic_scale={TINY_SCALE}", "data.workers=0",
                                            "threads=1", f"out={tmp_path}", "optim.epochs=1",
                                            *ALGORITHMS[algorithm], *_overrides(kind, name)])
     result = run_train(cfg)

@@ -242,7 +242,7 @@ def test_the_features_are_the_frozen_g_in_evaluation_mode_in_manifest_order(cach
 
 
 def test_a_killed_probe_resumes_to_exactly_the_uninterrupted_one(cache, tmp_path):
-    from tests.test_averaging import interrupt_at
+    from conftest import interrupt_at
 
     full = run_train(probe_cfg(cache, tmp_path / "full", "regime.precompute=true"))
     cfg = probe_cfg(cache, tmp_path / "killed", "regime.precompute=true")

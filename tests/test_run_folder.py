@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_SCALE, interrupt_at
 from domgen.data.catalog import load_catalog
 from domgen.engine.logging import read_results
 from domgen.engine.trainer import Hooks
@@ -107,7 +108,6 @@ def test_eight_processes_racing_for_one_lock_exactly_one_wins(tmp_path):
 
 
 # ---- the run folder through the drivers ---------------------------------------------------------
-TINY_SCALE = 0.05  # conftest.TINY_SCALE: the tiny_cache fixture's data
 
 
 def smoke_cfg(cache: Path, out: Path, exp: str = "A", epochs: int = 2):
@@ -115,16 +115,6 @@ def smoke_cfg(cache: Path, out: Path, exp: str = "A", epochs: int = 2):
     holds, moves and refuses does not depend on how much data trained it."""
     return resolve_config(exp, "smoke", 0, [f"data.cache_dir={cache}", f"data.synthetic_scale={TINY_SCALE}", "data.workers=0",
                                             "threads=1", f"out={out}", f"optim.epochs={epochs}"])
-
-
-def interrupt_at(epoch: int) -> Hooks:
-    """Hooks whose log raises Ctrl-C when epoch ``epoch`` is logged (before that epoch's checkpoint)."""
-
-    def log(line: str) -> None:
-        if f"] epoch {epoch}/" in line:
-            raise KeyboardInterrupt
-
-    return Hooks(log=log)
 
 
 @pytest.fixture(scope="module")

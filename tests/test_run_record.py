@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_SCALE
 from domgen.engine.logging import read_results
 from domgen.engine.predictions import TEST_PREDICTIONS, load_predictions, stratified_subsample
 from domgen.engine.provenance import ENVIRONMENT, git_state, set_deterministic, write_environment
@@ -23,7 +24,6 @@ from domgen.runs.train import run_train
 from test_train import smoke_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_SCALE = 0.05  # conftest.TINY_SCALE, the scale of the tiny_cache fixture
 
 
 def test_stratified_subsample_by_hand():

@@ -200,7 +200,7 @@ def test_done_records_the_training_time_summed_over_sessions_without_the_lost_ep
 
     from domgen.engine import trainer
     from domgen.errors import RunInterrupted
-    from tests.test_averaging import TINY_SCALE, interrupt_at
+    from conftest import TINY_SCALE, interrupt_at
 
     ticks = itertools.count()
     monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))
