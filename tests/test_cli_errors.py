@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_SCALE
 from domgen import cli_common as cc
 from domgen import run
 from domgen.engine.logging import read_results
@@ -165,7 +166,7 @@ GATED = ("import sys, time, pathlib, runpy, domgen.runs.train as t\n"
 @pytest.mark.slow
 def test_second_train_on_a_live_folder_refuses_naming_the_owner_and_wait_waits(tiny_cache, tmp_path):
     out, gate = tmp_path / "runs", tmp_path / "gate"
-    args = lambda *extra: train_args(tiny_cache, out, "--scale", "0.05", "--set", "optim.epochs=1", *extra)
+    args = lambda *extra: train_args(tiny_cache, out, "--scale", str(TINY_SCALE), "--set", "optim.epochs=1", *extra)
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe nobody reads while it runs
     first = subprocess.Popen([sys.executable, "-c", GATED, str(gate), *args()], cwd=REPO, env=ENV, stdout=log,
                              stderr=subprocess.STDOUT, text=True)

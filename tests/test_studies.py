@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_SCALE
 from domgen.config import config_hash, to_dict
 from domgen.errors import ConfigError
 from domgen.runs.registry import EXPERIMENTS, PRESETS, resolve_config
@@ -161,7 +162,7 @@ def test_a_study_yaml_written_here_runs_through_sweep(tmp_path, tiny_cache, monk
     runs = tmp_path / "runs"
     # on 1/20 of the synthetic benchmark (tiny_cache): the order, the rows' own settings and the table do not depend on its size
     argv = ["sweep", "--study", str(study), "--preset", "smoke", "--seeds", "1", "--out", str(runs), "--cache-dir",
-            str(tiny_cache), "--scale", "0.05", "--set", "threads=1", "--set", "data.workers=0"]
+            str(tiny_cache), "--scale", str(TINY_SCALE), "--set", "threads=1", "--set", "data.workers=0"]
     assert main(argv) == 0
     base, tuned = (next(runs.glob(f"{e}-s0-*")) for e in ("base", "tuned"))
     assert (base / "done").exists() and (tuned / "done").exists()

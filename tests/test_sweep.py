@@ -16,6 +16,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from conftest import TINY_SCALE
 from domgen.runs.train import parent_config, run_dir_for
 from domgen.sweep.launch import SlurmOptions, launch, run_job
 from domgen.sweep.plan import DataSize, algorithm_variants, estimate_gpu_hours, parse_exps, plan_sweep
@@ -342,7 +343,7 @@ def test_local_sweep_trains_for_real(tiny_cache, tmp_path, monkeypatch):
 
     monkeypatch.setenv("DOMGEN_CACHE", str(tiny_cache))  # 1/20 of the synthetic benchmark, generated once per session
     monkeypatch.delenv("DOMGEN_DATA", raising=False)
-    sets = ["data.synthetic_scale=0.05", "data.workers=0", "optim.epochs=1"]
+    sets = [f"data.synthetic_scale={TINY_SCALE}", "data.workers=0", "optim.epochs=1"]
     plan = plan_sweep("A,D", [0, 1], "smoke", sets, tmp_path / "runs")  # identity from the real catalog
     assert plan.identity.startswith("synthetic:") and all(j.gpu_hours > 0 for j in plan.jobs)
     report = launch(plan, max_parallel=2, poll_s=0.5)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_SCALE
 from domgen.engine.logging import read_results
 from domgen.runs.registry import resolve_config
 from domgen.runs.train import run_train
@@ -109,7 +110,7 @@ def test_same_seed_same_results_and_seed_matters(finished, smoke_cache, tmp_path
 def _cli(cache: Path, out: Path, *extra: str, run: tuple[str, ...] = ("-m", "domgen.run")) -> list[str]:
     """The 4-epoch run of the killed-run test, on 1/20 of the synthetic benchmark (``cache``: tiny_cache)."""
     return [sys.executable, *run, "train", "--exp", "A", "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache),
-            "--scale", "0.05", "--workers", "0", "--set", "threads=1", "--set", "optim.epochs=4", "--set", "optim.lr_step=2", *extra]
+            "--scale", str(TINY_SCALE), "--workers", "0", "--set", "threads=1", "--set", "optim.epochs=4", "--set", "optim.lr_step=2", *extra]
 
 
 # The CLI in a process that, once epoch 2's results are written and before its checkpoint, waits to be killed:
@@ -200,7 +201,7 @@ def test_done_records_the_training_time_summed_over_sessions_without_the_lost_ep
 
     from domgen.engine import trainer
     from domgen.errors import RunInterrupted
-    from conftest import TINY_SCALE, interrupt_at
+    from conftest import interrupt_at
 
     ticks = itertools.count()
     monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))

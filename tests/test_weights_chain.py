@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import yaml
 
+from conftest import TINY_SCALE
 from domgen import run
 from domgen.config import config_hash
 from domgen.runs.registry import resolve_config
@@ -52,11 +53,11 @@ def test_loo_weights_initialise_the_baseline_it_trains(tiny_cache, tmp_path):
     torch.save(build_model("resnet18", "none").state_dict(), weights)
     out = tmp_path / "runs"
     argv = ["loo", "--holdout", "PH2", "--preset", "smoke", "--weights", str(weights), "--cache-dir", str(tiny_cache),
-            "--scale", "0.05", "--workers", "0", "--out", str(out), "--device", "cpu", "--set", "threads=1"]
+            "--scale", str(TINY_SCALE), "--workers", "0", "--out", str(out), "--device", "cpu", "--set", "threads=1"]
     assert run.main(argv) == 0
     configs = {p.parent.name.split("-")[0]: yaml.safe_load(p.read_text()) for p in out.glob("*/config.yaml")}
     assert sorted(configs) == ["A", "R"]
     assert configs["A"]["model"]["weights"] == configs["R"]["model"]["weights"] == str(weights)
     a_dir = next(out.glob("A-*"))
-    expected = resolve_config("A", "smoke", 0, [f"model.weights={weights}", "data.synthetic_scale=0.05"])
+    expected = resolve_config("A", "smoke", 0, [f"model.weights={weights}", f"data.synthetic_scale={TINY_SCALE}"])
     assert a_dir.name == f"A-s0-{config_hash(expected, configs['A']['resolved']['data'])}"
