@@ -386,16 +386,12 @@ def _parse(value: Any, current: Any, key: str) -> Any:
 
 def save_yaml(cfg: RunConfig, path: Path, extra: dict | None = None) -> None:
     d = to_dict(cfg) | (extra or {})
-    write_atomic(path, yaml.safe_dump(d, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(d, sort_keys=False))
 
 
 def load_yaml(path: Path) -> RunConfig:
     d = yaml.safe_load(Path(path).read_text())
     return from_dict({k: v for k, v in d.items() if k in {f.name for f in fields(RunConfig)}})
-
-
-def write_atomic(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
 
 
 def cache_dir(cfg: DataConfig) -> Path:

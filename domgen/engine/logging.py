@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from domgen.config import write_atomic
+from domgen.atomic import write_text_atomic
 from domgen.data.labels import CLASSES
 
 RESULTS = "results.jsonl"
@@ -68,11 +68,11 @@ def truncate_results(run_dir: Path, after_epoch: int) -> None:
     """On resume, drop lines written after the checkpoint's epoch (they will be written again)."""
     rows = [r for r in read_results(run_dir) if r.get("epoch", -1) <= after_epoch and r.get("stage") != "final"]
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    write_atomic(Path(run_dir) / RESULTS, text)
+    write_text_atomic(Path(run_dir) / RESULTS, text)
 
 
 def write_done(run_dir: Path, final: dict[str, Any]) -> None:
-    write_atomic(Path(run_dir) / DONE, json.dumps(jsonable(final), indent=2) + "\n")
+    write_text_atomic(Path(run_dir) / DONE, json.dumps(jsonable(final), indent=2) + "\n")
 
 
 def is_done(run_dir: Path) -> bool:

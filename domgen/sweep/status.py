@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from domgen import lock
-from domgen.config import write_atomic
+from domgen.atomic import write_text_atomic
 from domgen.engine.logging import is_done
 from domgen.lock import read_json
 
@@ -54,7 +54,7 @@ def write_failure(run_dir: Path, context: dict[str, Any], err: BaseException | N
         lines = [line for line in message.strip().splitlines() if line.strip()]
         error, trace = (lines[-1] if lines else "the job ended without finishing"), message
     record = dict(context) | {"kind": kind or "error", "error": error, "traceback": trace, "time": time.time()}
-    write_atomic(Path(run_dir) / FAILED, json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(Path(run_dir) / FAILED, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def clear_failure(run_dir: Path) -> None:
