@@ -340,17 +340,15 @@ def _split(item: str) -> tuple[str, str]:
 
 def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
     names = {f.name: f for f in fields(cfg)}
+    # a section whose fields are the named algorithm's (regime's) declared hyperparameters
+    switched = next(((kind, hparams) for base, kind, hparams in _SWITCHED if isinstance(cfg, base)), None)
     if path[0] not in names:
-        if isinstance(cfg, AlgorithmConfig):
+        if switched:
             from domgen.errors import ConfigError
 
-            raise ConfigError(f"unknown config key {full!r}: algorithm {cfg.name!r} has no hyperparameter {path[0]!r}; "
-                              f"its keys: {', '.join(sorted(names))} (set algorithm.name first to use another algorithm's)")
-        if isinstance(cfg, RegimeConfig):
-            from domgen.errors import ConfigError
-
-            raise ConfigError(f"unknown config key {full!r}: regime {cfg.name!r} has no hyperparameter {path[0]!r}; "
-                              f"its keys: {', '.join(sorted(names))} (set regime.name first to use another regime's)")
+            kind = switched[0]
+            raise ConfigError(f"unknown config key {full!r}: {kind} {cfg.name!r} has no hyperparameter {path[0]!r}; "
+                              f"its keys: {', '.join(sorted(names))} (set {kind}.name first to use another {kind}'s)")
         valid = ", ".join(sorted(flatten(to_dict(cfg))))
         raise KeyError(f"unknown config key {full!r}; valid keys: {valid}")
     current = getattr(cfg, path[0])
@@ -358,11 +356,13 @@ def _set(cfg: Any, path: list[str], value: Any, full: str) -> Any:
         if not is_dataclass(current):
             raise KeyError(f"config key {full!r}: {path[0]!r} has no sub-keys")
         return replace(cfg, **{path[0]: _set(current, path[1:], value, full)})
-    if isinstance(cfg, AlgorithmConfig) and path[0] == "name" and value != cfg.name:
-        return algorithm_hparams(str(value))()  # another algorithm: its own hyperparameters, at their defaults
-    if isinstance(cfg, RegimeConfig) and path[0] == "name" and value != cfg.name:
-        return regime_hparams(str(value))()  # another regime: its own hyperparameters, at their defaults
+    if switched and path[0] == "name" and value != cfg.name:
+        return switched[1](str(value))()  # another algorithm (regime): its own hyperparameters, at their defaults
     return replace(cfg, **{path[0]: _parse(value, current, full)})
+
+
+# config sections that ``name`` switches to another class: (section type, key, its hyperparameter class by name)
+_SWITCHED = ((AlgorithmConfig, "algorithm", algorithm_hparams), (RegimeConfig, "regime", regime_hparams))
 
 
 def _parse(value: Any, current: Any, key: str) -> Any:
